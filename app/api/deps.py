@@ -1,0 +1,95 @@
+"""Dependencies as typed aliases: resources, the request's unit of work, who is calling."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.requests import HTTPConnection
+
+from app.core.config import Settings
+from app.core.errors import InvalidTokenError, OnboardingIncomplete
+from app.core.resources import Resources
+from app.core.security import InvalidToken, decode_access_token
+from app.models import User
+
+
+def get_resources(connection: HTTPConnection) -> Resources:
+    resources: Resources = connection.app.state.resources
+    return resources
+
+
+ResourcesDep = Annotated[Resources, Depends(get_resources)]
+
+
+def get_settings(resources: ResourcesDep) -> Settings:
+    return resources.settings
+
+
+def get_session_factory(resources: ResourcesDep) -> async_sessionmaker[AsyncSession]:
+    return resources.session_factory
+
+
+def get_redis(resources: ResourcesDep) -> Redis:
+    return resources.redis
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionFactoryDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_factory)]
+RedisDep = Annotated[Redis, Depends(get_redis)]
+
+
+async def get_session(factory: SessionFactoryDep) -> AsyncIterator[AsyncSession]:
+    """The request's unit of work: commits when the route returns, rolls back on error."""
+    async with factory() as session:
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+        await session.commit()
+
+
+# scope="function": the commit lands before the response is sent.
+SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+bearer = HTTPBearer(auto_error=False, description="An access token from /auth/login.")
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+async def authenticate_token(token: str | None, resources: Resources) -> User:
+    """The user a token belongs to; its own short session, so waiting routes hold none."""
+    if not token:
+        raise InvalidTokenError()
+    settings = resources.settings
+    try:
+        claims = decode_access_token(
+            token, secret=settings.jwt_secret, algorithm=settings.jwt_algorithm
+        )
+    except InvalidToken as exc:
+        raise InvalidTokenError() from exc
+    async with resources.session_factory() as session:
+        user = await session.get(User, claims.user_id)
+    if user is None:
+        raise InvalidTokenError()
+    return user
+
+
+async def get_current_user(credentials: BearerDep, resources: ResourcesDep) -> User:
+    return await authenticate_token(credentials.credentials if credentials else None, resources)
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+async def get_onboarded_user(user: CurrentUser) -> User:
+    if not user.onboarding_completed:
+        raise OnboardingIncomplete()
+    return user
+
+
+OnboardedUser = Annotated[User, Depends(get_onboarded_user)]

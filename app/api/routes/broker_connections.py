@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Response, status
+
+from app.api.deps import CurrentUser, SessionDep, SettingsDep
+from app.core.config import Settings
+from app.models import BrokerConnection
+from app.schemas.broker_connections import (
+    AgentProvisioned,
+    BrokerConnectionCreate,
+    BrokerConnectionRead,
+)
+from app.schemas.common import ErrorBody
+from app.services import broker_connections as service
+
+router = APIRouter(
+    prefix="/broker-connections",
+    tags=["broker connections"],
+    responses={401: {"model": ErrorBody}},
+)
+NOT_FOUND = {404: {"model": ErrorBody, "description": "not_found"}}
+
+
+def to_read(connection: BrokerConnection, settings: Settings) -> BrokerConnectionRead:
+    return BrokerConnectionRead(
+        id=connection.id,
+        server=connection.server,
+        login=connection.login,
+        label=connection.label,
+        created_at=connection.created_at,
+        agent=service.agent_summary(  # type: ignore[arg-type]
+            connection.agent, offline_after_seconds=settings.agent_offline_after_seconds
+        ),
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_connection(
+    body: BrokerConnectionCreate, user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> BrokerConnectionRead:
+    """Stores an MT5 account; the password is encrypted at rest and never returned."""
+    connection = await service.create_connection(
+        session,
+        fernet=settings.fernet,
+        user_id=user.id,
+        server=body.server,
+        login=body.login,
+        password=body.password,
+        label=body.label,
+    )
+    return to_read(connection, settings)
+
+
+@router.get("")
+async def list_connections(
+    user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> list[BrokerConnectionRead]:
+    connections = await service.list_connections(session, user_id=user.id)
+    return [to_read(c, settings) for c in connections]
+
+
+@router.delete("/{connection_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+async def delete_connection(
+    connection_id: uuid.UUID, user: CurrentUser, session: SessionDep
+) -> Response:
+    """Deletes the connection; its agent's token stops working at once."""
+    await service.delete_connection(session, user_id=user.id, connection_id=connection_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{connection_id}/agent", status_code=status.HTTP_201_CREATED, responses=NOT_FOUND)
+async def provision_agent(
+    connection_id: uuid.UUID, user: CurrentUser, session: SessionDep
+) -> AgentProvisioned:
+    """Provisions the connection's agent, or rotates its token (the old one stops working)."""
+    agent, token = await service.provision_agent(
+        session, user_id=user.id, connection_id=connection_id
+    )
+    return AgentProvisioned(agent_id=agent.id, agent_token=token)

@@ -1,0 +1,90 @@
+"""The `mt5gate` command: serve, migrate, agent, set-price-source, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from app.core.config import ConfigError, Settings
+from app.core.logging import configure_logging
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mt5gate", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API")
+    serve.add_argument("--host", default=DEFAULT_HOST)
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+
+    commands.add_parser("migrate", help="apply the schema migrations")
+
+    commands.add_parser(
+        "agent", help="run the MT5 agent (see `mt5gate agent --help`)", add_help=False
+    )
+
+    price_source = commands.add_parser("set-price-source", help="mark an agent as a price source")
+    price_source.add_argument("agent_id")
+    price_source.add_argument("--off", action="store_true", help="unmark it")
+
+    demo = commands.add_parser("demo", help="API + simulated agent + demo user, in one process")
+    demo.add_argument("--host", default=DEFAULT_HOST)
+    demo.add_argument("--port", type=int, default=DEFAULT_PORT)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["agent"]:
+        from mt5gate_agent.cli import main as agent_main
+
+        return agent_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    configure_logging(settings.log_level)
+    try:
+        if args.command == "serve":
+            return serve(settings, args.host, args.port)
+        if args.command == "migrate":
+            from app.core.migrate import upgrade_to_head
+
+            upgrade_to_head(settings.database_url)
+            print("migrations applied")
+            return 0
+        if args.command == "set-price-source":
+            from app.services.agents import set_price_source_command
+
+            return asyncio.run(set_price_source_command(settings, args.agent_id, not args.off))
+        if args.command == "demo":
+            from app.demo import run_demo
+
+            return run_demo(settings, args.host, args.port)
+    except ConfigError as exc:
+        print(f"mt5gate: {exc}", file=sys.stderr)
+        return 1
+    return 2
+
+
+def serve(settings: Settings, host: str, port: int) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+        ws_ping_interval=settings.ws_ping_interval_seconds,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

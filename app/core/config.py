@@ -1,0 +1,125 @@
+"""All settings in one typed place, read from the environment (and `.env`)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from cryptography.fernet import Fernet
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger("mt5gate.config")
+
+WEAK_SECRETS = {"", "changethis", "secret", "changeme", "password"}
+MIN_JWT_SECRET_LENGTH = 32
+ALLOWED_JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
+DEV_SECRETS_FILE = Path("var") / "secrets.json"
+
+
+class ConfigError(RuntimeError):
+    """A setting makes it unsafe or impossible to start; the message is one line."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    mt5gate_env: Literal["dev", "production"] = "dev"
+    database_url: str = "sqlite+aiosqlite:///./var/mt5gate.db"
+    redis_url: str = "memory://"
+
+    jwt_secret: str = ""
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    access_token_ttl_seconds: int = Field(default=3600, gt=0)
+    encryption_key: str = ""
+
+    agent_offline_after_seconds: float = Field(default=600, gt=0)
+    trade_job_ttl_seconds: float = Field(default=30, gt=0)
+    # Reads (positions, account, candles) are useless once their caller gave up.
+    read_job_ttl_seconds: float = Field(default=30, gt=0)
+    # A job claimed by an agent that never answers ends as `lost` after this long.
+    job_result_timeout_seconds: float = Field(default=60, gt=0)
+    # The fallback poll of waiters, in case a wake-up message was lost.
+    job_poll_interval_seconds: float = Field(default=0.5, gt=0)
+    job_wakeups_enabled: bool = True
+
+    candles_cache_ttl_seconds: int = Field(default=30, gt=0)
+    # A WebSocket whose queue stays full for this long is closed with 1013.
+    ws_stall_timeout_seconds: float = Field(default=10, gt=0)
+    ws_ping_interval_seconds: float = Field(default=20, gt=0)
+    shutdown_timeout_seconds: float = Field(default=5, gt=0)
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, url: str) -> str:
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
+            return "postgresql+asyncpg://" + url.split("://", 1)[1]
+        if url.startswith("sqlite://"):
+            return "sqlite+aiosqlite://" + url.split("://", 1)[1]
+        return url
+
+    @property
+    def is_production(self) -> bool:
+        return self.mt5gate_env == "production"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @cached_property
+    def fernet(self) -> Fernet:
+        return Fernet(self.encryption_key.encode())
+
+    def with_secrets(self) -> Settings:
+        """Checks the secrets; in dev, fills missing ones from (or into) ./var/secrets.json."""
+        if self.is_production:
+            check_secrets(self)
+            return self
+        missing = {
+            name for name in ("jwt_secret", "encryption_key") if getattr(self, name) in WEAK_SECRETS
+        }
+        if not missing:
+            check_secrets(self)
+            return self
+        stored = load_or_create_dev_secrets()
+        filled = self.model_copy(update={name: stored[name] for name in missing})
+        check_secrets(filled)
+        return filled
+
+
+def check_secrets(settings: Settings) -> None:
+    if settings.jwt_secret.lower() in WEAK_SECRETS:
+        raise ConfigError("JWT_SECRET is missing or a placeholder; set a random value")
+    if len(settings.jwt_secret) < MIN_JWT_SECRET_LENGTH:
+        raise ConfigError(f"JWT_SECRET is too short; use at least {MIN_JWT_SECRET_LENGTH} chars")
+    try:
+        key = base64.urlsafe_b64decode(settings.encryption_key.encode())
+        valid = len(key) == 32
+    except ValueError:
+        valid = False
+    if not valid:
+        raise ConfigError(
+            "ENCRYPTION_KEY is missing or invalid; generate one with "
+            "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())'"
+        )
+
+
+def load_or_create_dev_secrets(path: Path = DEV_SECRETS_FILE) -> dict[str, str]:
+    if path.exists():
+        stored: dict[str, str] = json.loads(path.read_text())
+        return stored
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stored = {
+        "jwt_secret": secrets.token_urlsafe(48),
+        "encryption_key": Fernet.generate_key().decode(),
+    }
+    path.write_text(json.dumps(stored))
+    path.chmod(0o600)
+    log.warning("event=dev_secrets_created path=%s reason=no JWT_SECRET/ENCRYPTION_KEY set", path)
+    return stored

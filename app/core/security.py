@@ -1,0 +1,94 @@
+"""Passwords, access tokens, agent tokens and secrets at rest."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.fernet import Fernet
+
+_password_hasher = PasswordHasher()
+# Verifying against this keeps unknown-email logins as slow as wrong-password ones.
+_DUMMY_HASH = _password_hasher.hash("not-a-real-password")
+
+
+def hash_password(password: str) -> str:
+    return _password_hasher.hash(password)
+
+
+def verify_password(password: str, password_hash: str | None) -> bool:
+    try:
+        return _password_hasher.verify(password_hash or _DUMMY_HASH, password) and bool(
+            password_hash
+        )
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    token: str
+    expires_in: int
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    user_id: uuid.UUID
+    expires_at: datetime
+
+
+class InvalidToken(Exception):
+    """The token is missing, malformed, badly signed, of another algorithm or expired."""
+
+
+def create_access_token(
+    user_id: uuid.UUID, *, secret: str, algorithm: str, ttl_seconds: int
+) -> AccessToken:
+    now = datetime.now(UTC)
+    claims = {"sub": str(user_id), "iat": now, "exp": now + timedelta(seconds=ttl_seconds)}
+    return AccessToken(jwt.encode(claims, secret, algorithm=algorithm), ttl_seconds)
+
+
+def decode_access_token(token: str, *, secret: str, algorithm: str) -> TokenClaims:
+    """Verifies signature, algorithm (one allowed, never `none`), `exp` and `sub`."""
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[algorithm],
+            options={"require": ["exp", "sub"], "verify_signature": True},
+        )
+        return TokenClaims(
+            user_id=uuid.UUID(str(claims["sub"])),
+            expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+        )
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
+        raise InvalidToken(str(exc)) from exc
+
+
+def new_agent_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_agent_token(token: str) -> str:
+    # The token is 256 random bits, so a fast hash is enough; no salt or KDF needed.
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def agent_token_matches(token: str, token_hash: str) -> bool:
+    return hmac.compare_digest(hash_agent_token(token), token_hash)
+
+
+def encrypt_secret(fernet: Fernet, value: str) -> bytes:
+    return fernet.encrypt(value.encode())
+
+
+def decrypt_secret(fernet: Fernet, value: bytes) -> str:
+    return fernet.decrypt(value).decode()

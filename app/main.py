@@ -1,0 +1,48 @@
+"""The app factory and its lifespan, which owns every long-lived resource."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from app.api.body_limit import BodySizeLimit
+from app.api.routes import auth, broker_connections, users
+from app.core.config import Settings
+from app.core.errors import install_error_handlers
+from app.core.migrate import upgrade_to_head_async
+from app.core.resources import open_resources
+
+log = logging.getLogger("mt5gate.app")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Builds the app; raises ConfigError when the settings are unsafe (see Settings)."""
+    settings = (settings or Settings()).with_secrets()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.is_sqlite:
+            await upgrade_to_head_async(settings.database_url)
+        async with open_resources(settings) as resources:
+            app.state.resources = resources
+            log.info("event=started env=%s", settings.mt5gate_env)
+            yield
+            log.info("event=stopping")
+
+    app = FastAPI(
+        title="mt5gate",
+        version="0.1.0",
+        summary="A REST and WebSocket trading gateway for MetaTrader 5 accounts.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    api = APIRouter(prefix="/api/v1")
+    api.include_router(auth.router)
+    api.include_router(users.router)
+    api.include_router(broker_connections.router)
+    app.include_router(api)
+    app.add_middleware(BodySizeLimit)
+    return app

@@ -1,0 +1,101 @@
+"""Broker connections and the provisioning of their agents, always scoped to one owner."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from cryptography.fernet import Fernet
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.errors import NotFound
+from app.core.security import encrypt_secret, hash_agent_token, new_agent_token
+from app.models import Agent, BrokerConnection, utcnow
+
+
+async def create_connection(
+    session: AsyncSession,
+    *,
+    fernet: Fernet,
+    user_id: uuid.UUID,
+    server: str,
+    login: int,
+    password: str,
+    label: str | None,
+) -> BrokerConnection:
+    connection = BrokerConnection(
+        user_id=user_id,
+        server=server,
+        login=login,
+        password_encrypted=encrypt_secret(fernet, password),
+        label=label,
+        agent=None,
+    )
+    session.add(connection)
+    await session.flush()
+    return connection
+
+
+async def list_connections(session: AsyncSession, *, user_id: uuid.UUID) -> list[BrokerConnection]:
+    rows = await session.scalars(
+        select(BrokerConnection)
+        .where(BrokerConnection.user_id == user_id)
+        .order_by(BrokerConnection.created_at, BrokerConnection.id)
+    )
+    return list(rows)
+
+
+async def get_connection(
+    session: AsyncSession, *, user_id: uuid.UUID, connection_id: uuid.UUID | None = None
+) -> BrokerConnection:
+    """The user's connection with that id, or their oldest one; another user's is NotFound."""
+    query = select(BrokerConnection).where(BrokerConnection.user_id == user_id)
+    if connection_id is not None:
+        query = query.where(BrokerConnection.id == connection_id)
+    query = query.order_by(BrokerConnection.created_at, BrokerConnection.id).limit(1)
+    connection = await session.scalar(query)
+    if connection is None:
+        raise NotFound("No such broker connection.")
+    return connection
+
+
+async def delete_connection(
+    session: AsyncSession, *, user_id: uuid.UUID, connection_id: uuid.UUID
+) -> None:
+    connection = await get_connection(session, user_id=user_id, connection_id=connection_id)
+    await session.delete(connection)  # cascades to the agent, whose token dies with it
+    await session.flush()
+
+
+async def provision_agent(
+    session: AsyncSession, *, user_id: uuid.UUID, connection_id: uuid.UUID
+) -> tuple[Agent, str]:
+    """Creates the connection's agent, or rotates its token. Returns the token once."""
+    connection = await get_connection(session, user_id=user_id, connection_id=connection_id)
+    token = new_agent_token()
+    if connection.agent is None:
+        connection.agent = Agent(
+            user_id=user_id, connection_id=connection.id, token_hash=hash_agent_token(token)
+        )
+    else:
+        connection.agent.token_hash = hash_agent_token(token)
+    await session.flush()
+    return connection.agent, token
+
+
+def agent_is_online(agent: Agent, *, now: datetime, offline_after_seconds: float) -> bool:
+    if agent.last_heartbeat_at is None:
+        return False
+    return (now - agent.last_heartbeat_at).total_seconds() <= offline_after_seconds
+
+
+def agent_summary(agent: Agent | None, *, offline_after_seconds: float) -> dict[str, object] | None:
+    if agent is None:
+        return None
+    online = agent_is_online(agent, now=utcnow(), offline_after_seconds=offline_after_seconds)
+    return {
+        "id": agent.id,
+        "status": "online" if online else "offline",
+        "last_heartbeat_at": agent.last_heartbeat_at,
+    }

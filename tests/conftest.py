@@ -1,0 +1,84 @@
+"""Fixtures: every storage test runs on SQLite + memory:// and on PostgreSQL + Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from app.core.config import Settings
+from app.core.migrate import upgrade_to_head
+from tests.flows import Trader, TestUser, onboard_trader, register_user
+from tests.servers import RunningApi, run_api
+from tests.stores import (
+    Store,
+    create_postgres_database,
+    drop_postgres_database,
+    postgres_store,
+    require_services,
+    reset_store,
+    sqlite_store,
+)
+
+TEST_JWT_SECRET = "test-secret-" + "x" * 40
+TEST_ENCRYPTION_KEY = "0nZ5mGXrXh1qY0Y2aJvHhKq0gQ9r5VVo3yq2s2h9l1E="
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Store]:
+    if request.param == "sqlite":
+        sqlite = sqlite_store(tmp_path_factory.mktemp("sqlite"))
+        upgrade_to_head(sqlite.database_url)
+        yield sqlite
+        return
+    require_services()
+    name, url = create_postgres_database()
+    try:
+        upgrade_to_head(url)
+        yield postgres_store(url)
+    finally:
+        drop_postgres_database(name)
+
+
+def make_settings(store: Store, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "mt5gate_env": "dev",
+        "database_url": store.database_url,
+        "redis_url": store.redis_url,
+        "jwt_secret": TEST_JWT_SECRET,
+        "encryption_key": TEST_ENCRYPTION_KEY,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(store: Store) -> Settings:
+    return make_settings(store)
+
+
+@pytest.fixture
+async def api(store: Store, settings: Settings) -> AsyncIterator[RunningApi]:
+    await reset_store(store)
+    async with run_api(settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(api: RunningApi) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"{api.base_url}/api/v1", timeout=30) as http:
+        yield http
+
+
+@pytest.fixture
+async def user(client: httpx.AsyncClient) -> TestUser:
+    return await register_user(client)
+
+
+@pytest.fixture
+async def trader(client: httpx.AsyncClient) -> Trader:
+    """An onboarded user whose connection has an agent that has just sent a heartbeat."""
+    return await onboard_trader(client)

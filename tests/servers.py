@@ -1,0 +1,130 @@
+"""Real servers for tests: the app under uvicorn in the test's loop, or `mt5gate serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from app.core.config import Settings
+from app.core.resources import Resources
+from app.main import create_app
+
+
+@dataclass
+class RunningApi:
+    app: FastAPI
+    base_url: str
+    settings: Settings
+
+    @property
+    def resources(self) -> Resources:
+        resources: Resources = self.app.state.resources
+        return resources
+
+    @property
+    def ws_url(self) -> str:
+        return self.base_url.replace("http://", "ws://", 1)
+
+
+@contextlib.asynccontextmanager
+async def run_api(settings: Settings) -> AsyncIterator[RunningApi]:
+    """Serves the app over real TCP on a free loopback port, in the current event loop."""
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_config=None,
+        lifespan="on",
+        ws_ping_interval=settings.ws_ping_interval_seconds,
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[bound_socket()]))
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("server stopped during startup")
+        await asyncio.sleep(0.005)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield RunningApi(app, f"http://127.0.0.1:{port}", settings)
+    finally:
+        server.should_exit = True
+        await task
+
+
+def bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def free_port() -> int:
+    with bound_socket() as sock:
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class ServeProcess:
+    process: subprocess.Popen[bytes]
+    base_url: str
+    log_path: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_serve(settings: Settings, log_path: Path, *, cwd: Path | None = None) -> ServeProcess:
+    """Starts `mt5gate serve` as a separate process and waits until it answers."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "JWT_SECRET": settings.jwt_secret,
+        "ENCRYPTION_KEY": settings.encryption_key,
+        "AGENT_OFFLINE_AFTER_SECONDS": str(settings.agent_offline_after_seconds),
+        "TRADE_JOB_TTL_SECONDS": str(settings.trade_job_ttl_seconds),
+        "JOB_WAKEUPS_ENABLED": str(settings.job_wakeups_enabled).lower(),
+    }
+    log = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+    )
+    running = ServeProcess(process, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mt5gate serve exited: {log_path.read_text()[-2000:]}")
+        try:
+            httpx.get(f"{running.base_url}/openapi.json", timeout=1)
+            return running
+        except httpx.TransportError:
+            time.sleep(0.05)
+    running.stop()
+    raise RuntimeError(f"mt5gate serve did not start: {log_path.read_text()[-2000:]}")

@@ -1,0 +1,109 @@
+"""The two stores every storage test runs on: SQLite + memory://, PostgreSQL + Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+IN_CI = os.environ.get("CI", "").lower() == "true"
+TABLES = ("jobs", "mt5_agents", "broker_connections", "users")
+
+
+@dataclass(frozen=True)
+class Store:
+    name: str
+    database_url: str
+    redis_url: str
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.name == "postgres"
+
+
+def listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_services() -> None:
+    missing = [
+        f"{name} at {host}:{port}"
+        for name, host, port in (
+            ("PostgreSQL", PG_HOST, PG_PORT),
+            ("Redis", REDIS_HOST, REDIS_PORT),
+        )
+        if not listening(host, port)
+    ]
+    if not missing:
+        return
+    reason = "nothing listens for " + ", ".join(missing)
+    if IN_CI:
+        pytest.fail(f"CI=true and the real-service tests cannot run: {reason}")
+    pytest.skip(f"real-service tests skipped: {reason}")
+
+
+async def _admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database="test")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def create_postgres_database() -> tuple[str, str]:
+    name = f"mt5gate_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    return name, f"postgresql+asyncpg://postgres@{PG_HOST}:{PG_PORT}/{name}"
+
+
+def drop_postgres_database(name: str) -> None:
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def sqlite_store(directory: Path) -> Store:
+    return Store("sqlite", f"sqlite+aiosqlite:///{directory / 'mt5gate.db'}", "memory://")
+
+
+def postgres_store(database_url: str) -> Store:
+    # A db index of its own, so concurrent runs on this machine do not flush each other.
+    db_index = random.randint(1, 15)
+    return Store("postgres", database_url, f"redis://{REDIS_HOST}:{REDIS_PORT}/{db_index}")
+
+
+async def reset_store(store: Store) -> None:
+    """Empties every table and the Redis db before a test."""
+    from sqlalchemy import text
+
+    from app.core.db import create_engine
+    from app.core.redis import create_redis
+
+    engine = create_engine(store.database_url)
+    try:
+        async with engine.begin() as conn:
+            if store.is_postgres:
+                await conn.execute(text(f"TRUNCATE {', '.join(TABLES)} CASCADE"))
+            else:
+                for table in TABLES:
+                    await conn.execute(text(f"DELETE FROM {table}"))
+    finally:
+        await engine.dispose()
+    if store.redis_url != "memory://":
+        redis = create_redis(store.redis_url)
+        try:
+            await redis.flushdb()
+        finally:
+            await redis.aclose()

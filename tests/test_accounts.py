@@ -1,0 +1,136 @@
+"""Accounts and tokens: registration, login, /me, and the attacks on access tokens."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import jwt
+import pytest
+
+from app.core.config import Settings
+from tests.flows import DEFAULT_PASSWORD, TestUser, register_user
+
+
+async def test_register_returns_a_token_and_the_user(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/auth/register", json={"email": "Alice@Example.com", "password": "long-enough"}
+    )
+    assert response.status_code == 201
+    body = response.json()
+    assert body["token_type"] == "bearer"
+    assert body["expires_in"] > 0
+    assert body["user"]["email"] == "alice@example.com"
+    assert body["user"]["onboarding_completed"] is False
+    assert body["user"]["created_at"].endswith("Z")
+    me = await client.get("/me", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert me.status_code == 200
+    assert me.json() == body["user"]
+
+
+async def test_email_is_taken_case_insensitively(client: httpx.AsyncClient) -> None:
+    await register_user(client, "bob@example.com")
+    response = await client.post(
+        "/auth/register", json={"email": "BOB@example.com", "password": "long-enough"}
+    )
+    assert response.status_code == 409
+    assert response.json()["detail"] == "email_taken"
+
+
+async def test_login_with_the_right_password(client: httpx.AsyncClient, user: TestUser) -> None:
+    response = await client.post(
+        "/auth/login", json={"email": user.email.upper(), "password": DEFAULT_PASSWORD}
+    )
+    assert response.status_code == 200
+    assert response.json()["user"]["id"] == user.id
+
+
+@pytest.mark.parametrize(
+    ("email", "password"),
+    [("known", "wrong-password"), ("nobody@example.com", DEFAULT_PASSWORD)],
+)
+async def test_login_with_wrong_credentials_is_401(
+    client: httpx.AsyncClient, user: TestUser, email: str, password: str
+) -> None:
+    response = await client.post(
+        "/auth/login",
+        json={"email": user.email if email == "known" else email, "password": password},
+    )
+    assert response.status_code == 401
+    assert response.json()["detail"] == "invalid_credentials"
+
+
+async def test_short_password_is_rejected(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/auth/register", json={"email": "c@example.com", "password": "short"}
+    )
+    assert response.status_code == 422
+
+
+def forge(claims: dict[str, object], secret: str, algorithm: str = "HS256") -> str:
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def unsigned_token(claims: dict[str, object]) -> str:
+    def part(data: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+def future() -> datetime:
+    return datetime.now(UTC) + timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    "make_token",
+    [
+        pytest.param(
+            lambda s, u: forge({"sub": u, "exp": future()}, "another-secret" * 4), id="other-secret"
+        ),
+        pytest.param(
+            lambda s, u: unsigned_token({"sub": u, "exp": int(future().timestamp())}), id="alg-none"
+        ),
+        pytest.param(
+            lambda s, u: forge({"sub": u, "exp": datetime.now(UTC) - timedelta(seconds=5)}, s),
+            id="expired",
+        ),
+        pytest.param(lambda s, u: forge({"sub": u}, s), id="no-exp"),
+        pytest.param(lambda s, u: forge({"exp": future()}, s), id="no-sub"),
+        pytest.param(lambda s, u: forge({"sub": "not-a-uuid", "exp": future()}, s), id="bad-sub"),
+        pytest.param(lambda s, u: forge({"sub": u, "exp": future()}, s, "HS512"), id="other-alg"),
+        pytest.param(lambda s, u: "not.a.jwt", id="garbage"),
+    ],
+)
+async def test_forged_or_broken_tokens_are_rejected(
+    client: httpx.AsyncClient, user: TestUser, settings: Settings, make_token: object
+) -> None:
+    token = make_token(settings.jwt_secret, user.id)  # type: ignore[operator]
+    response = await client.get("/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert response.json()["detail"] == "invalid_token"
+
+
+async def test_token_of_a_deleted_user_is_rejected(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    token = forge({"sub": str(uuid.uuid4()), "exp": future()}, settings.jwt_secret)
+    response = await client.get("/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert response.json()["detail"] == "invalid_token"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [None, "", "Bearer", "Basic dXNlcjpwYXNz", "bearer", "Token abc", "Bearer a b"],
+)
+async def test_malformed_authorization_headers_are_401(
+    client: httpx.AsyncClient, header: str | None
+) -> None:
+    headers = {} if header is None else {"Authorization": header}
+    response = await client.get("/me", headers=headers)
+    assert response.status_code == 401
+    assert response.json()["detail"] == "invalid_token"
