@@ -1,0 +1,171 @@
+"""What every backend offers, and the one worker thread all backend calls run on.
+
+A backend's methods are blocking: the ``MetaTrader5`` package is a blocking, not
+thread-safe IPC client of the terminal, so the agent never calls a backend from the event
+loop; it hands every call to a :class:`BackendWorker`, whose single thread serialises them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+JOB_TYPES = (
+    "trade",
+    "get_positions",
+    "close_position",
+    "modify_position",
+    "get_account",
+    "get_candles",
+)
+
+TIMEFRAMES = ("M1", "M5", "M15", "M30", "H1", "H4", "D1", "W1", "MN1")
+
+
+class BrokerError(Exception):
+    """The broker (or the terminal) said no. ``code`` is the contract's snake_case code."""
+
+    def __init__(self, code: str, message: str, retcode: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retcode = retcode
+
+    def as_error(self) -> dict[str, Any]:
+        """The ``error`` object of a failed job result."""
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.retcode is not None:
+            error["retcode"] = self.retcode
+        return error
+
+    def __repr__(self) -> str:
+        return f"BrokerError({self.code!r}, {self.message!r}, retcode={self.retcode!r})"
+
+
+class Backend(Protocol):
+    """A broker account the agent trades on. Every method blocks; call them from one thread."""
+
+    def login(self, server: str, login: int, password: str) -> None:
+        """Connect and log into the account; raises :class:`BrokerError`."""
+
+    def execute(self, job_type: str, input_data: dict[str, Any]) -> dict[str, Any]:
+        """Run one job and return its ``output_data``; raises :class:`BrokerError`."""
+
+    def ticks(self, symbols: list[str]) -> dict[str, dict[str, Any]]:
+        """The last tick ``{bid, ask, ts}`` (ts in epoch ms) of each symbol that has one."""
+
+    def is_connected(self) -> bool:
+        """Whether the terminal is connected to the broker's trade server."""
+
+    def close(self) -> None:
+        """Release the terminal connection. Idempotent."""
+
+
+class BackendWorker:
+    """Runs a backend's blocking calls, one at a time, on a single dedicated thread."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mt5gate-backend")
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def aclose(self, *, close_backend: bool = True) -> None:
+        """Waits for the call in progress, optionally closes the backend, stops the thread."""
+        try:
+            if close_backend:
+                await self.call(self.backend.close)
+        finally:
+            self._executor.shutdown(wait=False)
+
+
+def iso_utc(epoch_seconds: float) -> str:
+    """``2026-11-24T21:15:03.120Z``: the contract's time format."""
+    moment = datetime.fromtimestamp(epoch_seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def require(input_data: dict[str, Any], key: str) -> Any:
+    """A mandatory input field, or ``invalid_request``."""
+    value = input_data.get(key)
+    if value is None:
+        raise BrokerError("invalid_request", f"input_data.{key} is required")
+    return value
+
+
+def parse_side(value: Any) -> str:
+    side = str(value).lower()
+    if side not in ("buy", "sell"):
+        raise BrokerError("invalid_request", f"side must be 'buy' or 'sell', not {value!r}")
+    return side
+
+
+def parse_positive(input_data: dict[str, Any], key: str, *, optional: bool = False) -> float | None:
+    """A positive number field; None, 0 or absent mean "not set" when ``optional``."""
+    value = input_data.get(key)
+    if value is None or (optional and value == 0):
+        if optional:
+            return None
+        raise BrokerError("invalid_request", f"input_data.{key} is required")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BrokerError("invalid_request", f"input_data.{key} must be a number") from None
+    if not number > 0 or number == float("inf"):
+        raise BrokerError("invalid_request", f"input_data.{key} must be a positive number")
+    return number
+
+
+def parse_ticket(input_data: dict[str, Any]) -> int:
+    value = require(input_data, "ticket")
+    try:
+        ticket = int(value)
+    except (TypeError, ValueError):
+        raise BrokerError("invalid_request", "input_data.ticket must be an integer") from None
+    if isinstance(value, float) and value != ticket:
+        raise BrokerError("invalid_request", "input_data.ticket must be an integer")
+    return ticket
+
+
+def parse_candles_request(input_data: dict[str, Any]) -> tuple[str, str, int]:
+    symbol = str(require(input_data, "symbol"))
+    timeframe = str(input_data.get("timeframe") or "H1").upper()
+    if timeframe not in TIMEFRAMES:
+        raise BrokerError("invalid_request", f"unknown timeframe {timeframe!r}")
+    try:
+        count = int(input_data.get("count") or 200)
+    except (TypeError, ValueError):
+        raise BrokerError("invalid_request", "input_data.count must be an integer") from None
+    if not 1 <= count <= 5000:
+        raise BrokerError("invalid_request", "input_data.count must be between 1 and 5000")
+    return symbol, timeframe, count
+
+
+def volume_steps(volume: float, step: float) -> float:
+    """How many ``step``s ``volume`` is (a float; integral when volume is on the grid)."""
+    return volume / step
+
+
+def is_on_step(volume: float, step: float) -> bool:
+    steps = volume_steps(volume, step)
+    return abs(steps - round(steps)) < 1e-6
+
+
+def round_volume(volume: float) -> float:
+    """Kills float noise in lot arithmetic (0.30000000000000004 → 0.3)."""
+    return round(volume, 8)
+
+
+def optional_price(input_data: dict[str, Any], key: str, current: float | None) -> float | None:
+    """A modify request's sl/tp: absent keeps ``current``, null or 0 removes, else a price."""
+    if key not in input_data:
+        return current
+    return parse_positive(input_data, key, optional=True)

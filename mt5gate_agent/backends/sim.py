@@ -1,0 +1,623 @@
+"""A simulated broker: a hedging USD account on a random-walk market, with MT5's rules.
+
+What a trader would recognise:
+
+- symbols with MT5's specification (digits, point, contract size, volume min/max/step,
+  stops level) and a spread that moves tick by tick;
+- a random-walk tick stream (log-normal, volatility per symbol), ticks arriving at random
+  intervals; buys fill at the ask, sells at the bid; charts are drawn on the bid, as in MT5;
+- margin = lots × contract size × price / leverage, in the symbol's profit currency and
+  converted to the account currency (the same figure as MT5's Forex and CFD-Leverage modes:
+  for EURUSD it is lots × 100,000 / leverage EUR at the current rate);
+- profit as MT5 computes it: (close − open) × contract size × lots for a buy, the opposite
+  for a sell, in the profit currency (JPY for USDJPY) converted to USD at the current rate;
+- equity = balance + floating profit, free margin = equity − margin, margin level;
+- MT5's validation and retcodes: ``invalid_volume`` (10014), ``invalid_stops`` (10016),
+  ``no_money`` (10019), ``invalid_close_volume`` (10038), ``invalid_symbol``;
+- stop loss and take profit that trigger on the tick stream, at the tick's price;
+- candles built from the ticks themselves (after a seeded history: M1 bars for the last
+  days, H1 bars for the year before), so the chart and the fills agree.
+
+Simplifications, on purpose: the market never closes (the demo works on a Sunday), there is
+no swap, no commission, no stop-out, and margin is not reduced for hedged positions.
+
+The market moves lazily: every call first generates the ticks due up to the clock's
+``now``. With a fixed ``seed`` and an injected ``clock`` everything is deterministic; each
+symbol draws from its own RNG, so its ticks do not depend on how often anyone looks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from mt5gate_agent.backends.base import (
+    BrokerError,
+    is_on_step,
+    iso_utc,
+    optional_price,
+    parse_candles_request,
+    parse_positive,
+    parse_side,
+    parse_ticket,
+    require,
+    round_volume,
+)
+from mt5gate_agent.retcodes import (
+    TRADE_RETCODE_INVALID_CLOSE_VOLUME,
+    TRADE_RETCODE_INVALID_STOPS,
+    TRADE_RETCODE_INVALID_VOLUME,
+    TRADE_RETCODE_NO_MONEY,
+)
+
+SECONDS_PER_YEAR = 365 * 86_400
+# A call after a long pause generates at most this many ticks per symbol (spaced evenly).
+MAX_CATCHUP_TICKS = 5_000
+TIMEFRAME_SECONDS = {
+    "M1": 60,
+    "M5": 300,
+    "M15": 900,
+    "M30": 1_800,
+    "H1": 3_600,
+    "H4": 14_400,
+    "D1": 86_400,
+    "W1": 604_800,
+    "MN1": 2_592_000,  # nominal; months are bucketed on the calendar
+}
+# 1970-01-04 was a Sunday: MT5's weekly bars open on Sunday 00:00.
+_FIRST_SUNDAY = 3 * 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class SymbolSpec:
+    """One symbol's contract specification, as MT5's ``symbol_info`` describes it."""
+
+    name: str
+    digits: int
+    contract_size: float
+    base_currency: str
+    profit_currency: str
+    start_price: float
+    spread_points: tuple[int, int]
+    stops_level: int
+    volume_min: float = 0.01
+    volume_max: float = 100.0
+    volume_step: float = 0.01
+    annual_volatility: float = 0.08
+    mean_tick_interval: float = 0.5
+
+    @property
+    def point(self) -> float:
+        return 10.0**-self.digits
+
+
+DEFAULT_SYMBOLS: tuple[SymbolSpec, ...] = (
+    SymbolSpec("EURUSD", 5, 100_000, "EUR", "USD", 1.08500, (6, 12), 10, annual_volatility=0.07),
+    SymbolSpec("GBPUSD", 5, 100_000, "GBP", "USD", 1.27000, (9, 16), 10),
+    SymbolSpec("USDJPY", 3, 100_000, "USD", "JPY", 151.500, (8, 15), 10, annual_volatility=0.09),
+    SymbolSpec("USDCHF", 5, 100_000, "USD", "CHF", 0.88500, (10, 18), 10, mean_tick_interval=0.8),
+    SymbolSpec("AUDUSD", 5, 100_000, "AUD", "USD", 0.65500, (8, 14), 10, mean_tick_interval=0.8),
+    SymbolSpec("EURGBP", 5, 100_000, "EUR", "GBP", 0.85400, (10, 18), 10, mean_tick_interval=1.0),
+    SymbolSpec(
+        "XAUUSD",
+        2,
+        100,
+        "XAU",
+        "USD",
+        2650.00,
+        (20, 35),
+        50,
+        volume_max=50.0,
+        annual_volatility=0.15,
+        mean_tick_interval=0.3,
+    ),
+)
+
+
+@dataclass(slots=True)
+class SimPosition:
+    ticket: int
+    symbol: str
+    side: str
+    volume: float
+    open_price: float
+    sl: float | None
+    tp: float | None
+    opened_at: float
+
+
+@dataclass(slots=True)
+class SimDeal:
+    """A closing deal: what the account history of MT5 would show."""
+
+    position_id: int
+    symbol: str
+    side: str
+    volume: float
+    price: float
+    profit: float
+    reason: str  # "client", "sl" or "tp"
+    time: float
+
+
+@dataclass(slots=True)
+class _Market:
+    """One symbol's live state: last tick, its RNG, and the M1 bars its ticks drew."""
+
+    spec: SymbolSpec
+    rng: random.Random
+    mid: float
+    bid: float = 0.0
+    ask: float = 0.0
+    time: float = 0.0
+    next_time: float = 0.0
+    # M1 bars [time, open, high, low, close, tick_volume], oldest first, on the bid.
+    bars: list[list[float]] = field(default_factory=list)
+
+
+# (time, open, high, low, close, tick_volume, duration_seconds)
+Bar = tuple[int, float, float, float, float, int, int]
+
+
+class SimBackend:
+    """A simulated MT5 account. Blocking methods, like the real backend; not thread-safe."""
+
+    def __init__(
+        self,
+        *,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.time,
+        symbols: Iterable[SymbolSpec] = DEFAULT_SYMBOLS,
+        balance: float = 10_000.0,
+        leverage: int = 100,
+        currency: str = "USD",
+        history_minutes: int = 5 * 1440,
+        history_hours: int = 400 * 24,
+        first_ticket: int = 50_000_001,
+    ) -> None:
+        self._seed = seed
+        self._clock = clock
+        self.balance = float(balance)
+        self.leverage = int(leverage)
+        self.currency = currency
+        self._history_minutes = history_minutes
+        self._history_hours = history_hours
+        self._next_ticket = first_ticket
+        self.positions: dict[int, SimPosition] = {}
+        self.deals: list[SimDeal] = []
+        self.logged_in_as: int | None = None
+        self._start = clock()
+        self._markets: dict[str, _Market] = {}
+        self._history: dict[str, list[Bar]] = {}
+        for spec in symbols:
+            self._markets[spec.name] = self._open_market(spec)
+        self._queue: list[tuple[float, str]] = [
+            (market.next_time, name) for name, market in self._markets.items()
+        ]
+        heapq.heapify(self._queue)
+
+    # -- the Backend protocol ------------------------------------------------------------
+
+    def login(self, server: str, login: int, password: str) -> None:
+        self.logged_in_as = int(login)
+
+    def is_connected(self) -> bool:
+        self._advance()
+        return True
+
+    def close(self) -> None:
+        pass
+
+    def ticks(self, symbols: list[str]) -> dict[str, dict[str, Any]]:
+        self._advance()
+        result: dict[str, dict[str, Any]] = {}
+        for name in symbols:
+            market = self._markets.get(name)
+            if market is not None:
+                result[name] = {"bid": market.bid, "ask": market.ask, "ts": int(market.time * 1000)}
+        return result
+
+    def execute(self, job_type: str, input_data: dict[str, Any]) -> dict[str, Any]:
+        handler = self._handlers.get(job_type)
+        if handler is None:
+            raise BrokerError("unsupported_job_type", f"unknown job type {job_type!r}")
+        self._advance()
+        return handler(self, input_data)
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def _trade(self, input_data: dict[str, Any]) -> dict[str, Any]:
+        market = self._market(str(require(input_data, "symbol")))
+        spec = market.spec
+        side = parse_side(require(input_data, "side"))
+        volume = parse_positive(input_data, "volume")
+        assert volume is not None
+        sl = parse_positive(input_data, "sl", optional=True)
+        tp = parse_positive(input_data, "tp", optional=True)
+        self._check_volume(spec, volume)
+        volume = round_volume(volume)
+        self._check_stops(market, side, sl, tp)
+        price = market.ask if side == "buy" else market.bid
+        required = self.margin_for(spec.name, volume)
+        free = self.equity() - self.margin_used()
+        if required > free:
+            raise BrokerError(
+                "no_money",
+                f"not enough money: {volume} lots of {spec.name} need {required:.2f} "
+                f"{self.currency} margin, free margin is {free:.2f}",
+                TRADE_RETCODE_NO_MONEY,
+            )
+        now = self._clock()
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        self.positions[ticket] = SimPosition(
+            ticket, spec.name, side, volume, price, sl, tp, opened_at=now
+        )
+        return {"ticket": ticket, "fill_price": price, "volume": volume, "filled_at": iso_utc(now)}
+
+    def _get_positions(self, input_data: dict[str, Any]) -> dict[str, Any]:
+        positions = sorted(self.positions.values(), key=lambda p: p.ticket)
+        return {"positions": [self.position_view(p) for p in positions]}
+
+    def _close_position(self, input_data: dict[str, Any]) -> dict[str, Any]:
+        position = self._position(parse_ticket(input_data))
+        spec = self._markets[position.symbol].spec
+        volume = parse_positive(input_data, "volume", optional=True)
+        if volume is None:
+            volume = position.volume
+        self._check_volume(spec, volume)
+        volume = round_volume(volume)
+        if volume > position.volume + 1e-9:
+            raise BrokerError(
+                "invalid_close_volume",
+                f"close volume {volume} exceeds the position's {position.volume} lots",
+                TRADE_RETCODE_INVALID_CLOSE_VOLUME,
+            )
+        remaining = round_volume(position.volume - volume)
+        if 0 < remaining < spec.volume_min - 1e-9:
+            raise BrokerError(
+                "invalid_volume",
+                f"closing {volume} lots would leave {remaining}, under the minimum "
+                f"{spec.volume_min}",
+                TRADE_RETCODE_INVALID_VOLUME,
+            )
+        deal = self._close(position, volume, reason="client")
+        return {
+            "closed_price": deal.price,
+            "volume": deal.volume,
+            "pnl": deal.profit,
+            "closed_at": iso_utc(deal.time),
+        }
+
+    def _modify_position(self, input_data: dict[str, Any]) -> dict[str, Any]:
+        position = self._position(parse_ticket(input_data))
+        sl = optional_price(input_data, "sl", position.sl)
+        tp = optional_price(input_data, "tp", position.tp)
+        self._check_stops(self._markets[position.symbol], position.side, sl, tp)
+        position.sl, position.tp = sl, tp
+        return {"position": self.position_view(position)}
+
+    def _get_account(self, input_data: dict[str, Any]) -> dict[str, Any]:
+        # Rounded first, so that the figures a user sees add up to the cent.
+        equity = round(self.equity(), 2)
+        margin = round(self.margin_used(), 2)
+        return {
+            "balance": round(self.balance, 2),
+            "equity": equity,
+            "margin_used": margin,
+            "margin_available": round(equity - margin, 2),
+            "currency": self.currency,
+            "leverage": self.leverage,
+        }
+
+    def _get_candles(self, input_data: dict[str, Any]) -> dict[str, Any]:
+        symbol, timeframe, count = parse_candles_request(input_data)
+        self._market(symbol)
+        return {"candles": self.candles(symbol, timeframe, count)}
+
+    _handlers: dict[str, Callable[[SimBackend, dict[str, Any]], dict[str, Any]]] = {
+        "trade": _trade,
+        "get_positions": _get_positions,
+        "close_position": _close_position,
+        "modify_position": _modify_position,
+        "get_account": _get_account,
+        "get_candles": _get_candles,
+    }
+
+    # -- money ---------------------------------------------------------------------------
+
+    def quote(self, symbol: str) -> tuple[float, float]:
+        """The current (bid, ask) of ``symbol``, without moving the market."""
+        market = self._market(symbol)
+        return market.bid, market.ask
+
+    def to_account_currency(self, amount: float, currency: str) -> float:
+        """Converts at the current mid rate of ``CCYUSD`` or ``USDCCY``."""
+        if currency == self.currency:
+            return amount
+        direct = self._markets.get(currency + self.currency)
+        if direct is not None:
+            return amount * (direct.bid + direct.ask) / 2
+        inverse = self._markets.get(self.currency + currency)
+        if inverse is not None:
+            return amount / ((inverse.bid + inverse.ask) / 2)
+        raise BrokerError("invalid_symbol", f"no rate to convert {currency} to {self.currency}")
+
+    def margin_for(self, symbol: str, volume: float) -> float:
+        """Margin of ``volume`` lots: lots × contract × price / leverage, in account currency."""
+        market = self._market(symbol)
+        spec = market.spec
+        mid = (market.bid + market.ask) / 2
+        in_profit_currency = volume * spec.contract_size * mid / self.leverage
+        return self.to_account_currency(in_profit_currency, spec.profit_currency)
+
+    def profit_of(self, position: SimPosition, volume: float | None = None) -> float:
+        """Floating profit in account currency, closing at the bid (buy) or the ask (sell)."""
+        market = self._markets[position.symbol]
+        lots = position.volume if volume is None else volume
+        if position.side == "buy":
+            difference = market.bid - position.open_price
+        else:
+            difference = position.open_price - market.ask
+        in_profit_currency = difference * market.spec.contract_size * lots
+        return round(self.to_account_currency(in_profit_currency, market.spec.profit_currency), 2)
+
+    def margin_used(self) -> float:
+        return sum(self.margin_for(p.symbol, p.volume) for p in self.positions.values())
+
+    def floating_profit(self) -> float:
+        return sum(self.profit_of(p) for p in self.positions.values())
+
+    def equity(self) -> float:
+        return self.balance + self.floating_profit()
+
+    def margin_level(self) -> float | None:
+        """Equity / margin in percent; None without open positions (MT5 shows 0)."""
+        margin = self.margin_used()
+        return None if margin == 0 else self.equity() / margin * 100
+
+    def position_view(self, position: SimPosition) -> dict[str, Any]:
+        market = self._markets[position.symbol]
+        return {
+            "position_id": position.ticket,
+            "symbol": position.symbol,
+            "side": position.side,
+            "volume": position.volume,
+            "open_price": position.open_price,
+            "current_price": market.bid if position.side == "buy" else market.ask,
+            "sl": position.sl,
+            "tp": position.tp,
+            "profit": self.profit_of(position),
+            "swap": 0.0,
+            "opened_at": iso_utc(position.opened_at),
+        }
+
+    # -- validation ----------------------------------------------------------------------
+
+    def _market(self, symbol: str) -> _Market:
+        market = self._markets.get(symbol)
+        if market is None:
+            raise BrokerError("invalid_symbol", f"unknown symbol {symbol!r}")
+        return market
+
+    def _position(self, ticket: int) -> SimPosition:
+        position = self.positions.get(ticket)
+        if position is None:
+            raise BrokerError("position_not_found", f"no open position with ticket {ticket}")
+        return position
+
+    @staticmethod
+    def _check_volume(spec: SymbolSpec, volume: float) -> None:
+        if volume < spec.volume_min - 1e-9 or volume > spec.volume_max + 1e-9:
+            raise BrokerError(
+                "invalid_volume",
+                f"volume {volume} is outside {spec.name}'s range "
+                f"{spec.volume_min}–{spec.volume_max} lots",
+                TRADE_RETCODE_INVALID_VOLUME,
+            )
+        if not is_on_step(volume, spec.volume_step):
+            raise BrokerError(
+                "invalid_volume",
+                f"volume {volume} is not a multiple of {spec.name}'s step {spec.volume_step}",
+                TRADE_RETCODE_INVALID_VOLUME,
+            )
+
+    @staticmethod
+    def _check_stops(market: _Market, side: str, sl: float | None, tp: float | None) -> None:
+        """MT5's rule: stops sit on the right side of the closing price, at least
+        ``stops_level`` points away (closing price: bid for a buy, ask for a sell)."""
+        spec = market.spec
+        distance = spec.stops_level * spec.point
+        close_price = market.bid if side == "buy" else market.ask
+        # Half a point of tolerance: prices are decimals stored as floats.
+        tolerance = spec.point / 2
+        sign = 1 if side == "buy" else -1
+        if sl is not None and sign * (close_price - sl) < max(distance, spec.point) - tolerance:
+            raise BrokerError(
+                "invalid_stops",
+                f"stop loss {sl} is on the wrong side of {close_price} or closer than "
+                f"{spec.stops_level} points",
+                TRADE_RETCODE_INVALID_STOPS,
+            )
+        if tp is not None and sign * (tp - close_price) < max(distance, spec.point) - tolerance:
+            raise BrokerError(
+                "invalid_stops",
+                f"take profit {tp} is on the wrong side of {close_price} or closer than "
+                f"{spec.stops_level} points",
+                TRADE_RETCODE_INVALID_STOPS,
+            )
+
+    # -- closing -------------------------------------------------------------------------
+
+    def _close(self, position: SimPosition, volume: float, *, reason: str) -> SimDeal:
+        market = self._markets[position.symbol]
+        price = market.bid if position.side == "buy" else market.ask
+        profit = self.profit_of(position, volume)
+        self.balance = round(self.balance + profit, 2)
+        remaining = round_volume(position.volume - volume)
+        if remaining <= 0:
+            del self.positions[position.ticket]
+        else:
+            position.volume = remaining
+        deal = SimDeal(
+            position.ticket,
+            position.symbol,
+            position.side,
+            volume,
+            price,
+            profit,
+            reason,
+            self._clock() if reason == "client" else market.time,
+        )
+        self.deals.append(deal)
+        return deal
+
+    def _trigger_stops(self, market: _Market) -> None:
+        name = market.spec.name
+        for position in [p for p in self.positions.values() if p.symbol == name]:
+            if position.side == "buy":
+                hit_sl = position.sl is not None and market.bid <= position.sl
+                hit_tp = position.tp is not None and market.bid >= position.tp
+            else:
+                hit_sl = position.sl is not None and market.ask >= position.sl
+                hit_tp = position.tp is not None and market.ask <= position.tp
+            if hit_sl or hit_tp:
+                self._close(position, position.volume, reason="sl" if hit_sl else "tp")
+
+    # -- the tick stream -----------------------------------------------------------------
+
+    def _rng(self, *parts: str) -> random.Random:
+        if self._seed is None:
+            return random.Random()
+        return random.Random(":".join((str(self._seed), *parts)))
+
+    def _open_market(self, spec: SymbolSpec) -> _Market:
+        market = _Market(spec, self._rng(spec.name, "ticks"), mid=spec.start_price)
+        self._quote(market, self._start)
+        market.next_time = self._start + market.rng.expovariate(1 / spec.mean_tick_interval)
+        return market
+
+    def _quote(self, market: _Market, at: float) -> None:
+        spec = market.spec
+        spread = market.rng.randint(*spec.spread_points)
+        bid = round(market.mid - spread * spec.point / 2, spec.digits)
+        market.bid = bid
+        market.ask = round(bid + spread * spec.point, spec.digits)
+        market.time = at
+        minute = float(int(at // 60) * 60)
+        if market.bars and market.bars[-1][0] == minute:
+            bar = market.bars[-1]
+            bar[2] = max(bar[2], bid)
+            bar[3] = min(bar[3], bid)
+            bar[4] = bid
+            bar[5] += 1
+        else:
+            market.bars.append([minute, bid, bid, bid, bid, 1])
+
+    def _advance(self) -> None:
+        """Generates every tick due up to now, in time order across symbols."""
+        now = self._clock()
+        queue = self._queue
+        while queue and queue[0][0] <= now:
+            at, name = heapq.heappop(queue)
+            market = self._markets[name]
+            spec = market.spec
+            elapsed = at - market.time
+            sigma = spec.annual_volatility * math.sqrt(max(elapsed, 1e-6) / SECONDS_PER_YEAR)
+            market.mid *= math.exp(market.rng.gauss(0.0, sigma))
+            self._quote(market, at)
+            self._trigger_stops(market)
+            interval = market.rng.expovariate(1 / spec.mean_tick_interval)
+            interval = max(interval, (now - at) / MAX_CATCHUP_TICKS)
+            market.next_time = at + interval
+            heapq.heappush(queue, (market.next_time, name))
+
+    # -- candles -------------------------------------------------------------------------
+
+    def candles(self, symbol: str, timeframe: str, count: int) -> list[dict[str, Any]]:
+        """The last ``count`` candles (the forming one included), oldest first, on the bid."""
+        market = self._market(symbol)
+        seconds = TIMEFRAME_SECONDS[timeframe]
+        history = self._seeded_history(market)
+        live: list[Bar] = [(int(b[0]), b[1], b[2], b[3], b[4], int(b[5]), 60) for b in market.bars]
+        # Hourly history bars cannot be split into minutes: intraday frames use minutes only.
+        bars = [b for b in history if b[6] <= seconds] + live
+        candles: list[dict[str, Any]] = []
+        for start, open_, high, low, close, volume, _ in bars:
+            bucket = _bucket_start(start, timeframe)
+            if candles and candles[-1]["time"] == bucket:
+                candle = candles[-1]
+                candle["high"] = max(candle["high"], high)
+                candle["low"] = min(candle["low"], low)
+                candle["close"] = close
+                candle["volume"] += volume
+            else:
+                candles.append(
+                    {
+                        "time": bucket,
+                        "open": open_,
+                        "high": high,
+                        "low": low,
+                        "close": close,
+                        "volume": volume,
+                    }
+                )
+        return candles[-count:]
+
+    def _seeded_history(self, market: _Market) -> list[Bar]:
+        """Bars before the simulation started, walked backwards from the first tick's bid:
+        H1 bars for ``history_hours``, then M1 bars for ``history_minutes`` (hour-aligned)."""
+        spec = market.spec
+        cached = self._history.get(spec.name)
+        if cached is not None:
+            return cached
+        rng = self._rng(spec.name, "history")
+        first_minute = int(self._start // 60) * 60
+        minutes_start = (first_minute - self._history_minutes * 60) // 3600 * 3600
+        first_bid = market.bars[0][1]
+        minutes = _walk_back(spec, rng, first_bid, minutes_start, first_minute, 60)
+        hours_start = minutes_start - self._history_hours * 3600
+        first_close = minutes[0][1] if minutes else first_bid
+        hours = _walk_back(spec, rng, first_close, hours_start, minutes_start, 3600)
+        history = hours + minutes
+        self._history[spec.name] = history
+        return history
+
+
+def _walk_back(
+    spec: SymbolSpec, rng: random.Random, close: float, start: int, end: int, duration: int
+) -> list[Bar]:
+    """Bars of ``duration`` seconds from ``start`` to ``end``, the last closing at ``close``;
+    each bar's close is the next bar's open, so the series joins the live ticks seamlessly."""
+    sigma = spec.annual_volatility * math.sqrt(duration / SECONDS_PER_YEAR)
+    ticks_per_bar = duration / spec.mean_tick_interval
+    bars: list[Bar] = []
+    at = end - duration
+    while at >= start:
+        open_ = round(close * math.exp(-rng.gauss(0.0, sigma)), spec.digits)
+        high = max(open_, close) * (1 + abs(rng.gauss(0.0, sigma)) * 0.6)
+        low = min(open_, close) * (1 - abs(rng.gauss(0.0, sigma)) * 0.6)
+        high = max(round(high, spec.digits), open_, close)
+        low = min(round(low, spec.digits), open_, close)
+        volume = max(1, int(ticks_per_bar * rng.uniform(0.5, 1.5)))
+        bars.append((at, open_, high, low, close, volume, duration))
+        close = open_
+        at -= duration
+    bars.reverse()
+    return bars
+
+
+def _bucket_start(epoch_seconds: int, timeframe: str) -> int:
+    if timeframe == "MN1":
+        moment = datetime.fromtimestamp(epoch_seconds, UTC)
+        return int(datetime(moment.year, moment.month, 1, tzinfo=UTC).timestamp())
+    if timeframe == "W1":
+        return (epoch_seconds - _FIRST_SUNDAY) // 604_800 * 604_800 + _FIRST_SUNDAY
+    seconds = TIMEFRAME_SECONDS[timeframe]
+    return epoch_seconds // seconds * seconds

@@ -1,0 +1,42 @@
+"""The agent's settings: one frozen dataclass, built by the CLI or by whoever embeds the agent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mt5gate_agent import __version__
+
+# What the simulated price-source agent of ``mt5gate demo`` pushes.
+DEFAULT_PRICE_SYMBOLS: tuple[str, ...] = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Everything :func:`mt5gate_agent.runner.run_agent` needs.
+
+    ``api_url`` is the server's root (``http://127.0.0.1:8000``); a trailing ``/api/v1`` is
+    accepted too. ``price_symbols`` empty means the agent is not a price source.
+    """
+
+    api_url: str
+    agent_id: str
+    token: str
+    backend: str = "mt5"
+    # Price source: push these symbols' changed ticks every ``price_interval`` seconds.
+    price_symbols: tuple[str, ...] = ()
+    price_interval: float = 0.25
+    # Long-poll: ``jobs/next?wait=poll_wait`` (the API allows 0–30 s).
+    poll_wait: int = 25
+    heartbeat_interval: float = 10.0
+    # Reconnect delays: exponential from ``backoff_initial`` to ``backoff_max``, with jitter.
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    # For every request but the long poll, which gets ``poll_wait`` on top.
+    request_timeout: float = 10.0
+    # How long the result of a job already executed is retried before it is given up.
+    result_retry_seconds: float = 60.0
+    # Backend options: the simulator's seed; the mt5 terminal's path and max slippage.
+    sim_seed: int | None = None
+    terminal_path: str | None = None
+    deviation: int = 20
+    version: str = __version__
