@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import math
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 
 class DomainError(Exception):
@@ -106,10 +112,62 @@ class AgentTimeout(DomainError):
     status_code, code, message = 504, "agent_timeout", "The agent did not answer in time."
 
 
+class SafeJSONResponse(JSONResponse):
+    """Renders any input a client sent back to it: NaN/Infinity (which Python's JSON parser
+    accepts) and raw bytes as strings, lone surrogates as `\\u` escapes, where the default
+    renderer raises and turns a 422 into a 500."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(
+            json_safe(content), ensure_ascii=True, allow_nan=False, separators=(",", ":")
+        ).encode("ascii")
+
+
+def json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, bytes | bytearray):  # a non-JSON body, echoed as the input
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def status_phrase(status_code: int) -> str:
+    try:
+        return HTTPStatus(status_code).phrase
+    except ValueError:
+        return "HTTP error"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DomainError)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
+    async def handle_validation(_request: Request, exc: Exception) -> JSONResponse:
+        # FastAPI's 422 shape (`detail` is the list of errors), rendered safely.
+        assert isinstance(exc, RequestValidationError)
+        errors = jsonable_encoder(json_safe(exc.errors()))
+        return SafeJSONResponse({"detail": errors}, status_code=422)
+
+    async def handle_http(_request: Request, exc: Exception) -> Response:
+        # Framework errors (unknown path, wrong method, unparsable body) get a code too.
+        assert isinstance(exc, HTTPException)
+        if exc.status_code in {204, 304}:
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        if not isinstance(exc.detail, str):
+            return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+        phrase = status_phrase(exc.status_code)
+        code = phrase.lower().replace(" ", "_").replace("-", "_").replace("'", "")
+        message = f"{phrase}." if exc.detail == phrase else exc.detail
+        return JSONResponse(
+            {"detail": code, "message": message}, exc.status_code, headers=exc.headers
+        )
+
     app.add_exception_handler(DomainError, handle)
+    app.add_exception_handler(RequestValidationError, handle_validation)
+    app.add_exception_handler(HTTPException, handle_http)
