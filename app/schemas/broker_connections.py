@@ -5,14 +5,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from app.schemas.common import Schema, UtcDatetime
+from app.schemas.common import Schema, Text, UtcDatetime
 
 
 class BrokerConnectionCreate(BaseModel):
-    server: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
-    login: int = Field(gt=0, lt=2**63)
-    password: Annotated[str, StringConstraints(min_length=1, max_length=256)]
-    label: Annotated[str, StringConstraints(strip_whitespace=True, max_length=128)] | None = None
+    server: Annotated[Text, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+    login: int = Field(gt=0, lt=2**63, description="The MT5 account number.")
+    password: Annotated[Text, StringConstraints(min_length=1, max_length=256)] = Field(
+        description="Encrypted at rest; never returned."
+    )
+    label: Annotated[Text, StringConstraints(strip_whitespace=True, max_length=128)] | None = None
 
 
 class AgentSummary(BaseModel):

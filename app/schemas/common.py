@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
 
 def iso_utc(value: datetime) -> str:
@@ -13,6 +13,23 @@ def iso_utc(value: datetime) -> str:
 
 
 UtcDatetime = Annotated[datetime, PlainSerializer(iso_utc, return_type=str, when_used="json")]
+
+
+def reject_unstorable_text(value: Any) -> Any:
+    """PostgreSQL text cannot hold NUL, and UTF-8 (every store, argon2, Fernet) cannot hold
+    lone surrogates, which JSON's `\\ud800` escapes produce; both are 422s, not 500s."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+# Every string that a request carries into storage, a hash or a cipher is one of these.
+Text = Annotated[str, BeforeValidator(reject_unstorable_text)]
 
 
 class Schema(BaseModel):

@@ -3,21 +3,23 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, EmailStr, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, EmailStr, Field, StringConstraints
 
-from app.schemas.common import Schema, UtcDatetime
+from app.schemas.common import Schema, Text, UtcDatetime, reject_unstorable_text
 
-Password = Annotated[str, StringConstraints(min_length=8, max_length=256)]
+Password = Annotated[Text, StringConstraints(min_length=8, max_length=256)]
 
 
 class Credentials(BaseModel):
-    email: Annotated[EmailStr, StringConstraints(max_length=320)]
+    email: Annotated[
+        EmailStr, BeforeValidator(reject_unstorable_text), StringConstraints(max_length=320)
+    ]
     password: Password
 
 
 class LoginCredentials(BaseModel):
-    email: Annotated[str, StringConstraints(min_length=1, max_length=320)]
-    password: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    email: Annotated[Text, StringConstraints(min_length=1, max_length=320)]
+    password: Annotated[Text, StringConstraints(min_length=1, max_length=256)]
 
 
 class UserRead(Schema):
