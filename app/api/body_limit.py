@@ -27,24 +27,33 @@ class BodySizeLimit:
             await self.reject(send)
             return
         received = 0
+        too_large = False
         response_started = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    too_large = True
                     raise BodyTooLarge()
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal response_started
+            if too_large:
+                # The app caught BodyTooLarge (FastAPI turns any body-read error into a
+                # 400) and answers the cut-off body; the client gets the 413 instead.
+                if not response_started:
+                    response_started = True
+                    await self.reject(send)
+                return
             response_started = response_started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, guarded_send)
         except BodyTooLarge:
             if not response_started:
                 await self.reject(send)
