@@ -69,7 +69,8 @@ def decode_access_token(token: str, *, secret: str, algorithm: str) -> TokenClai
             user_id=uuid.UUID(str(claims["sub"])),
             expires_at=datetime.fromtimestamp(claims["exp"], UTC),
         )
-    except (jwt.PyJWTError, ValueError, TypeError, KeyError) as exc:
+    except (jwt.PyJWTError, ValueError, TypeError, KeyError, OverflowError, OSError) as exc:
+        # OverflowError/OSError: an `exp` beyond what a datetime can hold.
         raise InvalidToken(str(exc)) from exc
 
 
