@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 import uuid
 
 from sqlalchemy import exists, select
@@ -14,7 +15,8 @@ from app.models import BrokerConnection, User
 
 
 def normalize_email(email: str) -> str:
-    return email.strip().lower()
+    # NFC first: registration's validator composes accents, a login must match that.
+    return unicodedata.normalize("NFC", email.strip()).lower()
 
 
 async def register_user(session: AsyncSession, *, email: str, password: str) -> User:
