@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import sys
 
+from pydantic import ValidationError
+
 from app.core.config import ConfigError, Settings
 from app.core.logging import configure_logging
 
@@ -44,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return agent_main(argv[1:])
     args = build_parser().parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"mt5gate: invalid setting: {one_line(exc)}", file=sys.stderr)
+        return 1
     configure_logging(settings.log_level)
     try:
         if args.command == "serve":
@@ -69,7 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def one_line(exc: ValidationError) -> str:
+    """`ACCESS_TOKEN_TTL_SECONDS: Input should be greater than 0; ...`, env var names."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']).upper()}: {error['msg']}"
+        for error in exc.errors()
+    )
+
+
 def serve(settings: Settings, host: str, port: int) -> int:
+    # Checked before the heavy imports, so a refusal to start is the only line printed.
+    settings = settings.with_secrets()
+
     import uvicorn
 
     from app.main import create_app

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import secrets
+import time
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -18,6 +20,9 @@ log = logging.getLogger("mt5gate.config")
 
 WEAK_SECRETS = {"", "changethis", "secret", "changeme", "password"}
 MIN_JWT_SECRET_LENGTH = 32
+# A random secret of that length has far more; these catch `aaaa...` and `abab...`.
+MIN_DISTINCT_JWT_SECRET_CHARS = 5
+MIN_DISTINCT_KEY_BYTES = 16
 ALLOWED_JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
 DEV_SECRETS_FILE = Path("var") / "secrets.json"
 
@@ -94,10 +99,13 @@ class Settings(BaseSettings):
 
 
 def check_secrets(settings: Settings) -> None:
-    if settings.jwt_secret.lower() in WEAK_SECRETS:
+    secret = settings.jwt_secret
+    if secret.strip().lower() in WEAK_SECRETS:
         raise ConfigError("JWT_SECRET is missing or a placeholder; set a random value")
-    if len(settings.jwt_secret) < MIN_JWT_SECRET_LENGTH:
+    if len(secret) < MIN_JWT_SECRET_LENGTH:
         raise ConfigError(f"JWT_SECRET is too short; use at least {MIN_JWT_SECRET_LENGTH} chars")
+    if len(set(secret)) < MIN_DISTINCT_JWT_SECRET_CHARS:
+        raise ConfigError("JWT_SECRET repeats a few characters; set a random value")
     try:
         key = base64.urlsafe_b64decode(settings.encryption_key.encode())
         valid = len(key) == 32
@@ -108,18 +116,37 @@ def check_secrets(settings: Settings) -> None:
             "ENCRYPTION_KEY is missing or invalid; generate one with "
             "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())'"
         )
+    if len(set(key)) < MIN_DISTINCT_KEY_BYTES:
+        raise ConfigError("ENCRYPTION_KEY is not random (too few distinct bytes); generate one")
 
 
 def load_or_create_dev_secrets(path: Path = DEV_SECRETS_FILE) -> dict[str, str]:
-    if path.exists():
-        stored: dict[str, str] = json.loads(path.read_text())
-        return stored
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stored = {
+    """The dev secrets under ./var/, created once (owner-only) and reused after that."""
+    fresh = {
         "jwt_secret": secrets.token_urlsafe(48),
         "encryption_key": Fernet.generate_key().decode(),
     }
-    path.write_text(json.dumps(stored))
-    path.chmod(0o600)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: two processes starting at once agree on one file; 0o600 from the start.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return read_dev_secrets(path)
+    with os.fdopen(fd, "w") as file:
+        json.dump(fresh, file)
     log.warning("event=dev_secrets_created path=%s reason=no JWT_SECRET/ENCRYPTION_KEY set", path)
-    return stored
+    return fresh
+
+
+def read_dev_secrets(path: Path) -> dict[str, str]:
+    for _ in range(50):  # another process may be between creating and writing the file
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            stored = None
+        if isinstance(stored, dict) and all(
+            isinstance(stored.get(name), str) for name in ("jwt_secret", "encryption_key")
+        ):
+            return {name: stored[name] for name in ("jwt_secret", "encryption_key")}
+        time.sleep(0.02)
+    raise ConfigError(f"{path} is unreadable or incomplete; delete it to create new dev secrets")

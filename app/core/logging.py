@@ -17,3 +17,5 @@ def configure_logging(level: str = "INFO") -> None:
         root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("mt5gate").setLevel(level.upper())
+    # Alembic announces every plugin it loads at INFO; its migration steps stay visible.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
