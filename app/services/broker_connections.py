@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.core.errors import NotFound
 from app.core.security import encrypt_secret, hash_agent_token, new_agent_token
 from app.models import Agent, BrokerConnection, utcnow
+from app.schemas.broker_connections import AgentSummary
 
 
 async def create_connection(
@@ -47,13 +48,19 @@ async def list_connections(session: AsyncSession, *, user_id: uuid.UUID) -> list
 
 
 async def get_connection(
-    session: AsyncSession, *, user_id: uuid.UUID, connection_id: uuid.UUID | None = None
+    session: AsyncSession,
+    *,
+    user_id: uuid.UUID,
+    connection_id: uuid.UUID | None = None,
+    for_update: bool = False,
 ) -> BrokerConnection:
     """The user's connection with that id, or their oldest one; another user's is NotFound."""
     query = select(BrokerConnection).where(BrokerConnection.user_id == user_id)
     if connection_id is not None:
         query = query.where(BrokerConnection.id == connection_id)
     query = query.order_by(BrokerConnection.created_at, BrokerConnection.id).limit(1)
+    if for_update:  # PostgreSQL row lock; SQLite's writers are serialized anyway
+        query = query.with_for_update()
     connection = await session.scalar(query)
     if connection is None:
         raise NotFound("No such broker connection.")
@@ -72,7 +79,10 @@ async def provision_agent(
     session: AsyncSession, *, user_id: uuid.UUID, connection_id: uuid.UUID
 ) -> tuple[Agent, str]:
     """Creates the connection's agent, or rotates its token. Returns the token once."""
-    connection = await get_connection(session, user_id=user_id, connection_id=connection_id)
+    # Locked: two concurrent first provisionings would both insert an agent (a 500).
+    connection = await get_connection(
+        session, user_id=user_id, connection_id=connection_id, for_update=True
+    )
     token = new_agent_token()
     if connection.agent is None:
         connection.agent = Agent(
@@ -90,12 +100,12 @@ def agent_is_online(agent: Agent, *, now: datetime, offline_after_seconds: float
     return (now - agent.last_heartbeat_at).total_seconds() <= offline_after_seconds
 
 
-def agent_summary(agent: Agent | None, *, offline_after_seconds: float) -> dict[str, object] | None:
+def agent_summary(agent: Agent | None, *, offline_after_seconds: float) -> AgentSummary | None:
     if agent is None:
         return None
     online = agent_is_online(agent, now=utcnow(), offline_after_seconds=offline_after_seconds)
-    return {
-        "id": agent.id,
-        "status": "online" if online else "offline",
-        "last_heartbeat_at": agent.last_heartbeat_at,
-    }
+    return AgentSummary(
+        id=agent.id,
+        status="online" if online else "offline",
+        last_heartbeat_at=agent.last_heartbeat_at,
+    )

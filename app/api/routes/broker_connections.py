@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from fastapi import APIRouter, Response, status
 
@@ -20,7 +21,8 @@ router = APIRouter(
     tags=["broker connections"],
     responses={401: {"model": ErrorBody}},
 )
-NOT_FOUND = {404: {"model": ErrorBody, "description": "not_found"}}
+Responses = dict[int | str, dict[str, Any]]
+NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "not_found"}}
 
 
 def to_read(connection: BrokerConnection, settings: Settings) -> BrokerConnectionRead:
@@ -30,7 +32,7 @@ def to_read(connection: BrokerConnection, settings: Settings) -> BrokerConnectio
         login=connection.login,
         label=connection.label,
         created_at=connection.created_at,
-        agent=service.agent_summary(  # type: ignore[arg-type]
+        agent=service.agent_summary(
             connection.agent, offline_after_seconds=settings.agent_offline_after_seconds
         ),
     )
