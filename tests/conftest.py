@@ -9,7 +9,7 @@ import pytest
 
 from app.core.config import Settings
 from app.core.migrate import upgrade_to_head
-from tests.flows import Trader, TestUser, onboard_trader, register_user
+from tests.flows import TestUser, Trader, onboard_trader, register_user
 from tests.servers import RunningApi, run_api
 from tests.stores import (
     Store,
