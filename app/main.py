@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from app.api.body_limit import BodySizeLimit
-from app.api.routes import auth, broker_connections, users
+from app.api.routes import agents, auth, broker_connections, users
 from app.core.config import Settings
 from app.core.errors import install_error_handlers
 from app.core.migrate import upgrade_to_head_async
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(auth.router)
     api.include_router(users.router)
     api.include_router(broker_connections.router)
+    api.include_router(agents.router)
     app.include_router(api)
     app.add_middleware(BodySizeLimit)
     return app

@@ -15,7 +15,9 @@ from app.core.config import Settings
 from app.core.errors import InvalidTokenError, OnboardingIncomplete
 from app.core.resources import Resources
 from app.core.security import InvalidToken, decode_access_token
-from app.models import User
+from app.models import Agent, User
+from app.services.agents import authenticate_agent
+from app.services.jobs import JobStore
 
 
 def get_resources(connection: HTTPConnection) -> Resources:
@@ -93,3 +95,24 @@ async def get_onboarded_user(user: CurrentUser) -> User:
 
 
 OnboardedUser = Annotated[User, Depends(get_onboarded_user)]
+
+
+def get_job_store(resources: ResourcesDep) -> JobStore:
+    return resources.jobs
+
+
+JobStoreDep = Annotated[JobStore, Depends(get_job_store)]
+
+
+async def get_current_agent(
+    agent_id: str, credentials: BearerDep, resources: ResourcesDep
+) -> Agent:
+    """The agent named in the path, if the bearer token is its own (counts as a heartbeat)."""
+    return await authenticate_agent(
+        resources.session_factory,
+        agent_id=agent_id,
+        token=credentials.credentials if credentials else None,
+    )
+
+
+CurrentAgent = Annotated[Agent, Depends(get_current_agent)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -11,7 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory
+from app.core.job_events import JobEvents
 from app.core.redis import create_redis
+from app.services.jobs import JobStore, run_job_sweeper
 
 
 @dataclass
@@ -20,6 +24,7 @@ class Resources:
     engine: AsyncEngine
     session_factory: async_sessionmaker[AsyncSession]
     redis: Redis
+    jobs: JobStore
 
 
 @asynccontextmanager
@@ -27,11 +32,32 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
     async with AsyncExitStack() as stack:
         engine = create_engine(settings.database_url)
         stack.push_async_callback(engine.dispose)
+        session_factory = create_session_factory(engine)
         redis = create_redis(settings.redis_url)
         stack.push_async_callback(redis.aclose)
+
+        job_events = JobEvents(redis, enabled=settings.job_wakeups_enabled)
+        await job_events.start()
+        stack.push_async_callback(job_events.stop)
+        jobs = JobStore(
+            session_factory=session_factory,
+            events=job_events,
+            poll_interval=settings.job_poll_interval_seconds,
+            result_timeout=settings.job_result_timeout_seconds,
+        )
+        sweeper = asyncio.create_task(run_job_sweeper(jobs), name="job-sweeper")
+        stack.push_async_callback(cancel_and_wait, sweeper)
+
         yield Resources(
             settings=settings,
             engine=engine,
-            session_factory=create_session_factory(engine),
+            session_factory=session_factory,
             redis=redis,
+            jobs=jobs,
         )
+
+
+async def cancel_and_wait(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

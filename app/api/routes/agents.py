@@ -1,0 +1,106 @@
+"""The routes an agent calls, authenticated by its own token for its own id only."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query, Request, Response, status
+
+from app.api.deps import CurrentAgent, JobStoreDep, RedisDep, SessionFactoryDep, SettingsDep
+from app.core.security import decrypt_secret
+from app.models import BrokerConnection
+from app.schemas.agents import (
+    Credentials,
+    Heartbeat,
+    JobRead,
+    JobResult,
+    JobResultAccepted,
+    PricePush,
+    PricesAccepted,
+    ServerTime,
+)
+from app.schemas.common import ErrorBody
+from app.services import agents as service
+from app.services import jobs
+
+router = APIRouter(
+    prefix="/agents/{agent_id}",
+    tags=["agents"],
+    responses={401: {"model": ErrorBody, "description": "invalid_agent_token"}},
+)
+
+
+@router.post("/heartbeat")
+async def heartbeat(
+    agent: CurrentAgent, factory: SessionFactoryDep, body: Heartbeat | None = None
+) -> ServerTime:
+    body = body or Heartbeat()
+    now = await service.heartbeat(
+        factory, agent, version=body.version, terminal_connected=body.terminal_connected
+    )
+    return ServerTime(server_time=now)
+
+
+@router.get("/credentials")
+async def credentials(
+    agent: CurrentAgent, factory: SessionFactoryDep, settings: SettingsDep
+) -> Credentials:
+    """The MT5 login of the agent's broker connection, decrypted for the agent only."""
+    async with factory() as session:
+        connection = await session.get(BrokerConnection, agent.connection_id)
+    assert connection is not None  # the agent row cascades with its connection
+    return Credentials(
+        server=connection.server,
+        login=connection.login,
+        password=decrypt_secret(settings.fernet, connection.password_encrypted),
+    )
+
+
+@router.get(
+    "/jobs/next",
+    responses={204: {"description": "No job arrived within `wait` seconds."}},
+    response_model=JobRead,
+)
+async def next_job(
+    request: Request,
+    agent: CurrentAgent,
+    job_store: JobStoreDep,
+    settings: SettingsDep,
+    wait: Annotated[float, Query(ge=0, le=30, description="Seconds to wait for a job.")] = 25,
+) -> JobRead | Response:
+    """Long-poll: claims this agent's oldest pending job as soon as one exists."""
+    job = await service.next_job(
+        job_store, request=request, agent=agent, wait=wait, settings=settings
+    )
+    if job is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return JobRead.model_validate(job, from_attributes=True)
+
+
+@router.post(
+    "/jobs/{job_id}/result",
+    responses={
+        409: {"model": ErrorBody, "description": "job_not_running"},
+        422: {"description": "invalid_result, or a malformed body"},
+    },
+)
+async def post_result(
+    job_id: uuid.UUID,
+    agent: CurrentAgent,
+    job_store: JobStoreDep,
+    result: Annotated[JobResult, Body()],
+) -> JobResultAccepted:
+    job = await jobs.complete_job(job_store, agent_id=agent.id, job_id=job_id, result=result)
+    return JobResultAccepted(job_id=job.id, status=job.status)
+
+
+@router.post(
+    "/prices",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={403: {"model": ErrorBody, "description": "not_price_source"}},
+)
+async def push_prices(agent: CurrentAgent, redis: RedisDep, ticks: PricePush) -> PricesAccepted:
+    """Price sources only: stores each tick as `prices:{instrument}` and publishes it."""
+    accepted = await service.push_prices(redis, agent=agent, ticks=ticks.root)
+    return PricesAccepted(accepted=accepted)

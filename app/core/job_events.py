@@ -1,0 +1,125 @@
+"""Wake-ups for job waiters, across processes, over one Redis subscription per process.
+
+Two channels carry every event: `mt5gate:jobs:created` (payload: the agent id, wakes that
+agent's `jobs/next` long-polls) and `mt5gate:jobs:finished` (payload: the job id, wakes the
+request waiting for it). Each process subscribes once and dispatches to its waiters in
+memory. Waiters also re-check the database every `job_poll_interval_seconds`, so a lost
+message (Redis down, a restart) delays an answer but never loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("mt5gate.job_events")
+
+CREATED_CHANNEL = "mt5gate:jobs:created"
+FINISHED_CHANNEL = "mt5gate:jobs:finished"
+MAX_BACKOFF_SECONDS = 2.0
+
+
+class JobEvents:
+    def __init__(self, redis: Redis, *, enabled: bool = True) -> None:
+        self.redis = redis
+        self.enabled = enabled
+        self._waiters: dict[tuple[str, str], set[asyncio.Event]] = defaultdict(set)
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        if not self.enabled:
+            return
+        self._listener = asyncio.create_task(self._listen(), name="job-events-listener")
+        # Best effort: a Redis that is down now must not keep the API from starting.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), timeout=2)
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+
+    @contextlib.contextmanager
+    def _watch(self, channel: str, key: str) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        waiters = self._waiters[(channel, key)]
+        waiters.add(event)
+        try:
+            yield event
+        finally:
+            waiters.discard(event)
+            if not waiters:
+                self._waiters.pop((channel, key), None)
+
+    def watch_created(self, agent_id: str) -> contextlib.AbstractContextManager[asyncio.Event]:
+        """An event set whenever a job is created for this agent (register before checking)."""
+        return self._watch(CREATED_CHANNEL, agent_id)
+
+    def watch_finished(self, job_id: str) -> contextlib.AbstractContextManager[asyncio.Event]:
+        """An event set when this job reaches a final state."""
+        return self._watch(FINISHED_CHANNEL, job_id)
+
+    @property
+    def waiter_count(self) -> int:
+        return sum(len(events) for events in self._waiters.values())
+
+    async def job_created(self, agent_id: str) -> None:
+        await self._publish(CREATED_CHANNEL, agent_id)
+
+    async def job_finished(self, job_id: str) -> None:
+        await self._publish(FINISHED_CHANNEL, job_id)
+
+    async def _publish(self, channel: str, key: str) -> None:
+        if not self.enabled:
+            return
+        # Local waiters first: they need no round trip, and still wake with Redis down.
+        self._dispatch(channel, key)
+        try:
+            await self.redis.publish(channel, key)
+        except (RedisError, OSError) as exc:
+            log.warning("event=wakeup_publish_failed channel=%s reason=%r", channel, exc)
+
+    def _dispatch(self, channel: str, key: str) -> None:
+        for event in self._waiters.get((channel, key), ()):
+            event.set()
+
+    async def _listen(self) -> None:
+        backoff = 0.05
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(CREATED_CHANNEL, FINISHED_CHANNEL)
+                self._subscribed.set()
+                log.info("event=wakeups_subscribed")
+                backoff = 0.05
+                async for message in pubsub.listen():
+                    self._on_message(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure: fall back to polling, then reconnect
+                self._subscribed.clear()
+                log.warning(
+                    "event=wakeups_lost reason=%r retry_in=%.2fs fallback=polling", exc, backoff
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _on_message(self, message: dict[str, object]) -> None:
+        channel, data = message.get("channel"), message.get("data")
+        if not isinstance(channel, bytes | str) or not isinstance(data, bytes | str):
+            return
+        channel = channel.decode() if isinstance(channel, bytes) else channel
+        key = data.decode(errors="replace") if isinstance(data, bytes) else data
+        self._dispatch(channel, key[:64])

@@ -1,0 +1,245 @@
+"""Agents: who they are, whether they are online, their long-poll and their price pushes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.requests import Request
+
+from app.core.config import Settings
+from app.core.errors import AgentOffline, DomainError, InvalidAgentToken, NoAgent, NotPriceSource
+from app.core.security import agent_token_matches
+from app.models import Agent, Job, utcnow
+from app.schemas.agents import TickIn
+from app.services.broker_connections import agent_is_online, get_connection
+from app.services.jobs import JobStore, claim_next_job, release_job
+
+log = logging.getLogger("mt5gate.agents")
+
+# Heartbeats are written at most this often per agent: a busy agent's every call counts,
+# but need not cost a write each.
+HEARTBEAT_WRITE_INTERVAL_SECONDS = 1.0
+
+
+class PricesUnavailable(DomainError):
+    status_code, code, message = 503, "prices_unavailable", "Ticks cannot be stored right now."
+
+
+async def authenticate_agent(
+    session_factory: async_sessionmaker[AsyncSession], *, agent_id: str, token: str | None
+) -> Agent:
+    """The agent whose id is in the path, if the token is its own; counts as a heartbeat."""
+    try:
+        agent_uuid = uuid.UUID(agent_id)
+    except ValueError as exc:
+        raise InvalidAgentToken() from exc
+    async with session_factory() as session:
+        agent = await session.get(Agent, agent_uuid)
+        if agent is None or not token or not agent_token_matches(token, agent.token_hash):
+            raise InvalidAgentToken()
+        await record_heartbeat(session, agent)
+        await session.commit()
+    return agent
+
+
+async def record_heartbeat(
+    session: AsyncSession,
+    agent: Agent,
+    *,
+    force: bool = False,
+    version: str | None = None,
+    terminal_connected: bool | None = None,
+) -> datetime:
+    now = utcnow()
+    last = agent.last_heartbeat_at
+    if force or last is None or (now - last).total_seconds() >= HEARTBEAT_WRITE_INTERVAL_SECONDS:
+        values: dict[str, object] = {"last_heartbeat_at": now}
+        if version is not None:
+            values["version"] = version
+        if terminal_connected is not None:
+            values["terminal_connected"] = terminal_connected
+        await session.execute(update(Agent).where(Agent.id == agent.id).values(**values))
+        agent.last_heartbeat_at = now
+    return now
+
+
+async def heartbeat(
+    session_factory: async_sessionmaker[AsyncSession],
+    agent: Agent,
+    *,
+    version: str | None,
+    terminal_connected: bool | None,
+) -> datetime:
+    async with session_factory() as session:
+        now = await record_heartbeat(
+            session, agent, force=True, version=version, terminal_connected=terminal_connected
+        )
+        await session.commit()
+    return now
+
+
+async def require_online_agent(
+    session: AsyncSession,
+    *,
+    settings: Settings,
+    user_id: uuid.UUID,
+    connection_id: uuid.UUID | None,
+) -> Agent:
+    """The agent that serves this user's connection, checked before any job is created."""
+    connection = await get_connection(session, user_id=user_id, connection_id=connection_id)
+    agent = connection.agent
+    if agent is None:
+        raise NoAgent()
+    online = agent_is_online(
+        agent, now=utcnow(), offline_after_seconds=settings.agent_offline_after_seconds
+    )
+    if not online:
+        raise AgentOffline()
+    return agent
+
+
+@contextlib.asynccontextmanager
+async def client_disconnect(request: Request) -> AsyncIterator[asyncio.Event]:
+    """An event set when the HTTP client goes away, watched by a task for the block."""
+    gone = asyncio.Event()
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                gone.set()
+                return
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield gone
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
+async def next_job(
+    jobs: JobStore,
+    *,
+    request: Request,
+    agent: Agent,
+    wait: float,
+    settings: Settings,
+) -> Job | None:
+    """The long-poll: claims this agent's next job as soon as one exists, or None after `wait`.
+
+    Claims nothing once the client has disconnected, and puts a claimed job back to
+    pending if the client left before it could be handed over. The agent counts as online
+    for the whole poll (its heartbeat is refreshed while it waits).
+    """
+    deadline = time.monotonic() + wait
+    refresh_every = min(10.0, settings.agent_offline_after_seconds / 3)
+    next_refresh = time.monotonic() + refresh_every
+    agent_key = str(agent.id)
+    async with client_disconnect(request) as gone:
+        with jobs.events.watch_created(agent_key) as created:
+            while not gone.is_set():
+                created.clear()
+                job = await claim_next_job(jobs, agent_id=agent.id)
+                if job is not None:
+                    if gone.is_set():
+                        await release_job(jobs, job_id=job.id, agent_id=agent.id)
+                        log.info("event=job_released job_id=%s reason=client_gone", job.id)
+                        return None
+                    return job
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                if time.monotonic() >= next_refresh:
+                    await heartbeat(
+                        jobs.session_factory, agent, version=None, terminal_connected=None
+                    )
+                    next_refresh = time.monotonic() + refresh_every
+                await wait_any(created, gone, timeout=min(jobs.poll_interval, remaining))
+    return None
+
+
+async def wait_any(*events: asyncio.Event, timeout: float) -> None:
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def tick_message(instrument: str, tick: TickIn, now_ms: int) -> bytes:
+    return json.dumps(
+        {
+            "instrument": instrument,
+            "bid": tick.bid,
+            "ask": tick.ask,
+            "ts": tick.ts if tick.ts is not None else now_ms,
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+async def push_prices(redis: Redis, *, agent: Agent, ticks: dict[str, TickIn]) -> int:
+    """`SET prices:{instrument}` + `PUBLISH prices:{instrument}` for each tick, in one trip."""
+    if not agent.is_price_source:
+        raise NotPriceSource()
+    now_ms = int(time.time() * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        for instrument, tick in ticks.items():
+            message = tick_message(instrument, tick, now_ms)
+            pipe.set(f"prices:{instrument}", message)
+            pipe.publish(f"prices:{instrument}", message)
+        try:
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("event=prices_rejected reason=%r", exc)
+            raise PricesUnavailable() from exc
+    return len(ticks)
+
+
+async def set_price_source(
+    session_factory: async_sessionmaker[AsyncSession], *, agent_id: uuid.UUID, enabled: bool
+) -> bool:
+    """Marks an agent as (not) a price source; False when there is no such agent."""
+    async with session_factory() as session:
+        result = await session.execute(
+            update(Agent).where(Agent.id == agent_id).values(is_price_source=enabled)
+        )
+        await session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def set_price_source_command(settings: Settings, agent_id: str, enabled: bool) -> int:
+    """`mt5gate set-price-source AGENT_ID [--off]`."""
+    from app.core.db import create_engine, create_session_factory
+
+    try:
+        agent_uuid = uuid.UUID(agent_id)
+    except ValueError:
+        print(f"mt5gate: not an agent id: {agent_id!r}")  # noqa: T201
+        return 2
+    engine = create_engine(settings.database_url)
+    try:
+        found = await set_price_source(
+            create_session_factory(engine), agent_id=agent_uuid, enabled=enabled
+        )
+    finally:
+        await engine.dispose()
+    if not found:
+        print(f"mt5gate: no agent {agent_uuid}")  # noqa: T201
+        return 1
+    print(f"agent {agent_uuid} is {'now' if enabled else 'no longer'} a price source")  # noqa: T201
+    return 0

@@ -1,0 +1,315 @@
+"""Job dispatch: wake-ups, exactly-once claims, expiry, results, and the agent's own routes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from app.services import jobs
+from app.services.agents import set_price_source
+from tests.flows import AgentHandle, Trader, onboard_trader
+from tests.servers import RunningApi
+
+TRADE_INPUT = {"symbol": "EURUSD", "side": "buy", "volume": 0.1, "sl": None, "tp": None}
+TRADE_OUTPUT = {
+    "ticket": 123456,
+    "fill_price": 1.08321,
+    "volume": 0.1,
+    "filled_at": "2026-11-24T21:15:03.120Z",
+}
+
+
+async def create_job(
+    api: RunningApi, trader: Trader, job_type: str = "trade", ttl: float = 30, **input_data: Any
+) -> uuid.UUID:
+    job, created = await jobs.create_job(
+        api.resources.jobs,
+        user_id=uuid.UUID(trader.user.id),
+        agent_id=uuid.UUID(trader.agent.id),
+        job_type=job_type,
+        input_data=input_data or dict(TRADE_INPUT),
+        ttl_seconds=ttl,
+    )
+    assert created
+    return job.id
+
+
+async def poll(client: httpx.AsyncClient, agent: AgentHandle, wait: float = 5) -> httpx.Response:
+    return await client.get(agent.path("jobs/next"), params={"wait": wait}, headers=agent.headers)
+
+
+async def answer(
+    client: httpx.AsyncClient, agent: AgentHandle, job_id: object, body: dict[str, Any]
+) -> httpx.Response:
+    return await client.post(agent.path(f"jobs/{job_id}/result"), json=body, headers=agent.headers)
+
+
+async def next_message(pubsub: Any, timeout: float = 2) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining)
+        if message is not None:
+            return message  # type: ignore[no-any-return]
+    return None
+
+
+def completed(output: dict[str, Any] = TRADE_OUTPUT) -> dict[str, Any]:
+    return {"status": "completed", "output_data": output}
+
+
+async def test_job_created_during_a_long_poll_is_delivered_at_once(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    waiting = asyncio.create_task(poll(client, trader.agent, wait=20))
+    while api.resources.jobs.events.waiter_count == 0:  # the poll is registered
+        await asyncio.sleep(0.001)
+    started = time.monotonic()
+    job_id = await create_job(api, trader)
+    response = await waiting
+    took = time.monotonic() - started
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"] == str(job_id)
+    assert body["job_type"] == "trade"
+    assert body["input_data"] == TRADE_INPUT
+    assert body["expires_at"].endswith("Z")
+    # Well under the 500 ms fallback poll: the wake-up, not the timer, delivered it.
+    assert took < api.settings.job_poll_interval_seconds
+
+
+async def test_poll_without_jobs_answers_204_after_wait(
+    client: httpx.AsyncClient, trader: Trader
+) -> None:
+    response = await poll(client, trader.agent, wait=0)
+    assert response.status_code == 204
+
+
+async def test_twenty_concurrent_polls_and_ten_jobs_deliver_each_job_once(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    polls = [asyncio.create_task(poll(client, trader.agent, wait=3)) for _ in range(20)]
+    job_ids = {str(await create_job(api, trader)) for _ in range(10)}
+    responses = await asyncio.gather(*polls)
+    delivered = [r.json()["id"] for r in responses if r.status_code == 200]
+    assert sorted(delivered) == sorted(job_ids)
+    assert all(r.status_code in (200, 204) for r in responses)
+
+
+async def test_result_wakes_the_waiting_caller(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    job_id = await create_job(api, trader)
+    waiter = asyncio.create_task(
+        jobs.wait_for_job_result(api.resources.jobs, job_id=job_id, timeout=10)
+    )
+    claimed = await poll(client, trader.agent)
+    assert claimed.json()["id"] == str(job_id)
+    response = await answer(client, trader.agent, job_id, completed())
+    assert response.status_code == 200
+    assert response.json() == {"job_id": str(job_id), "status": "completed"}
+    job = await asyncio.wait_for(waiter, 2)
+    assert job.status == "completed"
+    assert job.output_data == TRADE_OUTPUT
+
+
+async def test_failed_result_keeps_the_broker_error(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    job_id = await create_job(api, trader)
+    await poll(client, trader.agent)
+    error = {"code": "no_money", "message": "Not enough money", "retcode": 10019}
+    response = await answer(client, trader.agent, job_id, {"status": "failed", "error": error})
+    assert response.status_code == 200
+    job = await jobs.get_job(api.resources.jobs, job_id)
+    assert job is not None
+    assert (job.status, job.error) == ("failed", error)
+
+
+async def test_second_result_for_the_same_job_is_409(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    job_id = await create_job(api, trader)
+    await poll(client, trader.agent)
+    assert (await answer(client, trader.agent, job_id, completed())).status_code == 200
+    again = await answer(
+        client, trader.agent, job_id, {"status": "failed", "error": {"code": "rejected"}}
+    )
+    assert again.status_code == 409
+    assert again.json()["detail"] == "job_not_running"
+    job = await jobs.get_job(api.resources.jobs, job_id)
+    assert job is not None and job.status == "completed"
+
+
+async def test_result_for_an_unclaimed_job_is_409(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    job_id = await create_job(api, trader)
+    response = await answer(client, trader.agent, job_id, completed())
+    assert response.status_code == 409
+    assert response.json()["detail"] == "job_not_running"
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        {},
+        {"ticket": "abc", "fill_price": 1.1, "volume": 0.1, "filled_at": "2026-11-24T00:00:00Z"},
+        {**TRADE_OUTPUT, "fill_price": -1},
+        {**TRADE_OUTPUT, "fill_price": float("nan")},
+        {**TRADE_OUTPUT, "filled_at": "yesterday"},
+    ],
+)
+async def test_malformed_result_is_422_and_leaves_the_job_running(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader, output: dict[str, Any]
+) -> None:
+    job_id = await create_job(api, trader)
+    await poll(client, trader.agent)
+    response = await client.post(
+        trader.agent.path(f"jobs/{job_id}/result"),
+        content=json.dumps({"status": "completed", "output_data": output}),
+        headers={**trader.agent.headers, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    job = await jobs.get_job(api.resources.jobs, job_id)
+    assert job is not None and job.status == "running"
+    assert (await answer(client, trader.agent, job_id, completed())).status_code == 200
+
+
+async def test_expired_trade_job_is_never_delivered(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    job_id = await create_job(api, trader, ttl=0.05)
+    await asyncio.sleep(0.1)  # the job's time to live passes: wall-clock is the subject here
+    response = await poll(client, trader.agent, wait=0)
+    assert response.status_code == 204
+    job = await jobs.get_job(api.resources.jobs, job_id)
+    assert job is not None and job.status == "expired"
+
+
+async def test_agent_token_only_works_for_its_own_agent(
+    client: httpx.AsyncClient, trader: Trader
+) -> None:
+    other = await onboard_trader(client)
+    impostor = AgentHandle(other.agent.id, trader.agent.token)
+    for response in (
+        await client.post(impostor.path("heartbeat"), json={}, headers=impostor.headers),
+        await client.get(impostor.path("credentials"), headers=impostor.headers),
+        await poll(client, impostor, wait=0),
+    ):
+        assert response.status_code == 401
+        assert response.json()["detail"] == "invalid_agent_token"
+
+
+async def test_agent_cannot_answer_another_agents_job(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    other = await onboard_trader(client)
+    job_id = await create_job(api, trader)
+    await poll(client, trader.agent)
+    response = await answer(client, other.agent, job_id, completed())
+    assert response.status_code == 409
+    job = await jobs.get_job(api.resources.jobs, job_id)
+    assert job is not None and job.status == "running"
+
+
+@pytest.mark.parametrize("agent_id", ["not-a-uuid", str(uuid.uuid4())])
+async def test_unknown_agent_id_is_401(
+    client: httpx.AsyncClient, trader: Trader, agent_id: str
+) -> None:
+    response = await client.post(
+        f"/agents/{agent_id}/heartbeat", json={}, headers=trader.agent.headers
+    )
+    assert response.status_code == 401
+
+
+async def test_credentials_are_decrypted_for_the_agent(
+    client: httpx.AsyncClient, trader: Trader
+) -> None:
+    response = await client.get(trader.agent.path("credentials"), headers=trader.agent.headers)
+    assert response.status_code == 200
+    assert response.json() == {
+        "server": "Demo-Server",
+        "login": 5001234,
+        "password": "mt5-secret-pw",
+    }
+
+
+async def test_heartbeat_marks_the_agent_online(client: httpx.AsyncClient, trader: Trader) -> None:
+    response = await client.post(
+        trader.agent.path("heartbeat"),
+        json={"version": "1.0", "terminal_connected": True},
+        headers=trader.agent.headers,
+    )
+    assert response.status_code == 200
+    assert response.json()["server_time"].endswith("Z")
+    listing = await client.get("/broker-connections", headers=trader.headers)
+    assert listing.json()[0]["agent"]["status"] == "online"
+
+
+async def test_prices_from_an_agent_that_is_no_price_source_are_403(
+    client: httpx.AsyncClient, trader: Trader
+) -> None:
+    response = await client.post(
+        trader.agent.path("prices"),
+        json={"EURUSD": {"bid": 1.1, "ask": 1.1002}},
+        headers=trader.agent.headers,
+    )
+    assert response.status_code == 403
+    assert response.json()["detail"] == "not_price_source"
+
+
+async def test_price_source_push_sets_and_publishes_each_tick(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    await set_price_source(
+        api.resources.session_factory, agent_id=uuid.UUID(trader.agent.id), enabled=True
+    )
+    instrument = f"T{uuid.uuid4().hex[:8].upper()}"
+    redis = api.resources.redis
+    async with redis.pubsub() as pubsub:
+        await pubsub.subscribe(f"prices:{instrument}")
+        response = await client.post(
+            trader.agent.path("prices"),
+            json={instrument: {"bid": 1.1, "ask": 1.1002, "ts": 1764000000000}},
+            headers=trader.agent.headers,
+        )
+        assert response.status_code == 202
+        assert response.json() == {"accepted": 1}
+        message = await next_message(pubsub)
+    expected = (
+        b'{"instrument":"%s","bid":1.1,"ask":1.1002,"ts":1764000000000}' % instrument.encode()
+    )
+    assert message is not None and message["data"] == expected
+    assert await redis.get(f"prices:{instrument}") == expected
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"EURUSD": {"bid": 1.2, "ask": 1.1}},
+        {"EURUSD": {"bid": -1, "ask": 1.1}},
+        {"EURUSD": {"bid": 0, "ask": 1.1}},
+        {"EUR USD": {"bid": 1.1, "ask": 1.2}},
+        {"EURUSD": {"bid": "x", "ask": 1.2}},
+        '{"EURUSD": {"bid": 1e309, "ask": 1e309}}',
+        '{"EURUSD": {"bid": NaN, "ask": Infinity}}',
+        [1, 2],
+    ],
+)
+async def test_bad_ticks_are_422(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader, body: object
+) -> None:
+    await set_price_source(
+        api.resources.session_factory, agent_id=uuid.UUID(trader.agent.id), enabled=True
+    )
+    content = body if isinstance(body, str) else json.dumps(body)
+    headers = {**trader.agent.headers, "Content-Type": "application/json"}
+    response = await client.post(trader.agent.path("prices"), content=content, headers=headers)
+    assert response.status_code == 422
