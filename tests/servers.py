@@ -107,6 +107,8 @@ def start_serve(settings: Settings, log_path: Path, *, cwd: Path | None = None) 
         "AGENT_OFFLINE_AFTER_SECONDS": str(settings.agent_offline_after_seconds),
         "TRADE_JOB_TTL_SECONDS": str(settings.trade_job_ttl_seconds),
         "JOB_WAKEUPS_ENABLED": str(settings.job_wakeups_enabled).lower(),
+        "JOB_POLL_INTERVAL_SECONDS": str(settings.job_poll_interval_seconds),
+        "JOB_RESULT_TIMEOUT_SECONDS": str(settings.job_result_timeout_seconds),
     }
     log = log_path.open("wb")
     process = subprocess.Popen(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -13,8 +15,10 @@ import pytest
 
 from app.services import jobs
 from app.services.agents import set_price_source
+from tests.conftest import make_settings
 from tests.flows import AgentHandle, Trader, onboard_trader
-from tests.servers import RunningApi
+from tests.servers import RunningApi, run_api
+from tests.stores import Store, reset_store
 
 TRADE_INPUT = {"symbol": "EURUSD", "side": "buy", "volume": 0.1, "sl": None, "tp": None}
 TRADE_OUTPUT = {
@@ -143,7 +147,8 @@ async def test_second_result_for_the_same_job_is_409(
     assert again.status_code == 409
     assert again.json()["detail"] == "job_not_running"
     job = await jobs.get_job(api.resources.jobs, job_id)
-    assert job is not None and job.status == "completed"
+    assert job is not None
+    assert job.status == "completed"
 
 
 async def test_result_for_an_unclaimed_job_is_409(
@@ -177,7 +182,8 @@ async def test_malformed_result_is_422_and_leaves_the_job_running(
     )
     assert response.status_code == 422
     job = await jobs.get_job(api.resources.jobs, job_id)
-    assert job is not None and job.status == "running"
+    assert job is not None
+    assert job.status == "running"
     assert (await answer(client, trader.agent, job_id, completed())).status_code == 200
 
 
@@ -189,7 +195,8 @@ async def test_expired_trade_job_is_never_delivered(
     response = await poll(client, trader.agent, wait=0)
     assert response.status_code == 204
     job = await jobs.get_job(api.resources.jobs, job_id)
-    assert job is not None and job.status == "expired"
+    assert job is not None
+    assert job.status == "expired"
 
 
 async def test_agent_token_only_works_for_its_own_agent(
@@ -215,7 +222,8 @@ async def test_agent_cannot_answer_another_agents_job(
     response = await answer(client, other.agent, job_id, completed())
     assert response.status_code == 409
     job = await jobs.get_job(api.resources.jobs, job_id)
-    assert job is not None and job.status == "running"
+    assert job is not None
+    assert job.status == "running"
 
 
 @pytest.mark.parametrize("agent_id", ["not-a-uuid", str(uuid.uuid4())])
@@ -285,7 +293,8 @@ async def test_price_source_push_sets_and_publishes_each_tick(
     expected = (
         b'{"instrument":"%s","bid":1.1,"ask":1.1002,"ts":1764000000000}' % instrument.encode()
     )
-    assert message is not None and message["data"] == expected
+    assert message is not None
+    assert message["data"] == expected
     assert await redis.get(f"prices:{instrument}") == expected
 
 
@@ -313,3 +322,48 @@ async def test_bad_ticks_are_422(
     headers = {**trader.agent.headers, "Content-Type": "application/json"}
     response = await client.post(trader.agent.path("prices"), content=content, headers=headers)
     assert response.status_code == 422
+
+
+async def test_long_poll_whose_client_left_claims_nothing(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    events = api.resources.jobs.events
+    abandoned = asyncio.create_task(poll(client, trader.agent, wait=20))
+    while events.waiter_count == 0:
+        await asyncio.sleep(0.001)
+    abandoned.cancel()  # the agent goes away: httpx drops the connection
+    with contextlib.suppress(asyncio.CancelledError):
+        await abandoned
+    while events.waiter_count:  # the server notices the disconnect and stops waiting
+        await asyncio.sleep(0.001)
+    job_id = await create_job(api, trader)
+    job = await jobs.get_job(api.resources.jobs, job_id)
+    assert job is not None
+    assert job.status == "pending"
+    async with httpx.AsyncClient(base_url=str(client.base_url)) as fresh:
+        response = await poll(fresh, trader.agent, wait=1)
+    assert response.json()["id"] == str(job_id)
+
+
+@pytest.fixture
+async def short_result_timeout_api(store: Store) -> AsyncIterator[RunningApi]:
+    await reset_store(store)
+    async with run_api(make_settings(store, job_result_timeout_seconds=0.2)) as running:
+        yield running
+
+
+async def test_claimed_job_never_answered_ends_lost_and_accepts_a_late_answer(
+    short_result_timeout_api: RunningApi,
+) -> None:
+    api = short_result_timeout_api
+    async with httpx.AsyncClient(base_url=f"{api.base_url}/api/v1", timeout=30) as client:
+        trader = await onboard_trader(client)
+        job_id = await create_job(api, trader)
+        assert (await poll(client, trader.agent)).status_code == 200
+        job = await jobs.wait_for_job_result(api.resources.jobs, job_id=job_id, timeout=10)
+        assert job.status == "lost"
+        assert job.error is not None
+        assert job.error["code"] == "agent_lost"
+        late = await answer(client, trader.agent, job_id, completed())
+        assert late.status_code == 200
+        assert late.json()["status"] == "completed"
