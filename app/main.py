@@ -14,6 +14,7 @@ from app.core.config import Settings
 from app.core.errors import install_error_handlers
 from app.core.migrate import upgrade_to_head_async
 from app.core.resources import open_resources
+from app.ws import price_stream
 
 log = logging.getLogger("mt5gate.app")
 
@@ -45,5 +46,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(broker_connections.router)
     api.include_router(agents.router)
     app.include_router(api)
+    app.include_router(price_stream.router)
     app.add_middleware(BodySizeLimit)
     return app

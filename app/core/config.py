@@ -54,8 +54,15 @@ class Settings(BaseSettings):
     job_wakeups_enabled: bool = True
 
     candles_cache_ttl_seconds: int = Field(default=30, gt=0)
-    # A WebSocket whose queue stays full for this long is closed with 1013.
+    # A WebSocket whose client has read nothing for this long while ticks wait for it (one
+    # send blocked this long on a full buffer) is closed with 1013.
     ws_stall_timeout_seconds: float = Field(default=10, gt=0)
+    # Ticks waiting for one socket; past this, older ticks of an instrument are dropped.
+    ws_queue_size: int = Field(default=256, ge=8)
+    ws_max_instruments_per_socket: int = Field(default=100, gt=0)
+    # `channels`: SUBSCRIBE to an instrument while this process has a socket on it;
+    # `pattern`: one PSUBSCRIBE prices:* for all (see bench/fanout.py for the trade-off).
+    ws_redis_subscription: Literal["channels", "pattern"] = "channels"
     ws_ping_interval_seconds: float = Field(default=20, gt=0)
     shutdown_timeout_seconds: float = Field(default=5, gt=0)
     log_level: str = "INFO"

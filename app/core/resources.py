@@ -16,6 +16,7 @@ from app.core.db import create_engine, create_session_factory
 from app.core.job_events import JobEvents
 from app.core.redis import create_redis
 from app.services.jobs import JobStore, run_job_sweeper
+from app.ws.manager import WebSocketManager
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Resources:
     session_factory: async_sessionmaker[AsyncSession]
     redis: Redis
     jobs: JobStore
+    ws: WebSocketManager
 
 
 @asynccontextmanager
@@ -47,6 +49,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
         sweeper = asyncio.create_task(run_job_sweeper(jobs), name="job-sweeper")
         stack.push_async_callback(cancel_and_wait, sweeper)
+        ws = WebSocketManager(redis, settings)
+        await ws.start()
+        stack.push_async_callback(ws.close)
 
         yield Resources(
             settings=settings,
@@ -54,6 +59,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             session_factory=session_factory,
             redis=redis,
             jobs=jobs,
+            ws=ws,
         )
 
 

@@ -1,0 +1,1 @@
+"""Live prices over WebSocket: the per-process socket manager and its routes."""

@@ -1,0 +1,218 @@
+"""Live prices over WebSocket: `WS /ws/prices/{instrument}` and `WS /ws/prices`.
+
+Both take the access token as `?token=`; a missing, bad or expired one (or one that expires
+while the socket is open) closes the socket with 4001. Each socket gets the last-known tick
+of an instrument at once, then every tick published on `prices:{instrument}`:
+`{"type": "tick", "data": {"instrument", "bid", "ask", "ts"}}`.
+
+On `/ws/prices` the client sends `{"type": "subscribe"|"unsubscribe", "instruments": [...]}`;
+each one handled is acknowledged with `{"type": "subscriptions", "instruments": [all now]}`
+(after the last ticks of the new ones), and a malformed one gets
+`{"type": "error", "detail": code, "message": sentence}` with the socket left open.
+
+Close codes: 4001 token, 1008 invalid instrument in the path, 1013 a client that stopped
+reading for `ws_stall_timeout_seconds`, 1012 server shutdown (uvicorn).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Coroutine
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, WebSocket
+
+from app.api.deps import ResourcesDep, authenticate_token
+from app.core.errors import InvalidTokenError
+from app.core.resources import Resources
+from app.core.security import InvalidToken, decode_access_token
+from app.ws.manager import (
+    CLOSE_STALLED,
+    PriceSocket,
+    TooManyInstruments,
+    WebSocketManager,
+    cancel_and_wait,
+)
+from app.ws.ticks import is_instrument
+
+log = logging.getLogger("mt5gate.ws")
+
+router = APIRouter(tags=["prices"])
+
+CLOSE_INVALID_TOKEN = 4001
+CLOSE_POLICY_VIOLATION = 1008
+MAX_CLIENT_MESSAGE_CHARS = 16_384
+
+
+class CommandError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@router.websocket("/ws/prices/{instrument}")
+async def instrument_prices(
+    websocket: WebSocket, instrument: str, resources: ResourcesDep, token: str | None = None
+) -> None:
+    """Ticks of one instrument."""
+    expires_at = await accept_authenticated(websocket, resources, token)
+    if expires_at is None:
+        return
+    if not is_instrument(instrument):
+        await close_quietly(websocket, CLOSE_POLICY_VIOLATION, "invalid_instrument", 1.0)
+        return
+    await stream_prices(
+        websocket, resources, expires_at=expires_at, instruments=[instrument], commands=False
+    )
+
+
+@router.websocket("/ws/prices")
+async def prices(websocket: WebSocket, resources: ResourcesDep, token: str | None = None) -> None:
+    """Ticks of the instruments the client subscribes to."""
+    expires_at = await accept_authenticated(websocket, resources, token)
+    if expires_at is None:
+        return
+    await stream_prices(websocket, resources, expires_at=expires_at, instruments=[], commands=True)
+
+
+async def accept_authenticated(
+    websocket: WebSocket, resources: Resources, token: str | None
+) -> datetime | None:
+    """Accepts the socket; returns when its token expires, or closes it (4001) and returns None.
+
+    The close needs an accepted socket: closing during the handshake would be an HTTP 403,
+    and the client would never see the code.
+    """
+    settings = resources.settings
+    try:
+        await authenticate_token(token, resources)
+        claims = decode_access_token(
+            token or "", secret=settings.jwt_secret, algorithm=settings.jwt_algorithm
+        )
+    except (InvalidTokenError, InvalidToken):
+        await websocket.accept()
+        await close_quietly(websocket, CLOSE_INVALID_TOKEN, "invalid_token", 1.0)
+        return None
+    await websocket.accept()
+    return claims.expires_at
+
+
+async def stream_prices(
+    websocket: WebSocket,
+    resources: Resources,
+    *,
+    expires_at: datetime,
+    instruments: list[str],
+    commands: bool,
+) -> None:
+    """Runs one registered socket until its client leaves, its token expires or it stalls.
+
+    A reader task watches the client (and handles its commands), the manager's sender task
+    writes to it; whichever ends first ends both, so a vanished client is noticed even when
+    the server only ever sends.
+    """
+    manager = resources.ws
+    sock = manager.connect(websocket)
+    assert sock.sender is not None
+    reading: Coroutine[Any, Any, None] = (
+        read_commands(websocket, manager, sock) if commands else read_until_disconnect(websocket)
+    )
+    reader = asyncio.create_task(reading, name="ws-reader")
+    close: tuple[int, str] | None = None
+    try:
+        if instruments:
+            await manager.subscribe(sock, instruments)
+        remaining = (expires_at - datetime.now(UTC)).total_seconds()
+        done, _ = await asyncio.wait(
+            {reader, sock.sender},
+            timeout=max(remaining, 0.0),
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if not done:
+            close = (CLOSE_INVALID_TOKEN, "token_expired")
+        elif sock.close_code == CLOSE_STALLED:
+            close = (CLOSE_STALLED, "stalled")
+    finally:
+        await cancel_and_wait(reader)
+        await manager.disconnect(sock)
+    if close is not None:
+        # A stalled client may never read the close frame: give up after the same limit.
+        code, reason = close
+        await close_quietly(websocket, code, reason, resources.settings.ws_stall_timeout_seconds)
+
+
+async def read_until_disconnect(websocket: WebSocket) -> None:
+    """The per-instrument socket has nothing to say; it is read only to notice it leave."""
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def read_commands(websocket: WebSocket, manager: WebSocketManager, sock: PriceSocket) -> None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        try:
+            kind, instruments = parse_command(message.get("text"))
+            if kind == "subscribe":
+                await manager.subscribe(sock, instruments)
+            else:
+                manager.unsubscribe(sock, instruments)
+        except CommandError as exc:
+            sock.send_control(error_frame(exc.code, exc.message))
+            continue
+        except TooManyInstruments:
+            sock.send_control(
+                error_frame(
+                    "too_many_instruments",
+                    f"At most {manager.max_instruments} instruments per socket.",
+                )
+            )
+            continue
+        sock.send_control(
+            json.dumps({"type": "subscriptions", "instruments": sorted(sock.instruments)})
+        )
+
+
+def parse_command(text: str | None) -> tuple[str, list[str]]:
+    """`(kind, instruments)` of a client message; raises CommandError with the error code."""
+    if text is None:
+        raise CommandError("invalid_message", "Messages are JSON text frames.")
+    if len(text) > MAX_CLIENT_MESSAGE_CHARS:
+        raise CommandError("message_too_large", "The message is too large.")
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        raise CommandError("invalid_json", "The message is not valid JSON.") from exc
+    if not isinstance(body, dict):
+        raise CommandError("invalid_message", "The message must be a JSON object.")
+    kind = body.get("type")
+    if kind not in ("subscribe", "unsubscribe"):
+        raise CommandError("unknown_message_type", "type must be subscribe or unsubscribe.")
+    instruments = body.get("instruments")
+    if not isinstance(instruments, list) or not instruments:
+        raise CommandError("invalid_instruments", "instruments must be a non-empty list.")
+    for instrument in instruments:
+        if not is_instrument(instrument):
+            raise CommandError(
+                "invalid_instrument",
+                f"Not an instrument name: {str(instrument)[:40]!r}.",
+            )
+    return kind, instruments
+
+
+def error_frame(code: str, message: str) -> str:
+    return json.dumps({"type": "error", "detail": code, "message": message})
+
+
+async def close_quietly(websocket: WebSocket, code: int, reason: str, timeout: float) -> None:
+    """Closes the socket if it still can be, within `timeout` (a stuck client never reads)."""
+    try:
+        async with asyncio.timeout(timeout):
+            await websocket.close(code, reason)
+    except Exception as exc:  # already closed, client gone or stuck: nothing left to do
+        log.debug("event=ws_close_failed code=%d error=%r", code, exc)
