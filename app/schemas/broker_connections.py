@@ -5,16 +5,20 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from app.schemas.common import Schema, Text, UtcDatetime
+from app.schemas.common import STORABLE, Schema, UtcDatetime
 
 
 class BrokerConnectionCreate(BaseModel):
-    server: Annotated[Text, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+    server: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128), STORABLE
+    ]
     login: int = Field(gt=0, lt=2**63, description="The MT5 account number.")
-    password: Annotated[Text, StringConstraints(min_length=1, max_length=256)] = Field(
+    password: Annotated[str, StringConstraints(min_length=1, max_length=256), STORABLE] = Field(
         description="Encrypted at rest; never returned."
     )
-    label: Annotated[Text, StringConstraints(strip_whitespace=True, max_length=128)] | None = None
+    label: (
+        Annotated[str, StringConstraints(strip_whitespace=True, max_length=128), STORABLE] | None
+    ) = None
 
 
 class AgentSummary(BaseModel):

@@ -28,8 +28,11 @@ def reject_unstorable_text(value: Any) -> Any:
     return value
 
 
-# Every string that a request carries into storage, a hash or a cipher is one of these.
-Text = Annotated[str, BeforeValidator(reject_unstorable_text)]
+# Every string that a request carries into storage, a hash or a cipher is checked by this.
+# It goes last in `Annotated[str, StringConstraints(...), STORABLE]`: put first, it would
+# make pydantic check the length before `strip_whitespace` strips.
+STORABLE = BeforeValidator(reject_unstorable_text)
+Text = Annotated[str, STORABLE]
 
 
 class Schema(BaseModel):

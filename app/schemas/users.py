@@ -3,23 +3,21 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, EmailStr, Field, StringConstraints
+from pydantic import BaseModel, EmailStr, Field, StringConstraints
 
-from app.schemas.common import Schema, Text, UtcDatetime, reject_unstorable_text
+from app.schemas.common import STORABLE, Schema, UtcDatetime
 
-Password = Annotated[Text, StringConstraints(min_length=8, max_length=256)]
+Password = Annotated[str, StringConstraints(min_length=8, max_length=256), STORABLE]
 
 
 class Credentials(BaseModel):
-    email: Annotated[
-        EmailStr, BeforeValidator(reject_unstorable_text), StringConstraints(max_length=320)
-    ]
+    email: Annotated[EmailStr, StringConstraints(max_length=320), STORABLE]
     password: Password
 
 
 class LoginCredentials(BaseModel):
-    email: Annotated[Text, StringConstraints(min_length=1, max_length=320)]
-    password: Annotated[Text, StringConstraints(min_length=1, max_length=256)]
+    email: Annotated[str, StringConstraints(min_length=1, max_length=320), STORABLE]
+    password: Annotated[str, StringConstraints(min_length=1, max_length=256), STORABLE]
 
 
 class UserRead(Schema):
