@@ -1,0 +1,348 @@
+"""Broker connections and agent provisioning: shape, ownership, rotation, revocation, secrecy."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from tests.flows import (
+    AgentHandle,
+    TestUser,
+    add_connection,
+    heartbeat,
+    provision_agent,
+    register_user,
+)
+from tests.servers import RunningApi
+
+MT5_PASSWORD = "mt5-Pa55word-that-must-stay-secret"
+CONNECTION_FIELDS = {"id", "server", "login", "label", "created_at", "agent"}
+
+
+async def list_connections(client: httpx.AsyncClient, user: TestUser) -> list[dict[str, Any]]:
+    response = await client.get("/broker-connections", headers=user.headers)
+    assert response.status_code == 200, response.text
+    connections: list[dict[str, Any]] = response.json()
+    return connections
+
+
+async def raw_rows(api: RunningApi, sql: str) -> list[dict[str, Any]]:
+    """The rows exactly as stored, read past the ORM."""
+    async with api.resources.session_factory() as session:
+        result = await session.execute(text(sql))
+        return [dict(row) for row in result.mappings()]
+
+
+def appears_in(secret: str, rows: list[dict[str, Any]]) -> bool:
+    """Whether the secret is in any column, as text or as bytes, in any common encoding."""
+    needles = {secret, secret.encode().hex()}
+    for row in rows:
+        for value in row.values():
+            if isinstance(value, bytes | bytearray | memoryview):
+                raw = bytes(value)
+                haystack = raw.decode("latin-1") + raw.hex()
+            else:
+                haystack = str(value)
+            if any(needle in haystack for needle in needles):
+                return True
+    return False
+
+
+async def agent_heartbeat_status(client: httpx.AsyncClient, agent: AgentHandle) -> httpx.Response:
+    return await client.post(agent.path("heartbeat"), json={}, headers=agent.headers)
+
+
+async def test_create_returns_the_connection_without_its_password(
+    client: httpx.AsyncClient, user: TestUser
+) -> None:
+    response = await client.post(
+        "/broker-connections",
+        json={"server": "ICMarkets-Demo", "login": 51234567, "password": MT5_PASSWORD},
+        headers=user.headers,
+    )
+    assert response.status_code == 201
+    body = response.json()
+    assert set(body) == CONNECTION_FIELDS
+    assert body["server"] == "ICMarkets-Demo"
+    assert body["login"] == 51234567
+    assert body["label"] is None
+    assert body["agent"] is None
+    assert body["created_at"].endswith("Z")
+    uuid.UUID(body["id"])
+    assert MT5_PASSWORD not in response.text
+
+
+async def test_create_keeps_the_label_and_trims_the_server(
+    client: httpx.AsyncClient, user: TestUser
+) -> None:
+    response = await client.post(
+        "/broker-connections",
+        json={"server": "  Demo-1 ", "login": 7, "password": "p", "label": " main "},
+        headers=user.headers,
+    )
+    assert response.status_code == 201
+    assert response.json()["server"] == "Demo-1"
+    assert response.json()["label"] == "main"
+
+
+async def test_list_shows_own_connections_oldest_first(
+    client: httpx.AsyncClient, user: TestUser
+) -> None:
+    first = await add_connection(client, user, label="first")
+    second = await add_connection(client, user, label="second", login=42)
+    connections = await list_connections(client, user)
+    assert [c["id"] for c in connections] == [first, second]
+    assert all(set(c) == CONNECTION_FIELDS for c in connections)
+    assert "password" not in str(connections)
+
+
+async def test_list_never_shows_another_users_connections(
+    client: httpx.AsyncClient, user: TestUser
+) -> None:
+    other = await register_user(client)
+    await add_connection(client, other, label="not yours")
+    mine = await add_connection(client, user)
+    assert [c["id"] for c in await list_connections(client, user)] == [mine]
+    assert [c["label"] for c in await list_connections(client, other)] == ["not yours"]
+
+
+async def test_provisioning_returns_the_agent_id_and_token(
+    client: httpx.AsyncClient, user: TestUser
+) -> None:
+    connection_id = await add_connection(client, user)
+    response = await client.post(f"/broker-connections/{connection_id}/agent", headers=user.headers)
+    assert response.status_code == 201
+    body = response.json()
+    assert set(body) == {"agent_id", "agent_token"}
+    assert len(body["agent_token"]) >= 32
+    [connection] = await list_connections(client, user)
+    assert connection["agent"] == {
+        "id": body["agent_id"],
+        "status": "offline",
+        "last_heartbeat_at": None,
+    }
+    assert body["agent_token"] not in str(connection)
+
+
+async def test_agent_is_online_after_a_heartbeat(client: httpx.AsyncClient, user: TestUser) -> None:
+    connection_id = await add_connection(client, user)
+    agent = await provision_agent(client, user, connection_id)
+    await heartbeat(client, agent)
+    [connection] = await list_connections(client, user)
+    assert connection["agent"]["id"] == agent.id
+    assert connection["agent"]["status"] == "online"
+    assert connection["agent"]["last_heartbeat_at"].endswith("Z")
+
+
+async def test_provisioning_again_rotates_the_token(
+    client: httpx.AsyncClient, user: TestUser, api: RunningApi
+) -> None:
+    connection_id = await add_connection(client, user)
+    old = await provision_agent(client, user, connection_id)
+    [before] = await raw_rows(api, "SELECT token_hash FROM mt5_agents")
+    new = await provision_agent(client, user, connection_id)
+    assert new.id == old.id
+    assert new.token != old.token
+    [after] = await raw_rows(api, "SELECT token_hash FROM mt5_agents")
+    assert after["token_hash"] != before["token_hash"]
+
+    rejected = await agent_heartbeat_status(client, old)
+    assert rejected.status_code == 401
+    assert rejected.json()["detail"] == "invalid_agent_token"
+    assert (await agent_heartbeat_status(client, new)).status_code == 200
+
+
+async def test_agent_token_works_only_for_its_own_agent(
+    client: httpx.AsyncClient, user: TestUser
+) -> None:
+    mine = await provision_agent(client, user, await add_connection(client, user))
+    other_user = await register_user(client)
+    theirs = await provision_agent(client, other_user, await add_connection(client, other_user))
+    response = await client.post(theirs.path("heartbeat"), json={}, headers=mine.headers)
+    assert response.status_code == 401
+    assert response.json()["detail"] == "invalid_agent_token"
+
+
+async def test_deleting_a_connection_revokes_its_agent_token(
+    client: httpx.AsyncClient, user: TestUser, api: RunningApi
+) -> None:
+    connection_id = await add_connection(client, user)
+    agent = await provision_agent(client, user, connection_id)
+    await heartbeat(client, agent)
+
+    response = await client.delete(f"/broker-connections/{connection_id}", headers=user.headers)
+    assert response.status_code == 204
+    assert response.content == b""
+
+    rejected = await agent_heartbeat_status(client, agent)
+    assert rejected.status_code == 401
+    assert rejected.json()["detail"] == "invalid_agent_token"
+    assert await list_connections(client, user) == []
+    assert await raw_rows(api, "SELECT id FROM mt5_agents") == []
+
+
+async def test_deleting_twice_is_not_found(client: httpx.AsyncClient, user: TestUser) -> None:
+    connection_id = await add_connection(client, user)
+    assert (
+        await client.delete(f"/broker-connections/{connection_id}", headers=user.headers)
+    ).status_code == 204
+    response = await client.delete(f"/broker-connections/{connection_id}", headers=user.headers)
+    assert response.status_code == 404
+    assert response.json()["detail"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix"), [("DELETE", ""), ("POST", "/agent")], ids=["delete", "provision"]
+)
+async def test_another_users_connection_is_not_found(
+    client: httpx.AsyncClient, user: TestUser, method: str, suffix: str
+) -> None:
+    owner = await register_user(client)
+    connection_id = await add_connection(client, owner)
+    owners_agent = await provision_agent(client, owner, connection_id)
+
+    response = await client.request(
+        method, f"/broker-connections/{connection_id}{suffix}", headers=user.headers
+    )
+    assert response.status_code == 404
+    assert response.json()["detail"] == "not_found"
+    # Nothing happened to the owner's connection or agent.
+    [connection] = await list_connections(client, owner)
+    assert connection["agent"]["id"] == owners_agent.id
+    assert (await agent_heartbeat_status(client, owners_agent)).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix"), [("DELETE", ""), ("POST", "/agent")], ids=["delete", "provision"]
+)
+async def test_unknown_connection_is_not_found(
+    client: httpx.AsyncClient, user: TestUser, method: str, suffix: str
+) -> None:
+    response = await client.request(
+        method, f"/broker-connections/{uuid.uuid4()}{suffix}", headers=user.headers
+    )
+    assert response.status_code == 404
+    assert response.json() == {"detail": "not_found", "message": "No such broker connection."}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/broker-connections"),
+        ("POST", "/broker-connections"),
+        ("DELETE", f"/broker-connections/{uuid.UUID(int=1)}"),
+        ("POST", f"/broker-connections/{uuid.UUID(int=1)}/agent"),
+    ],
+)
+async def test_broker_connection_routes_need_an_access_token(
+    client: httpx.AsyncClient, method: str, path: str
+) -> None:
+    body = {"server": "s", "login": 1, "password": "p"} if method == "POST" else None
+    response = await client.request(method, path, json=body)
+    assert response.status_code == 401
+    assert response.json()["detail"] == "invalid_token"
+
+
+async def test_mt5_password_is_not_stored_in_clear(
+    client: httpx.AsyncClient, user: TestUser, api: RunningApi
+) -> None:
+    await add_connection(client, user, password=MT5_PASSWORD)
+    rows = await raw_rows(api, "SELECT * FROM broker_connections")
+    assert len(rows) == 1
+    assert not appears_in(MT5_PASSWORD, rows)
+    # It is there, encrypted with the configured key.
+    stored = bytes(rows[0]["password_encrypted"])
+    assert api.settings.fernet.decrypt(stored).decode() == MT5_PASSWORD
+
+
+async def test_agent_token_is_not_stored_in_clear(
+    client: httpx.AsyncClient, user: TestUser, api: RunningApi
+) -> None:
+    connection_id = await add_connection(client, user)
+    agent = await provision_agent(client, user, connection_id)
+    rows = await raw_rows(api, "SELECT * FROM mt5_agents")
+    assert len(rows) == 1
+    assert not appears_in(agent.token, rows)
+    assert rows[0]["token_hash"] != agent.token
+
+
+async def test_account_password_is_not_stored_in_clear(
+    client: httpx.AsyncClient, user: TestUser, api: RunningApi
+) -> None:
+    from tests.flows import DEFAULT_PASSWORD
+
+    rows = await raw_rows(api, "SELECT * FROM users")
+    assert not appears_in(DEFAULT_PASSWORD, rows)
+    assert rows[0]["password_hash"].startswith("$argon2")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({}, id="empty-object"),
+        pytest.param({"server": "s", "password": "p"}, id="no-login"),
+        pytest.param({"server": "s", "login": "abc", "password": "p"}, id="login-text"),
+        pytest.param({"server": "s", "login": 1.5, "password": "p"}, id="login-fraction"),
+        pytest.param({"server": "s", "login": 0, "password": "p"}, id="login-zero"),
+        pytest.param({"server": "s", "login": -5, "password": "p"}, id="login-negative"),
+        pytest.param({"server": "s", "login": 2**63, "password": "p"}, id="login-bigint-overflow"),
+        pytest.param({"server": "s", "login": 10**300, "password": "p"}, id="login-huge"),
+        pytest.param({"server": "s", "login": [1], "password": "p"}, id="login-list"),
+        pytest.param({"server": "   ", "login": 1, "password": "p"}, id="server-blank"),
+        pytest.param({"server": "s" * 129, "login": 1, "password": "p"}, id="server-long"),
+        pytest.param({"server": "a\x00b", "login": 1, "password": "p"}, id="server-nul"),
+        pytest.param(
+            {"server": "s", "login": 1, "password": "p", "label": "x\x00"}, id="label-nul"
+        ),
+        pytest.param({"server": "s", "login": 1, "password": ""}, id="password-empty"),
+        pytest.param({"server": "s", "login": 1, "password": 12345}, id="password-number"),
+        pytest.param({"server": "s", "login": 1, "password": "\ud800"}, id="password-surrogate"),
+        pytest.param({"server": "\udfff", "login": 1, "password": "p"}, id="server-surrogate"),
+        pytest.param({"server": "s", "login": 1, "password": "p", "label": 5}, id="label-number"),
+        pytest.param([], id="array"),
+        pytest.param("server", id="string"),
+    ],
+)
+async def test_bad_connection_bodies_are_422(
+    client: httpx.AsyncClient, user: TestUser, body: object
+) -> None:
+    # json.dumps escapes lone surrogates (httpx's own encoder refuses them).
+    response = await client.post(
+        "/broker-connections",
+        content=json.dumps(body).encode(),
+        headers={**user.headers, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    assert isinstance(response.json()["detail"], list)
+    assert await list_connections(client, user) == []
+
+
+async def test_nan_login_is_422(client: httpx.AsyncClient, user: TestUser) -> None:
+    response = await client.post(
+        "/broker-connections",
+        content=b'{"server": "s", "login": NaN, "password": "p"}',
+        headers={**user.headers, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "login"]
+
+
+async def test_largest_mt5_login_is_accepted(client: httpx.AsyncClient, user: TestUser) -> None:
+    connection_id = await add_connection(client, user, login=2**63 - 1)
+    [connection] = await list_connections(client, user)
+    assert connection["id"] == connection_id
+    assert connection["login"] == 2**63 - 1
+
+
+@pytest.mark.parametrize("connection_id", ["not-a-uuid", "1", "%00"])
+async def test_malformed_connection_id_is_422(
+    client: httpx.AsyncClient, user: TestUser, connection_id: str
+) -> None:
+    response = await client.delete(f"/broker-connections/{connection_id}", headers=user.headers)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["path", "connection_id"]
