@@ -141,7 +141,8 @@ def parse_candles_request(input_data: dict[str, Any]) -> tuple[str, str, int]:
     if timeframe not in TIMEFRAMES:
         raise BrokerError("invalid_request", f"unknown timeframe {timeframe!r}")
     try:
-        count = int(input_data.get("count") or 200)
+        raw_count = input_data.get("count")
+        count = 200 if raw_count is None else int(raw_count)
     except (TypeError, ValueError):
         raise BrokerError("invalid_request", "input_data.count must be an integer") from None
     if not 1 <= count <= 5000:

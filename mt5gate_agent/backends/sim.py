@@ -16,7 +16,8 @@ What a trader would recognise:
   ``no_money`` (10019), ``invalid_close_volume`` (10038), ``invalid_symbol``;
 - stop loss and take profit that trigger on the tick stream, at the tick's price;
 - candles built from the ticks themselves (after a seeded history: M1 bars for the last
-  days, H1 bars for the year before), so the chart and the fills agree.
+  days, H1 bars for the year before, D1 bars for the twenty years before), so the chart and the
+  fills agree.
 
 Simplifications, on purpose: the market never closes (the demo works on a Sunday), there is
 no swap, no commission, no stop-out, and margin is not reduced for hedged positions.
@@ -179,6 +180,7 @@ class SimBackend:
         currency: str = "USD",
         history_minutes: int = 5 * 1440,
         history_hours: int = 400 * 24,
+        history_days: int = 20 * 365,
         first_ticket: int = 50_000_001,
     ) -> None:
         self._seed = seed
@@ -188,6 +190,7 @@ class SimBackend:
         self.currency = currency
         self._history_minutes = history_minutes
         self._history_hours = history_hours
+        self._history_days = history_days
         self._next_ticket = first_ticket
         self.positions: dict[int, SimPosition] = {}
         self.deals: list[SimDeal] = []
@@ -329,6 +332,19 @@ class SimBackend:
         "get_account": _get_account,
         "get_candles": _get_candles,
     }
+
+    def set_quote(self, symbol: str, bid: float, ask: float) -> None:
+        """Moves ``symbol`` to this quote now, as a tick would (stops trigger): for
+        scenarios and tests. The random walk continues from there."""
+        self._advance()
+        market = self._market(symbol)
+        if not 0 < bid <= ask:
+            raise ValueError("a quote needs 0 < bid <= ask")
+        spec = market.spec
+        market.mid = (bid + ask) / 2
+        at = max(self._clock(), market.time)
+        self._record(market, at, round(bid, spec.digits), round(ask, spec.digits))
+        self._trigger_stops(market)
 
     # -- money ---------------------------------------------------------------------------
 
@@ -504,12 +520,15 @@ class SimBackend:
         return market
 
     def _quote(self, market: _Market, at: float) -> None:
+        """A new tick around the market's mid, with a freshly drawn spread."""
         spec = market.spec
         spread = market.rng.randint(*spec.spread_points)
         bid = round(market.mid - spread * spec.point / 2, spec.digits)
-        market.bid = bid
-        market.ask = round(bid + spread * spec.point, spec.digits)
-        market.time = at
+        self._record(market, at, bid, round(bid + spread * spec.point, spec.digits))
+
+    @staticmethod
+    def _record(market: _Market, at: float, bid: float, ask: float) -> None:
+        market.bid, market.ask, market.time = bid, ask, at
         minute = float(int(at // 60) * 60)
         if market.bars and market.bars[-1][0] == minute:
             bar = market.bars[-1]
@@ -532,9 +551,14 @@ class SimBackend:
             sigma = spec.annual_volatility * math.sqrt(max(elapsed, 1e-6) / SECONDS_PER_YEAR)
             market.mid *= math.exp(market.rng.gauss(0.0, sigma))
             self._quote(market, at)
-            self._trigger_stops(market)
+            if self.positions:
+                self._trigger_stops(market)
             interval = market.rng.expovariate(1 / spec.mean_tick_interval)
-            interval = max(interval, (now - at) / MAX_CATCHUP_TICKS)
+            backlog = now - at
+            if backlog > MAX_CATCHUP_TICKS * spec.mean_tick_interval:
+                # Catching up after a long pause: fewer, larger steps. Below that, the
+                # ticks do not depend on how often the market is looked at.
+                interval = max(interval, backlog / MAX_CATCHUP_TICKS)
             market.next_time = at + interval
             heapq.heappush(queue, (market.next_time, name))
 
@@ -572,7 +596,8 @@ class SimBackend:
 
     def _seeded_history(self, market: _Market) -> list[Bar]:
         """Bars before the simulation started, walked backwards from the first tick's bid:
-        H1 bars for ``history_hours``, then M1 bars for ``history_minutes`` (hour-aligned)."""
+        D1 bars for ``history_days``, H1 bars for ``history_hours`` (day-aligned), then M1
+        bars for ``history_minutes`` (hour-aligned)."""
         spec = market.spec
         cached = self._history.get(spec.name)
         if cached is not None:
@@ -582,10 +607,13 @@ class SimBackend:
         minutes_start = (first_minute - self._history_minutes * 60) // 3600 * 3600
         first_bid = market.bars[0][1]
         minutes = _walk_back(spec, rng, first_bid, minutes_start, first_minute, 60)
-        hours_start = minutes_start - self._history_hours * 3600
+        hours_start = (minutes_start - self._history_hours * 3600) // 86_400 * 86_400
         first_close = minutes[0][1] if minutes else first_bid
         hours = _walk_back(spec, rng, first_close, hours_start, minutes_start, 3600)
-        history = hours + minutes
+        days_start = hours_start - self._history_days * 86_400
+        first_close = hours[0][1] if hours else first_close
+        days = _walk_back(spec, rng, first_close, days_start, hours_start, 86_400)
+        history = days + hours + minutes
         self._history[spec.name] = history
         return history
 
