@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     job_poll_interval_seconds: float = Field(default=0.5, gt=0)
     job_wakeups_enabled: bool = True
 
+    # How long a trading call waits for its agent's answer (the contract's budgets): writes
+    # (orders, closing and modifying positions), reads (positions, account), candles.
+    trade_wait_seconds: float = Field(default=10, gt=0)
+    read_wait_seconds: float = Field(default=5, gt=0)
+    candles_wait_seconds: float = Field(default=10, gt=0)
     candles_cache_ttl_seconds: int = Field(default=30, gt=0)
     # A WebSocket whose client has read nothing for this long while ticks wait for it (one
     # send blocked this long on a full buffer) is closed with 1013.

@@ -104,6 +104,12 @@ class OrderRejected(DomainError):
     status_code, code, message = 422, "order_rejected", "The broker rejected the order."
 
 
+class BrokerFailure(DomainError):
+    """The agent answered, but the broker or its terminal refused; `error` carries its code."""
+
+    status_code, code, message = 422, "broker_error", "The broker refused the request."
+
+
 class AgentOffline(DomainError):
     status_code, code, message = 503, "agent_offline", "The agent has not been seen recently."
 
