@@ -1,0 +1,131 @@
+"""The onboarding gate: a broker connection and the accepted risk disclosure come first."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from app.api.deps import get_onboarded_user
+from app.core.errors import OnboardingIncomplete
+from app.models import User
+from tests.flows import TestUser, add_connection, register_user
+from tests.servers import RunningApi
+
+ACCEPT = {"accept_risk_disclosure": True}
+TRADING_PREFIXES = ("/api/v1/orders", "/api/v1/positions", "/api/v1/account", "/api/v1/candles")
+
+
+async def me(client: httpx.AsyncClient, user: TestUser) -> dict[str, Any]:
+    response = await client.get("/me", headers=user.headers)
+    assert response.status_code == 200
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_onboarding_without_a_connection_is_409(
+    client: httpx.AsyncClient, user: TestUser
+) -> None:
+    response = await client.post("/onboarding/complete", json=ACCEPT, headers=user.headers)
+    assert response.status_code == 409
+    assert response.json()["detail"] == "broker_connection_required"
+    assert response.json()["message"]
+    assert (await me(client, user))["onboarding_completed"] is False
+
+
+async def test_onboarding_after_adding_a_connection_completes_it(
+    client: httpx.AsyncClient, user: TestUser
+) -> None:
+    first = await client.post("/onboarding/complete", json=ACCEPT, headers=user.headers)
+    assert first.status_code == 409
+    await add_connection(client, user)
+
+    response = await client.post("/onboarding/complete", json=ACCEPT, headers=user.headers)
+    assert response.status_code == 200
+    assert response.json()["id"] == user.id
+    assert response.json()["onboarding_completed"] is True
+    assert (await me(client, user))["onboarding_completed"] is True
+
+
+async def test_completing_onboarding_twice_is_fine(
+    client: httpx.AsyncClient, user: TestUser
+) -> None:
+    await add_connection(client, user)
+    for _ in range(2):
+        response = await client.post("/onboarding/complete", json=ACCEPT, headers=user.headers)
+        assert response.status_code == 200
+        assert response.json()["onboarding_completed"] is True
+
+
+async def test_another_users_connection_does_not_count(
+    client: httpx.AsyncClient, user: TestUser
+) -> None:
+    other = await register_user(client)
+    await add_connection(client, other)
+    response = await client.post("/onboarding/complete", json=ACCEPT, headers=user.headers)
+    assert response.status_code == 409
+    assert response.json()["detail"] == "broker_connection_required"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(None, id="no-body"),
+        pytest.param({}, id="empty-object"),
+        pytest.param({"accept_risk_disclosure": False}, id="declined"),
+        pytest.param({"accept_risk_disclosure": "yes"}, id="text"),
+        pytest.param({"accept_risk_disclosure": None}, id="null"),
+        pytest.param([True], id="array"),
+    ],
+)
+async def test_the_risk_disclosure_must_be_accepted(
+    client: httpx.AsyncClient, user: TestUser, body: object
+) -> None:
+    await add_connection(client, user)
+    response = await client.post("/onboarding/complete", json=body, headers=user.headers)
+    assert response.status_code == 422
+    assert isinstance(response.json()["detail"], list)
+    assert (await me(client, user))["onboarding_completed"] is False
+
+
+async def test_onboarding_needs_an_access_token(client: httpx.AsyncClient) -> None:
+    response = await client.post("/onboarding/complete", json=ACCEPT)
+    assert response.status_code == 401
+    assert response.json()["detail"] == "invalid_token"
+
+
+async def test_the_gate_refuses_a_user_who_is_not_onboarded() -> None:
+    user = User(id=uuid.uuid4(), email="x@example.com", onboarding_completed=False)
+    with pytest.raises(OnboardingIncomplete) as caught:
+        await get_onboarded_user(user)
+    assert caught.value.body()["detail"] == "onboarding_incomplete"
+    onboarded = User(id=uuid.uuid4(), email="y@example.com", onboarding_completed=True)
+    assert await get_onboarded_user(onboarded) is onboarded
+
+
+async def test_trading_routes_answer_403_until_onboarded(
+    api: RunningApi, client: httpx.AsyncClient, user: TestUser
+) -> None:
+    """Every mounted trading route sits behind the gate (it checks whatever routes exist)."""
+    await add_connection(client, user)
+    schema = api.app.openapi()
+    for path, operations in schema["paths"].items():
+        if not path.startswith(TRADING_PREFIXES):
+            continue
+        concrete = re.sub(r"\{[^}]+\}", "1", path)  # the gate answers before params are checked
+        for method in operations:
+            response = await client.request(
+                method.upper(),
+                f"{api.base_url}{concrete}",
+                headers=user.headers,
+                json={"symbol": "EURUSD", "side": "buy", "volume": 0.1}
+                if method == "post"
+                else None,
+            )
+            assert response.status_code == 403, (method, path, response.text)
+            assert response.json()["detail"] == "onboarding_incomplete"
+    # Nothing above onboarded the user by the way.
+    assert (await me(client, user))["onboarding_completed"] is False
