@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
 from app.api.body_limit import BodySizeLimit
-from app.api.routes import agents, auth, broker_connections, users
+from app.api.routes import agents, auth, broker_connections, trading, users
 from app.core.config import Settings
 from app.core.errors import install_error_handlers
 from app.core.migrate import upgrade_to_head_async
 from app.core.resources import open_resources
+from app.services.candles import CandleFlights
 from app.ws import price_stream
 
 log = logging.getLogger("mt5gate.app")
@@ -27,8 +28,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.is_sqlite:
             await upgrade_to_head_async(settings.database_url)
-        async with open_resources(settings) as resources:
+        async with open_resources(settings) as resources, aclosing(CandleFlights()) as flights:
             app.state.resources = resources
+            app.state.candle_flights = flights
             log.info("event=started env=%s", settings.mt5gate_env)
             yield
             log.info("event=stopping")
@@ -45,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(users.router)
     api.include_router(broker_connections.router)
     api.include_router(agents.router)
+    api.include_router(trading.router)
     app.include_router(api)
     app.include_router(price_stream.router)
     app.add_middleware(BodySizeLimit)

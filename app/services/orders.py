@@ -1,0 +1,208 @@
+"""Orders: a `trade` job for the user's agent, and the order read off that job.
+
+An order is its job: `order_id` is the job id and the order's status is derived from the
+job's each time it is read, so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.core.config import Settings
+from app.core.errors import ClientOrderIdConflict, NotFound
+from app.models import Agent, Job, utcnow
+from app.schemas.orders import OrderCreate, OrderError, OrderRead, OrderStatus
+from app.services.agents import require_online_agent
+from app.services.broker_connections import get_connection
+from app.services.jobs import (
+    COMPLETED,
+    EXPIRED,
+    EXPIRED_ERROR,
+    FAILED,
+    FINAL_STATUSES,
+    LOST,
+    JobStore,
+    create_job,
+    wait_for_job_result,
+)
+
+TRADE = "trade"
+# The compared fields of a repeated order (client_order_id aside, which matched already).
+ORDER_FIELDS = ("symbol", "side", "volume", "sl", "tp")
+
+
+@dataclass(frozen=True)
+class Trading:
+    """What every trading service needs: the job store, short sessions and the settings."""
+
+    jobs: JobStore
+    session_factory: async_sessionmaker[AsyncSession]
+    settings: Settings
+
+
+def order_status(job: Job, *, now: datetime) -> OrderStatus:
+    if job.status == COMPLETED:
+        return "filled"
+    if job.status == FAILED:
+        # An agent that finds the job past its expiry refuses it unexecuted.
+        code = (job.error or {}).get("code")
+        return "expired" if code == "expired" else "rejected"
+    if job.status == EXPIRED:
+        return "expired"
+    if job.status == LOST:
+        return "unknown"
+    # pending or running; a pending job past its expiry can no longer be handed out.
+    if job.status == "pending" and job.expires_at <= now:
+        return "expired"
+    return "pending"
+
+
+def order_from_job(job: Job, *, now: datetime | None = None) -> OrderRead:
+    status = order_status(job, now=now or utcnow())
+    request: dict[str, Any] = job.input_data
+    output: dict[str, Any] = (job.output_data or {}) if status == "filled" else {}
+    error: dict[str, Any] | None = None
+    if status in ("rejected", "expired", "unknown"):
+        error = job.error or (EXPIRED_ERROR if status == "expired" else None)
+    return OrderRead(
+        order_id=job.id,
+        client_order_id=job.client_order_id,
+        status=status,
+        symbol=request["symbol"],
+        side=request["side"],
+        volume=output.get("volume", request["volume"]),
+        sl=request.get("sl"),
+        tp=request.get("tp"),
+        fill_price=output.get("fill_price"),
+        ticket=output.get("ticket"),
+        error=OrderError.model_validate(error) if error else None,
+        created_at=job.created_at,
+        filled_at=output.get("filled_at"),
+    )
+
+
+def same_order(job: Job, order: OrderCreate, *, agent_id: uuid.UUID | None) -> bool:
+    """Whether a repeat names the same order: same fields, and the same connection's agent
+    when the repeat names a connection (`agent_id` is then that connection's agent)."""
+    wanted = order.job_input()
+    if any(job.input_data.get(name) != wanted[name] for name in ORDER_FIELDS):
+        return False
+    return order.broker_connection_id is None or agent_id == job.agent_id
+
+
+async def find_by_client_order_id(
+    session: AsyncSession, *, user_id: uuid.UUID, client_order_id: str
+) -> Job | None:
+    job: Job | None = await session.scalar(
+        select(Job).where(Job.user_id == user_id, Job.client_order_id == client_order_id)
+    )
+    return job
+
+
+async def connection_agent_id(
+    session: AsyncSession, *, user_id: uuid.UUID, connection_id: uuid.UUID | None
+) -> uuid.UUID | None:
+    """The agent of the user's named connection (NotFound when it is not theirs)."""
+    if connection_id is None:
+        return None
+    connection = await get_connection(session, user_id=user_id, connection_id=connection_id)
+    return connection.agent.id if connection.agent else None
+
+
+async def submit_order(trading: Trading, *, user_id: uuid.UUID, order: OrderCreate) -> Job:
+    """The order's job: the existing one for a repeated `client_order_id`, else a new one.
+
+    Checks the agent (no_agent, agent_offline) before creating anything; a repeat of an
+    existing order is answered even while the agent is offline.
+    """
+    existing: Job | None = None
+    agent: Agent | None = None
+    async with trading.session_factory() as session:
+        if order.client_order_id is not None:
+            existing = await find_by_client_order_id(
+                session, user_id=user_id, client_order_id=order.client_order_id
+            )
+        if existing is not None:
+            agent_id = await connection_agent_id(
+                session, user_id=user_id, connection_id=order.broker_connection_id
+            )
+            if not same_order(existing, order, agent_id=agent_id):
+                raise ClientOrderIdConflict()
+            return existing
+        agent = await require_online_agent(
+            session,
+            settings=trading.settings,
+            user_id=user_id,
+            connection_id=order.broker_connection_id,
+        )
+    job, created = await create_job(
+        trading.jobs,
+        user_id=user_id,
+        agent_id=agent.id,
+        job_type=TRADE,
+        input_data=order.job_input(),
+        ttl_seconds=trading.settings.trade_job_ttl_seconds,
+        client_order_id=order.client_order_id,
+    )
+    # Lost a race with a concurrent repeat: the unique index kept one job, which is ours.
+    if not created and not same_order(job, order, agent_id=agent.id):
+        raise ClientOrderIdConflict()
+    return job
+
+
+async def place_order(trading: Trading, *, user_id: uuid.UUID, order: OrderCreate) -> OrderRead:
+    """Submits the order and waits up to the trade budget for its outcome."""
+    job = await submit_order(trading, user_id=user_id, order=order)
+    if job.status not in FINAL_STATUSES:
+        job = await wait_for_job_result(
+            trading.jobs, job_id=job.id, timeout=trading.settings.trade_wait_seconds
+        )
+    return order_from_job(job)
+
+
+async def get_order(
+    session_factory: async_sessionmaker[AsyncSession], *, user_id: uuid.UUID, order_id: uuid.UUID
+) -> OrderRead:
+    async with session_factory() as session:
+        job = await session.scalar(
+            select(Job).where(Job.id == order_id, Job.user_id == user_id, Job.job_type == TRADE)
+        )
+    if job is None:
+        raise NotFound("No such order.")
+    return order_from_job(job)
+
+
+async def list_orders(
+    session_factory: async_sessionmaker[AsyncSession],
+    *,
+    user_id: uuid.UUID,
+    limit: int,
+    before: uuid.UUID | None,
+) -> list[OrderRead]:
+    """The user's orders, newest first; `before` (an order id) starts after that order."""
+    query = select(Job).where(Job.user_id == user_id, Job.job_type == TRADE)
+    async with session_factory() as session:
+        if before is not None:
+            cursor = await session.scalar(
+                select(Job).where(Job.id == before, Job.user_id == user_id, Job.job_type == TRADE)
+            )
+            if cursor is None:
+                raise NotFound("No such order (the `before` cursor).")
+            query = query.where(
+                or_(
+                    Job.created_at < cursor.created_at,
+                    and_(Job.created_at == cursor.created_at, Job.id < cursor.id),
+                )
+            )
+        jobs = await session.scalars(
+            query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+        )
+        found = list(jobs)
+    now = utcnow()
+    return [order_from_job(job, now=now) for job in found]

@@ -1,0 +1,195 @@
+"""Positions and the account: each call one job for the caller's own agent.
+
+Reads (positions, account) that get no answer within their budget are `504 agent_timeout`;
+writes (closing, modifying a position) are `202 pending` instead, because they may still
+execute. A refusal by the broker is `422 broker_error` with the broker's code, except a
+missing position, which is `404 position_not_found`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from app.core.errors import AgentTimeout, BrokerFailure, PositionNotFound
+from app.models import Agent, Job
+from app.schemas.positions import JobPending, PositionClosed, PositionUpdate
+from app.schemas.trading import Account, Position
+from app.services.agents import require_online_agent
+from app.services.jobs import COMPLETED, FAILED, FINAL_STATUSES, LOST, create_job
+from app.services.jobs import wait_for_job_result as wait_for_job
+from app.services.orders import Trading
+
+UNKNOWN_OUTCOME = (
+    "The agent took the request but never answered; the outcome is unknown. "
+    "Check GET /positions before retrying."
+)
+NOT_TAKEN = "No agent took the request in time; nothing was done."
+
+
+async def online_agent(
+    trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None
+) -> Agent:
+    """The agent of the user's connection: no_agent, agent_offline or not_found otherwise."""
+    async with trading.session_factory() as session:
+        return await require_online_agent(
+            session, settings=trading.settings, user_id=user_id, connection_id=connection_id
+        )
+
+
+async def dispatch(
+    trading: Trading,
+    *,
+    user_id: uuid.UUID,
+    connection_id: uuid.UUID | None,
+    job_type: str,
+    input_data: dict[str, Any],
+    ttl_seconds: float,
+) -> Job:
+    """Creates the job for the user's agent, after checking that the agent is online."""
+    agent = await online_agent(trading, user_id=user_id, connection_id=connection_id)
+    job, _ = await create_job(
+        trading.jobs,
+        user_id=user_id,
+        agent_id=agent.id,
+        job_type=job_type,
+        input_data=input_data,
+        ttl_seconds=ttl_seconds,
+    )
+    return job
+
+
+async def run_job(
+    trading: Trading,
+    *,
+    user_id: uuid.UUID,
+    connection_id: uuid.UUID | None,
+    job_type: str,
+    input_data: dict[str, Any],
+    ttl_seconds: float,
+    wait: float,
+) -> Job:
+    job = await dispatch(
+        trading,
+        user_id=user_id,
+        connection_id=connection_id,
+        job_type=job_type,
+        input_data=input_data,
+        ttl_seconds=ttl_seconds,
+    )
+    return await wait_for_job(trading.jobs, job_id=job.id, timeout=wait)
+
+
+def broker_failure(job: Job) -> BrokerFailure:
+    error = dict(job.error or {"code": "agent_error", "message": ""})
+    message = error.get("message") or BrokerFailure.message
+    return BrokerFailure(message, error=error)
+
+
+def is_refused_unexecuted(job: Job) -> bool:
+    """The agent saw the job only after it expired, and did not run it."""
+    return job.status == FAILED and (job.error or {}).get("code") == "expired"
+
+
+def read_output(job: Job) -> dict[str, Any]:
+    """A read's `output_data`; 504 when there is no answer, 422 when the broker refused."""
+    if job.status == COMPLETED and job.output_data is not None:
+        return job.output_data
+    if job.status == FAILED and not is_refused_unexecuted(job):
+        raise broker_failure(job)
+    raise AgentTimeout()
+
+
+def write_output(job: Job) -> dict[str, Any] | JobPending:
+    """A write's `output_data`, or JobPending while it may still execute."""
+    if job.status == COMPLETED and job.output_data is not None:
+        return job.output_data
+    if job.status not in FINAL_STATUSES:
+        return JobPending(job_id=job.id)
+    if is_refused_unexecuted(job):
+        raise AgentTimeout(NOT_TAKEN)
+    if job.status == FAILED:
+        if (job.error or {}).get("code") == "position_not_found":
+            raise PositionNotFound()
+        raise broker_failure(job)
+    raise AgentTimeout(UNKNOWN_OUTCOME if job.status == LOST else NOT_TAKEN)
+
+
+async def list_positions(
+    trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None
+) -> list[Position]:
+    job = await run_job(
+        trading,
+        user_id=user_id,
+        connection_id=connection_id,
+        job_type="get_positions",
+        input_data={},
+        ttl_seconds=trading.settings.read_job_ttl_seconds,
+        wait=trading.settings.read_wait_seconds,
+    )
+    return [Position.model_validate(p) for p in read_output(job)["positions"]]
+
+
+async def get_account(
+    trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None
+) -> Account:
+    job = await run_job(
+        trading,
+        user_id=user_id,
+        connection_id=connection_id,
+        job_type="get_account",
+        input_data={},
+        ttl_seconds=trading.settings.read_job_ttl_seconds,
+        wait=trading.settings.read_wait_seconds,
+    )
+    return Account.model_validate(read_output(job))
+
+
+async def close_position(
+    trading: Trading,
+    *,
+    user_id: uuid.UUID,
+    connection_id: uuid.UUID | None,
+    position_id: int,
+    volume: float | None,
+) -> PositionClosed | JobPending:
+    """Closes the position (or `volume` lots of it) on the caller's own account."""
+    input_data: dict[str, Any] = {"ticket": position_id}
+    if volume is not None:
+        input_data["volume"] = volume
+    job = await run_job(
+        trading,
+        user_id=user_id,
+        connection_id=connection_id,
+        job_type="close_position",
+        input_data=input_data,
+        ttl_seconds=trading.settings.trade_job_ttl_seconds,
+        wait=trading.settings.trade_wait_seconds,
+    )
+    output = write_output(job)
+    if isinstance(output, JobPending):
+        return output
+    return PositionClosed.model_validate({"position_id": position_id, **output})
+
+
+async def modify_position(
+    trading: Trading,
+    *,
+    user_id: uuid.UUID,
+    connection_id: uuid.UUID | None,
+    position_id: int,
+    update: PositionUpdate,
+) -> Position | JobPending:
+    job = await run_job(
+        trading,
+        user_id=user_id,
+        connection_id=connection_id,
+        job_type="modify_position",
+        input_data=update.job_input(position_id),
+        ttl_seconds=trading.settings.trade_job_ttl_seconds,
+        wait=trading.settings.trade_wait_seconds,
+    )
+    output = write_output(job)
+    if isinstance(output, JobPending):
+        return output
+    return Position.model_validate(output["position"])
