@@ -70,6 +70,7 @@ class ApiServer:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        self.api.closing = False
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port))
@@ -86,7 +87,7 @@ class ApiServer:
         if self._server is None or self._task is None:
             return
         self._server.should_exit = True
-        self.api.release_polls()
+        await self.api.release_polls()
         await self._task
         self._server = self._task = None
 

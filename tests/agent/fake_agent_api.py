@@ -39,6 +39,8 @@ class FakeAgentApi:
         self.price_batches: list[dict[str, Any]] = []
         self.price_attempts = 0
         self.polls = 0
+        # Set while the server shuts down: pending long polls answer 204 at once.
+        self.closing = False
         self.failures_served = 0
         self._ids = itertools.count(1)
         self._changed = asyncio.Condition()
@@ -86,9 +88,10 @@ class FakeAgentApi:
         await self.wait_for(lambda: job_id in self.results, timeout)
         return self.results[job_id]
 
-    def release_polls(self) -> None:
+    async def release_polls(self) -> None:
         """Lets pending long polls answer now (server shutdown)."""
-        asyncio.get_running_loop().create_task(self._notify())
+        self.closing = True
+        await self._notify()
 
     # -- routes ----------------------------------------------------------------------------
 
@@ -121,14 +124,18 @@ class FakeAgentApi:
 
     async def next_job(self, request: Request) -> Response:
         self.polls += 1
+        await self._notify()
         if refused := self._refuse(request, "poll"):
-            await self._notify()
             return refused
         wait = float(request.query_params.get("wait", 25))
         try:
             async with self._changed:
-                await asyncio.wait_for(self._changed.wait_for(lambda: bool(self.pending)), wait)
+                await asyncio.wait_for(
+                    self._changed.wait_for(lambda: bool(self.pending) or self.closing), wait
+                )
         except TimeoutError:
+            return Response(status_code=204)
+        if not self.pending:
             return Response(status_code=204)
         job = self.pending.pop(0)
         self.running[job["id"]] = job

@@ -1,0 +1,109 @@
+"""``mt5gate agent``: arguments, and signals ending the process cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ApiServer
+from fake_agent_api import AGENT_ID, TOKEN, FakeAgentApi
+
+from mt5gate_agent.cli import main, parse_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_arguments_make_the_config() -> None:
+    config, level = parse_config(
+        [
+            "--api",
+            "http://h:8000",
+            "--agent-id",
+            "a1",
+            "--token",
+            "t",
+            "--backend",
+            "sim",
+            "--prices",
+            "EURUSD, XAUUSD,",
+            "--seed",
+            "3",
+        ]
+    )
+    assert (config.api_url, config.agent_id, config.token, config.backend) == (
+        "http://h:8000",
+        "a1",
+        "t",
+        "sim",
+    )
+    assert config.price_symbols == ("EURUSD", "XAUUSD")
+    assert (config.sim_seed, level) == (3, "INFO")
+
+
+def test_the_backend_defaults_to_mt5_and_prices_to_none() -> None:
+    config, _ = parse_config(["--api", "http://h", "--agent-id", "a1", "--token", "t"])
+    assert (config.backend, config.price_symbols) == ("mt5", ())
+
+
+def test_the_token_can_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MT5GATE_AGENT_TOKEN", "from-env")
+    config, _ = parse_config(["--api", "http://h", "--agent-id", "a1"])
+    assert config.token == "from-env"
+
+
+def test_a_missing_token_is_a_usage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MT5GATE_AGENT_TOKEN", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        main(["agent", "--api", "http://h", "--agent-id", "a1"])
+    assert exited.value.code == 2
+
+
+def test_an_unknown_backend_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--api", "http://h", "--agent-id", "a1", "--token", "t", "--backend", "zmq"])
+    assert exited.value.code == 2
+
+
+async def spawn_agent(server: ApiServer) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mt5gate_agent",
+        "agent",
+        "--api",
+        server.url,
+        "--agent-id",
+        AGENT_ID,
+        "--token",
+        TOKEN,
+        "--backend",
+        "sim",
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_stops_the_agent_with_exit_code_0(
+    api_server: ApiServer, api: FakeAgentApi, sig: signal.Signals
+) -> None:
+    process = await spawn_agent(api_server)
+    try:
+        await api.wait_for(lambda: api.polls >= 1, timeout=20)
+        job_id = await api.add_job("get_account", {})
+        assert (await api.wait_result(job_id))["status"] == "completed"
+        process.send_signal(sig)
+        _, stderr = await asyncio.wait_for(process.communicate(), 10)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, stderr.decode()
+    log = stderr.decode()
+    assert "event=stopping" in log
+    assert f"event=job_done job_id={job_id} job_type=get_account outcome=completed" in log
+    assert "event=agent_stopped" in log

@@ -1,0 +1,461 @@
+"""The agent loop against a fake agent API served by uvicorn on a real socket."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import pytest
+from conftest import ApiServer
+from fake_agent_api import AGENT_ID, TOKEN, FakeAgentApi
+
+from mt5gate_agent.backends.sim import SimBackend
+from mt5gate_agent.client import AgentApiError, AgentClient, api_root, parse_time
+from mt5gate_agent.config import AgentConfig
+from mt5gate_agent.runner import Backoff, kv, run_agent
+
+
+class LogWatcher(logging.Handler):
+    """Collects the agent's log lines and lets a test await one (from any thread)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(logging.DEBUG)
+        self.loop = loop
+        self.lines: list[str] = []
+        self._events: list[asyncio.Event] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+        self.loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        for event in self._events:
+            event.set()
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+    async def wait_for(self, text: str, times: int = 1, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.count(text) < times:
+                event = asyncio.Event()
+                self._events.append(event)
+                try:
+                    await event.wait()
+                finally:
+                    self._events.remove(event)
+
+
+@pytest.fixture
+async def logs() -> AsyncIterator[LogWatcher]:
+    watcher = LogWatcher(asyncio.get_running_loop())
+    logger = logging.getLogger("mt5gate_agent")
+    previous = logger.level
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(watcher)
+    yield watcher
+    logger.removeHandler(watcher)
+    logger.setLevel(previous)
+
+
+def config_for(server: ApiServer, **overrides: Any) -> AgentConfig:
+    options: dict[str, Any] = {
+        "api_url": server.url,
+        "agent_id": AGENT_ID,
+        "token": TOKEN,
+        "backend": "sim",
+        "poll_wait": 1,
+        "heartbeat_interval": 0.2,
+        "backoff_initial": 0.01,
+        "backoff_max": 0.05,
+        "price_interval": 0.02,
+        "result_retry_seconds": 5.0,
+    }
+    return AgentConfig(**(options | overrides))
+
+
+class RunningAgent:
+    def __init__(self, task: asyncio.Task[None], stop: asyncio.Event) -> None:
+        self.task = task
+        self.stop = stop
+
+    async def stopped(self, timeout: float = 5.0) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, timeout)
+
+
+@pytest.fixture
+async def start_agent(
+    api_server: ApiServer,
+) -> AsyncIterator[Callable[..., RunningAgent]]:
+    agents: list[RunningAgent] = []
+
+    def start(backend: Any = None, **overrides: Any) -> RunningAgent:
+        stop = asyncio.Event()
+        config = config_for(api_server, **overrides)
+        task = asyncio.create_task(run_agent(config, stop, backend=backend))
+        agent = RunningAgent(task, stop)
+        agents.append(agent)
+        return agent
+
+    yield start
+    for agent in agents:
+        if not agent.task.done():
+            await agent.stopped()
+
+
+def order(symbol: str = "EURUSD", volume: float = 0.1) -> dict[str, Any]:
+    return {
+        "symbol": symbol,
+        "side": "buy",
+        "volume": volume,
+        "sl": None,
+        "tp": None,
+        "client_order_id": None,
+    }
+
+
+class ScriptedBackend:
+    """A backend whose ticks follow a script; it counts calls and can hold a job."""
+
+    def __init__(self, snapshots: list[dict[str, dict[str, Any]]] | None = None) -> None:
+        self.snapshots = snapshots or [{}]
+        self.tick_calls = 0
+        self.executed: list[str] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.job_started: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.ticks_seen: asyncio.Event | None = None
+        self.ticks_wanted = 0
+        self.closed = False
+
+    def login(self, server: str, login: int, password: str) -> None:
+        pass
+
+    def is_connected(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def ticks(self, symbols: list[str]) -> dict[str, dict[str, Any]]:
+        snapshot = self.snapshots[min(self.tick_calls, len(self.snapshots) - 1)]
+        self.tick_calls += 1
+        if self.loop and self.ticks_seen and self.tick_calls >= self.ticks_wanted:
+            self.loop.call_soon_threadsafe(self.ticks_seen.set)
+        return snapshot
+
+    def execute(self, job_type: str, input_data: dict[str, Any]) -> dict[str, Any]:
+        if self.loop and self.job_started:
+            self.loop.call_soon_threadsafe(self.job_started.set)
+        assert self.gate.wait(10)
+        self.executed.append(job_type)
+        return {"positions": []}
+
+
+# -- jobs -------------------------------------------------------------------------------------
+
+
+async def test_a_job_is_executed_and_its_result_posted(
+    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+) -> None:
+    start_agent()
+    job_id = await api.add_job("trade", order())
+    result = await api.wait_result(job_id)
+    assert result["status"] == "completed"
+    assert set(result["output_data"]) == {"ticket", "fill_price", "volume", "filled_at"}
+    await logs.wait_for(f"event=job_done job_id={job_id} job_type=trade outcome=completed ms=")
+
+
+async def test_the_agent_logs_in_with_the_fetched_credentials_and_heartbeats(
+    api: FakeAgentApi, start_agent: Callable[..., RunningAgent]
+) -> None:
+    sim = SimBackend(seed=1)
+    start_agent(backend=sim)
+    await api.wait_for(lambda: len(api.heartbeats) >= 2)
+    assert sim.logged_in_as == 12345678
+    assert api.heartbeats[0] == {"version": "0.1.0", "terminal_connected": True}
+
+
+async def test_a_broker_rejection_is_posted_as_a_failed_result(
+    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+) -> None:
+    start_agent()
+    job_id = await api.add_job("trade", order(volume=0.001))
+    result = await api.wait_result(job_id)
+    assert result["status"] == "failed"
+    assert result["error"]["code"] == "invalid_volume"
+    assert result["error"]["retcode"] == 10014
+    await logs.wait_for("outcome=failed code=invalid_volume")
+
+
+async def test_jobs_are_executed_one_after_the_other(
+    api: FakeAgentApi, start_agent: Callable[..., RunningAgent]
+) -> None:
+    start_agent()
+    trade_id = await api.add_job("trade", order(volume=0.2))
+    positions_id = await api.add_job("get_positions", {})
+    await api.wait_result(trade_id)
+    positions = (await api.wait_result(positions_id))["output_data"]["positions"]
+    assert [p["volume"] for p in positions] == [0.2]
+
+
+async def test_a_job_expired_by_the_server_clock_is_not_executed(
+    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+) -> None:
+    # The server's clock is a minute ahead: the job expired 10 s ago by the server's clock,
+    # although by the agent's own clock it still has 50 s to go.
+    api.skew = 60.0
+    sim = SimBackend(seed=1)
+    start_agent(backend=sim)
+    await api.wait_for(lambda: len(api.heartbeats) >= 1)
+    job_id = await api.add_job("trade", order(), expires_in=-10)
+    result = await api.wait_result(job_id)
+    assert result["status"] == "failed"
+    assert result["error"]["code"] == "expired"
+    assert sim.positions == {}
+    await logs.wait_for(f"job_id={job_id} job_type=trade outcome=expired")
+
+
+async def test_a_job_valid_by_the_server_clock_runs_although_the_agent_clock_is_ahead(
+    api: FakeAgentApi, start_agent: Callable[..., RunningAgent]
+) -> None:
+    api.skew = -60.0
+    sim = SimBackend(seed=1)
+    start_agent(backend=sim)
+    await api.wait_for(lambda: len(api.heartbeats) >= 1)
+    job_id = await api.add_job("trade", order(), expires_in=20)
+    assert (await api.wait_result(job_id))["status"] == "completed"
+    assert len(sim.positions) == 1
+
+
+# -- stopping ---------------------------------------------------------------------------------
+
+
+async def test_stop_interrupts_an_idle_long_poll(
+    api: FakeAgentApi, start_agent: Callable[..., RunningAgent]
+) -> None:
+    backend = ScriptedBackend()
+    agent = start_agent(backend=backend, poll_wait=25)
+    await api.wait_for(lambda: api.polls >= 1)
+    started = time.monotonic()
+    await agent.stopped(timeout=3)
+    assert time.monotonic() - started < 2
+    # The backend was handed in: the caller owns it, the agent does not close it.
+    assert not backend.closed
+
+
+async def test_stop_finishes_the_job_in_hand_and_posts_its_result(
+    api: FakeAgentApi, start_agent: Callable[..., RunningAgent]
+) -> None:
+    backend = ScriptedBackend()
+    backend.loop = asyncio.get_running_loop()
+    backend.job_started = asyncio.Event()
+    backend.gate.clear()
+    agent = start_agent(backend=backend)
+    job_id = await api.add_job("get_positions", {})
+    await backend.job_started.wait()
+    agent.stop.set()
+    backend.gate.set()
+    await asyncio.wait_for(agent.task, 5)
+    assert api.results[job_id] == {"status": "completed", "output_data": {"positions": []}}
+    assert backend.executed == ["get_positions"]
+
+
+async def test_a_job_queued_after_stop_is_left_for_later(
+    api: FakeAgentApi, start_agent: Callable[..., RunningAgent]
+) -> None:
+    agent = start_agent(backend=ScriptedBackend())
+    await api.wait_for(lambda: api.polls >= 1)
+    await agent.stopped()
+    await api.add_job("get_positions", {})
+    assert len(api.pending) == 1
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+async def test_the_agent_backs_off_on_5xx_and_then_takes_jobs(
+    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+) -> None:
+    api.fail["poll"] = 3
+    start_agent()
+    await logs.wait_for("event=api_unavailable", times=3)
+    job_id = await api.add_job("get_account", {})
+    assert (await api.wait_result(job_id))["status"] == "completed"
+    assert logs.count('reason="internal_error (HTTP 503)"') == 3
+    await logs.wait_for("event=api_reconnected attempts=3")
+
+
+async def test_the_agent_retries_credentials_until_the_api_answers(
+    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+) -> None:
+    api.fail["credentials"] = 2
+    start_agent()
+    await logs.wait_for("event=connect_failed", times=2)
+    await logs.wait_for("event=agent_online")
+    job_id = await api.add_job("get_positions", {})
+    assert (await api.wait_result(job_id))["status"] == "completed"
+
+
+async def test_a_result_is_retried_until_the_api_takes_it(
+    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+) -> None:
+    api.fail["result"] = 2
+    start_agent()
+    job_id = await api.add_job("get_positions", {})
+    assert (await api.wait_result(job_id))["status"] == "completed"
+    assert logs.count("event=result_retry") == 2
+    await logs.wait_for("reported=yes")
+
+
+async def test_the_agent_survives_the_api_restarting_under_it(
+    api_server: ApiServer,
+    api: FakeAgentApi,
+    start_agent: Callable[..., RunningAgent],
+    logs: LogWatcher,
+) -> None:
+    start_agent()
+    first = await api.add_job("get_positions", {})
+    await api.wait_result(first)
+    await api_server.stop()
+    await logs.wait_for("event=api_unavailable", times=2)
+    api_server.start()
+    second = await api.add_job("get_account", {})
+    assert (await api.wait_result(second))["status"] == "completed"
+    assert any("ConnectError" in line for line in logs.lines)
+
+
+async def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
+    low = Backoff(1.0, 8.0, rng=lambda: 0.0)
+    high = Backoff(1.0, 8.0, rng=lambda: 1.0)
+    assert [low.next() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert [high.next() for _ in range(6)] == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
+    high.reset()
+    assert high.next() == 1.0
+
+
+# -- prices -----------------------------------------------------------------------------------
+
+
+def tick(bid: float, ts: int) -> dict[str, Any]:
+    return {"bid": bid, "ask": round(bid + 0.0001, 5), "ts": ts}
+
+
+async def test_only_changed_ticks_are_pushed_in_batches(
+    api: FakeAgentApi, start_agent: Callable[..., RunningAgent]
+) -> None:
+    backend = ScriptedBackend(
+        [
+            {"EURUSD": tick(1.1, 1), "GBPUSD": tick(1.3, 1)},
+            {"EURUSD": tick(1.1, 2), "GBPUSD": tick(1.3, 2)},
+            {"EURUSD": tick(1.2, 3), "GBPUSD": tick(1.3, 3)},
+        ]
+    )
+    backend.loop = asyncio.get_running_loop()
+    backend.ticks_seen = asyncio.Event()
+    backend.ticks_wanted = 8
+    start_agent(backend=backend, price_symbols=("EURUSD", "GBPUSD"))
+    await asyncio.wait_for(backend.ticks_seen.wait(), 5)
+    await api.wait_for(lambda: len(api.price_batches) >= 2)
+    assert api.price_batches == [
+        {"EURUSD": tick(1.1, 1), "GBPUSD": tick(1.3, 1)},
+        {"EURUSD": tick(1.2, 3)},
+    ]
+
+
+async def test_ticks_that_failed_to_send_go_out_with_the_next_push(
+    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+) -> None:
+    api.fail["prices"] = 1
+    backend = ScriptedBackend([{"EURUSD": tick(1.1, 1)}])
+    start_agent(backend=backend, price_symbols=("EURUSD",))
+    await api.wait_for(lambda: len(api.price_batches) >= 1)
+    assert api.price_batches[0] == {"EURUSD": tick(1.1, 1)}
+    assert logs.count("event=prices_failed") == 1
+
+
+async def test_a_refused_price_source_stops_pushing_but_keeps_taking_jobs(
+    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+) -> None:
+    api.price_source = False
+    start_agent(price_symbols=("EURUSD",))
+    await logs.wait_for("event=price_source_refused")
+    job_id = await api.add_job("get_positions", {})
+    assert (await api.wait_result(job_id))["status"] == "completed"
+    assert api.price_attempts == 1
+
+
+async def test_the_sim_pushes_live_prices(
+    api: FakeAgentApi, start_agent: Callable[..., RunningAgent]
+) -> None:
+    start_agent(price_symbols=("EURUSD", "XAUUSD"), price_interval=0.05)
+    await api.wait_for(lambda: len(api.price_batches) >= 3)
+    first = api.price_batches[0]
+    assert set(first) == {"EURUSD", "XAUUSD"}
+    assert first["EURUSD"]["bid"] < first["EURUSD"]["ask"]
+    assert abs(first["EURUSD"]["ts"] - time.time() * 1000) < 60_000
+
+
+# -- the client --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url", ["http://h:8000", "http://h:8000/", "http://h:8000/api/v1", "http://h:8000/api/v1/"]
+)
+def test_the_api_url_may_include_the_base_path(url: str) -> None:
+    assert api_root(url) == "http://h:8000/api/v1"
+
+
+def test_api_times_with_z_are_utc() -> None:
+    moment = parse_time("2026-11-24T21:15:03.120Z")
+    assert moment is not None
+    assert moment == datetime(2026, 11, 24, 21, 15, 3, 120_000, tzinfo=UTC)
+    assert parse_time("garbage") is None
+    assert parse_time(None) is None
+
+
+@pytest.fixture
+async def mock_client() -> AsyncIterator[Callable[[httpx.Response], AgentClient]]:
+    clients: list[AgentClient] = []
+
+    def make(response: httpx.Response) -> AgentClient:
+        def handler(request: httpx.Request) -> httpx.Response:
+            assert request.headers["authorization"] == "Bearer t"
+            return response
+
+        client = AgentClient("http://api", "a 1", "t", transport=httpx.MockTransport(handler))
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+async def test_an_empty_poll_is_no_job(
+    mock_client: Callable[[httpx.Response], AgentClient],
+) -> None:
+    client = mock_client(httpx.Response(204))
+    assert await client.next_job(1) is None
+
+
+async def test_api_errors_carry_the_detail_code(
+    mock_client: Callable[[httpx.Response], AgentClient],
+) -> None:
+    client = mock_client(httpx.Response(401, json={"detail": "invalid_agent_token"}))
+    with pytest.raises(AgentApiError) as caught:
+        await client.credentials()
+    assert (caught.value.status_code, caught.value.detail) == (401, "invalid_agent_token")
+
+
+def test_log_lines_are_key_value() -> None:
+    line = kv(event="job_done", job_id="j-1", ms=3.14159, code=None, reason="a b")
+    assert line == 'event=job_done job_id=j-1 ms=3.1 reason="a b"'
