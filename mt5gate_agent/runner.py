@@ -71,7 +71,7 @@ class Backoff:
         self.attempt = 0
 
     def next(self) -> float:
-        ceiling = min(self.maximum, self.initial * 2**self.attempt)
+        ceiling = min(self.maximum, self.initial * 2.0**self.attempt)
         self.attempt += 1
         return ceiling / 2 + ceiling / 2 * self._rng()
 

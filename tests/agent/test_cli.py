@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ApiServer
+from agent_support import ApiServer
 from fake_agent_api import AGENT_ID, TOKEN, FakeAgentApi
 
 from mt5gate_agent.cli import main, parse_config

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import ApiServer
+from agent_support import ApiServer
 from fake_agent_api import AGENT_ID, TOKEN, FakeAgentApi
 
 from mt5gate_agent.backends.sim import SimBackend

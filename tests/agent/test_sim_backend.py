@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from conftest import START, ManualClock
+from agent_support import START, ManualClock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
