@@ -110,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    # httpx logs every request at INFO: with prices pushed 4 times a second that drowns
+    # the one line per job.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(log_level)))
     if config.backend == "mt5":
         try:
             import MetaTrader5  # noqa: F401

@@ -212,6 +212,8 @@ class _Agent:
                 log.warning(kv(event="heartbeat_failed", reason=describe(exc)))
             except BrokerError as exc:
                 log.warning(kv(event="heartbeat_failed", reason=exc.code))
+            except Exception:
+                log.exception(kv(event="heartbeat_crashed"))
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -344,6 +346,11 @@ class _Agent:
             except BrokerError as exc:
                 log.warning(kv(event="ticks_failed", reason=exc.code, message=exc.message))
                 ticks = {}
+            except Exception:
+                # A backend bug must not silently end the feed: log it, try again later.
+                log.exception(kv(event="ticks_crashed"))
+                ticks = {}
+                delay = self.config.backoff_max
             missing = [s for s in symbols if s not in ticks]
             if missing and not warned_missing:
                 log.warning(kv(event="price_symbols_missing", symbols=",".join(missing)))

@@ -81,6 +81,8 @@ async def spawn_agent(server: ApiServer) -> asyncio.subprocess.Process:
         TOKEN,
         "--backend",
         "sim",
+        "--prices",
+        "EURUSD,XAUUSD",
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -107,3 +109,5 @@ async def test_a_signal_stops_the_agent_with_exit_code_0(
     assert "event=stopping" in log
     assert f"event=job_done job_id={job_id} job_type=get_account outcome=completed" in log
     assert "event=agent_stopped" in log
+    # One line per request at 4 pushes a second would drown the job lines.
+    assert "HTTP Request" not in log
