@@ -72,6 +72,7 @@ class CandleFlights:
     """
 
     _flights: dict[FlightKey, tuple[int, asyncio.Task[list[Candle]]]] = field(default_factory=dict)
+    waiting: int = 0  # callers awaiting a flight right now
 
     async def join(
         self, key: FlightKey, count: int, fetch: Callable[[], Awaitable[list[Candle]]]
@@ -86,7 +87,11 @@ class CandleFlights:
         else:
             task = entry[1]
         # Shielded: one caller going away must not cancel the fetch the others wait for.
-        return await asyncio.shield(task)
+        self.waiting += 1
+        try:
+            return await asyncio.shield(task)
+        finally:
+            self.waiting -= 1
 
     @staticmethod
     async def _run(fetch: Callable[[], Awaitable[list[Candle]]]) -> list[Candle]:
