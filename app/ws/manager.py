@@ -54,6 +54,9 @@ SUBSCRIBE_WAIT_SECONDS = 2.0
 RECONNECT_BACKOFF_MIN_SECONDS = 0.1
 RECONNECT_BACKOFF_MAX_SECONDS = 3.0
 CLOSE_STALLED = 1013
+# Concurrent last-tick reads: a connect storm must not drain the shared Redis pool, which
+# fails fast (MaxConnectionsError) rather than queueing when it is empty.
+LAST_TICK_READS = 8
 
 AsgiMessage = dict[str, Any]
 
@@ -181,6 +184,7 @@ class WebSocketManager:
         self._pattern_ready = asyncio.Event()
         self._reconcile = asyncio.Event()
         self._changed = asyncio.Event()
+        self._last_tick_reads = asyncio.Semaphore(LAST_TICK_READS)
         self._malformed = 0
         self._malformed_logged_at = 0.0
 
@@ -216,11 +220,11 @@ class WebSocketManager:
         return sock
 
     async def disconnect(self, sock: PriceSocket) -> None:
-        """Forgets the socket, releases its instruments and stops its sender (awaited)."""
-        self.unsubscribe(sock, list(sock.instruments))
-        self._all.discard(sock)
+        """Stops the socket's sender (awaited), releases its instruments and forgets it."""
         if sock.sender is not None:
             await cancel_and_wait(sock.sender)
+        self.unsubscribe(sock, list(sock.instruments))
+        self._all.discard(sock)
         self._notify()
 
     async def subscribe(self, sock: PriceSocket, instruments: Iterable[str]) -> list[str]:
@@ -278,6 +282,7 @@ class WebSocketManager:
             "sender_tasks": sum(1 for s in self._all if s.sender and not s.sender.done()),
             "redis_subscriptions": len(self._requested),
             "redis_connected": int(self._pubsub is not None),
+            "dropped_ticks": sum(s.outbox.dropped for s in self._all),
         }
 
     def is_live(self, instrument: str) -> bool:
@@ -316,7 +321,8 @@ class WebSocketManager:
 
     async def _send_last_ticks(self, sock: PriceSocket, instruments: list[str]) -> None:
         try:
-            values = await self._redis.mget([channel_for(i) for i in instruments])
+            async with self._last_tick_reads:
+                values = await self._redis.mget([channel_for(i) for i in instruments])
         except (RedisError, OSError) as exc:
             log.warning("event=ws_last_tick_unavailable error=%r", exc)
             return
@@ -416,7 +422,8 @@ class WebSocketManager:
                 self._malformed,
                 bytes(data[:100]) if isinstance(data, bytes) else data[:100],
             )
-            self._malformed = 0
+            self._last_tick_reads = asyncio.Semaphore(LAST_TICK_READS)
+        self._malformed = 0
 
     async def _reconcile_subscriptions(self) -> None:
         """Makes the Redis subscriptions match the registry, in batches."""
