@@ -3,7 +3,10 @@
 Two channels carry every event: `mt5gate:jobs:created` (payload: the agent id, wakes that
 agent's `jobs/next` long-polls) and `mt5gate:jobs:finished` (payload: the job id, wakes the
 request waiting for it). Each process subscribes once and dispatches to its waiters in
-memory. Waiters also re-check the database every `job_poll_interval_seconds`, so a lost
+memory. A new job wakes one idle long-poll of its agent, not all of them (each woken poll
+costs a claim attempt, a database write); a poll that leaves with an unused wake-up hands
+it on. Messages carry the publishing process's id so that a process, which already
+dispatched its own event locally, ignores the echo. Waiters also re-check the database every `job_poll_interval_seconds`, so a lost
 message (Redis down, a restart) delays an answer but never loses it.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 
@@ -32,6 +36,7 @@ class JobEvents:
         self._waiters: dict[tuple[str, str], set[asyncio.Event]] = defaultdict(set)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._origin = uuid.uuid4().hex[:12]
 
     async def start(self) -> None:
         if not self.enabled:
@@ -59,6 +64,8 @@ class JobEvents:
             waiters.discard(event)
             if not waiters:
                 self._waiters.pop((channel, key), None)
+            elif channel == CREATED_CHANNEL and event.is_set():
+                self._dispatch(channel, key)  # woken but leaving: pass the job on
 
     def watch_created(self, agent_id: str) -> contextlib.AbstractContextManager[asyncio.Event]:
         """An event set whenever a job is created for this agent (register before checking)."""
@@ -84,12 +91,20 @@ class JobEvents:
         # Local waiters first: they need no round trip, and still wake with Redis down.
         self._dispatch(channel, key)
         try:
-            await self.redis.publish(channel, key)
+            await self.redis.publish(channel, f"{self._origin}:{key}")
         except (RedisError, OSError) as exc:
             log.warning("event=wakeup_publish_failed channel=%s reason=%r", channel, exc)
 
     def _dispatch(self, channel: str, key: str) -> None:
-        for event in self._waiters.get((channel, key), ()):
+        waiters = self._waiters.get((channel, key))
+        if not waiters:
+            return
+        if channel == CREATED_CHANNEL:
+            idle = next((event for event in waiters if not event.is_set()), None)
+            if idle is not None:
+                idle.set()
+            return
+        for event in waiters:
             event.set()
 
     async def _listen(self) -> None:
@@ -121,5 +136,7 @@ class JobEvents:
         if not isinstance(channel, bytes | str) or not isinstance(data, bytes | str):
             return
         channel = channel.decode() if isinstance(channel, bytes) else channel
-        key = data.decode(errors="replace") if isinstance(data, bytes) else data
-        self._dispatch(channel, key[:64])
+        payload = data.decode(errors="replace") if isinstance(data, bytes) else data
+        origin, _, key = payload.partition(":")
+        if origin != self._origin and key:
+            self._dispatch(channel, key[:64])

@@ -51,7 +51,7 @@ class Candle(Strict):
     high: Price
     low: Price
     close: Price
-    volume: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    volume: int = Field(ge=0, lt=2**63, description="Tick volume.")
 
 
 class ClosedPosition(Strict):

@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -112,22 +112,10 @@ async def get_job(store: JobStore, job_id: uuid.UUID) -> Job | None:
         return await session.get(Job, job_id)
 
 
-async def expire_due_jobs(
-    session: AsyncSession, *, now: datetime, agent_id: uuid.UUID | None = None
-) -> None:
-    conditions = [Job.status == PENDING, Job.expires_at <= now]
-    if agent_id is not None:
-        conditions.append(Job.agent_id == agent_id)
-    await session.execute(
-        update(Job)
-        .where(*conditions)
-        .values(status=EXPIRED, completed_at=now, error=EXPIRED_ERROR)
-        .execution_options(synchronize_session=False)
-    )
-
-
 async def claim_next_job(store: JobStore, *, agent_id: uuid.UUID) -> Job | None:
     """Atomically moves this agent's oldest live pending job to `running` and returns it.
+
+    Jobs past `expires_at` are skipped here and marked `expired` by the sweeper.
 
     One statement: on PostgreSQL the candidate row is locked with SKIP LOCKED, so
     concurrent claims take different jobs; on SQLite writers are serialized and the
@@ -150,7 +138,6 @@ async def claim_next_job(store: JobStore, *, agent_id: uuid.UUID) -> Job | None:
         .execution_options(synchronize_session=False)
     )
     async with store.session_factory() as session:
-        await expire_due_jobs(session, now=now, agent_id=agent_id)
         job = (await session.scalars(claim)).one_or_none()
         await session.commit()
     return job

@@ -1,0 +1,164 @@
+"""Job round trips: create job → agent claims → result → caller woken.
+
+An instant agent in its own process talks HTTP to the API on loopback; the caller runs in
+the API process and uses the jobs service directly, so the figures are the dispatch path
+alone. Each store runs with wake-ups on and with the 500 ms polling fallback alone.
+
+    python -m bench.dispatch [--quick]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+from app.core.config import Settings
+from app.services import jobs
+from bench.common import (
+    ServedApi,
+    bench_settings,
+    onboard,
+    percentile,
+    print_table,
+    serve_in_loop,
+    services_listening,
+)
+from bench.instant_agent import InstantAgent
+
+CONCURRENCY = 32
+
+
+@dataclass
+class Result:
+    store: str
+    mode: str
+    pattern: str
+    samples: list[float]
+    seconds: float
+
+    def row(self) -> list[object]:
+        return [
+            self.store,
+            self.mode,
+            self.pattern,
+            len(self.samples),
+            f"{percentile(self.samples, 50) * 1000:.2f}",
+            f"{percentile(self.samples, 99) * 1000:.2f}",
+            f"{len(self.samples) / self.seconds:.0f}",
+        ]
+
+
+async def round_trip(api: ServedApi, user_id: uuid.UUID, agent_id: uuid.UUID) -> float:
+    started = time.perf_counter()
+    job, _ = await jobs.create_job(
+        api.resources.jobs,
+        user_id=user_id,
+        agent_id=agent_id,
+        job_type="get_account",
+        input_data={},
+        ttl_seconds=60,
+    )
+    done = await jobs.wait_for_job_result(api.resources.jobs, job_id=job.id, timeout=30)
+    if done.status != "completed":
+        raise RuntimeError(f"job ended {done.status}")
+    return time.perf_counter() - started
+
+
+async def measure(
+    settings: Settings, store: str, mode: str, sequential: int, concurrent: int
+) -> list[Result]:
+    if True:
+        async with serve_in_loop(settings) as api:
+            who = await onboard(api.base_url)
+            async with api.resources.session_factory() as session:
+                from app.models import Agent
+
+                agent = await session.get(Agent, uuid.UUID(who.agent_id))
+                assert agent is not None
+                user_id = agent.user_id
+            agent_id = uuid.UUID(who.agent_id)
+            with InstantAgent(api.base_url, who.agent_id, who.agent_token, workers=CONCURRENCY):
+                for _ in range(10):  # warm-up: connections, caches, the agent's workers
+                    await round_trip(api, user_id, agent_id)
+                results = []
+                started = time.perf_counter()
+                samples = []
+                for index in range(sequential):
+                    samples.append(await round_trip(api, user_id, agent_id))
+                    progress(store, mode, "sequential", index + 1, sequential)
+                results.append(
+                    Result(store, mode, "sequential", samples, time.perf_counter() - started)
+                )
+                gate = asyncio.Semaphore(CONCURRENCY)
+                done = 0
+
+                async def bounded() -> float:
+                    nonlocal done
+                    async with gate:
+                        took = await round_trip(api, user_id, agent_id)
+                    done += 1
+                    progress(store, mode, f"{CONCURRENCY} in flight", done, concurrent)
+                    return took
+
+                started = time.perf_counter()
+                samples = list(await asyncio.gather(*(bounded() for _ in range(concurrent))))
+                results.append(
+                    Result(
+                        store,
+                        mode,
+                        f"{CONCURRENCY} in flight",
+                        samples,
+                        time.perf_counter() - started,
+                    )
+                )
+    return results
+
+
+def progress(store: str, mode: str, pattern: str, done: int, total: int) -> None:
+    if done == total or done % max(1, total // 10) == 0:
+        print(f"  {store:8} {mode:10} {pattern:13} {done}/{total}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    quick = "--quick" in argv
+    wakeup_n = 100 if quick else 1000
+    # Polling alone costs ~0.5-1 s a round trip: fewer samples keep the run to minutes.
+    polling_sequential, polling_concurrent = (10, 64) if quick else (40, 320)
+    stores = ["sqlite"] + (["postgres"] if services_listening() else [])
+    results: list[Result] = []
+    for store in stores:
+        for mode, sequential, concurrent in (
+            ("wake-ups", wakeup_n, wakeup_n),
+            ("polling", polling_sequential, polling_concurrent),
+        ):
+            overrides = {
+                "job_wakeups_enabled": mode == "wake-ups",
+                "job_poll_interval_seconds": 0.5,
+            }
+            with bench_settings(store, **overrides) as settings:
+                results += asyncio.run(measure(settings, store, mode, sequential, concurrent))
+    print("\nJob round trips (ms), instant agent over HTTP on loopback")
+    print_table(
+        ["store", "mode", "pattern", "n", "p50 ms", "p99 ms", "jobs/s"],
+        [r.row() for r in results],
+    )
+    print()
+    for store in stores:
+        for pattern in ("sequential", f"{CONCURRENCY} in flight"):
+            wake = next(
+                r for r in results if (r.store, r.mode, r.pattern) == (store, "wake-ups", pattern)
+            )
+            poll = next(
+                r for r in results if (r.store, r.mode, r.pattern) == (store, "polling", pattern)
+            )
+            ratio = statistics.median(poll.samples) / statistics.median(wake.samples)
+            print(f"{store:8} {pattern:13} polling/wake-ups p50 ratio: {ratio:.0f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""An agent that answers every job at once with a canned result, in its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from datetime import UTC, datetime
+from multiprocessing.synchronize import Event as EventType
+from typing import Any
+
+import httpx
+
+NOW = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+POSITION = {
+    "position_id": 1001,
+    "symbol": "EURUSD",
+    "side": "buy",
+    "volume": 0.1,
+    "open_price": 1.08,
+    "current_price": 1.081,
+    "sl": None,
+    "tp": None,
+    "profit": 10.0,
+    "swap": 0.0,
+    "opened_at": NOW,
+}
+CANNED_OUTPUT: dict[str, Any] = {
+    "trade": {"ticket": 1001, "fill_price": 1.08321, "volume": 0.1, "filled_at": NOW},
+    "get_positions": {"positions": [POSITION]},
+    "close_position": {"closed_price": 1.081, "volume": 0.1, "pnl": 10.0, "closed_at": NOW},
+    "modify_position": {"position": POSITION},
+    "get_account": {
+        "balance": 10000.0,
+        "equity": 10010.0,
+        "margin_used": 108.0,
+        "margin_available": 9902.0,
+        "currency": "USD",
+        "leverage": 100,
+    },
+}
+
+
+def candles_output(count: int) -> dict[str, Any]:
+    start = 1_700_000_000
+    return {
+        "candles": [
+            {
+                "time": start + i * 3600,
+                "open": 1.1,
+                "high": 1.2,
+                "low": 1.0,
+                "close": 1.15,
+                "volume": 100,
+            }
+            for i in range(count)
+        ]
+    }
+
+
+def output_for(job: dict[str, Any]) -> dict[str, Any]:
+    if job["job_type"] == "get_candles":
+        return candles_output(int(job["input_data"].get("count", 200)))
+    output: dict[str, Any] = CANNED_OUTPUT[job["job_type"]]
+    return output
+
+
+async def _serve_jobs(
+    base_url: str, agent_id: str, token: str, workers: int, stop: EventType
+) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    limits = httpx.Limits(max_connections=workers * 2, max_keepalive_connections=workers * 2)
+    async with httpx.AsyncClient(
+        base_url=f"{base_url}/api/v1/agents/{agent_id}", headers=headers, timeout=60, limits=limits
+    ) as http:
+
+        async def worker() -> None:
+            while not stop.is_set():
+                response = await http.get("/jobs/next", params={"wait": 2})
+                if response.status_code != 200:
+                    continue
+                job = response.json()
+                await http.post(
+                    f"/jobs/{job['id']}/result",
+                    json={"status": "completed", "output_data": output_for(job)},
+                )
+
+        await asyncio.gather(*(worker() for _ in range(workers)))
+
+
+def _run(base_url: str, agent_id: str, token: str, workers: int, stop: EventType) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(_serve_jobs(base_url, agent_id, token, workers, stop))
+    except ImportError:
+        asyncio.run(_serve_jobs(base_url, agent_id, token, workers, stop))
+
+
+class InstantAgent:
+    """`with InstantAgent(url, id, token, workers=32):` runs the agent in a child process."""
+
+    def __init__(self, base_url: str, agent_id: str, token: str, *, workers: int = 1) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.stop = context.Event()
+        self.process = context.Process(
+            target=_run, args=(base_url, agent_id, token, workers, self.stop), daemon=True
+        )
+
+    def __enter__(self) -> InstantAgent:
+        self.process.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.terminate()
