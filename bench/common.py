@@ -21,7 +21,7 @@ from app.core.migrate import upgrade_to_head
 from app.core.resources import Resources
 from app.main import create_app
 
-PG_ADMIN = dict(host="127.0.0.1", port=5432, user="postgres", database="test")
+PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "test"}
 BENCH_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 JWT_SECRET = "bench-secret-" + "b" * 40
 ENCRYPTION_KEY = "0nZ5mGXrXh1qY0Y2aJvHhKq0gQ9r5VVo3yq2s2h9l1E="

@@ -6,8 +6,9 @@ request waiting for it). Each process subscribes once and dispatches to its wait
 memory. A new job wakes one idle long-poll of its agent, not all of them (each woken poll
 costs a claim attempt, a database write); a poll that leaves with an unused wake-up hands
 it on. Messages carry the publishing process's id so that a process, which already
-dispatched its own event locally, ignores the echo. Waiters also re-check the database every `job_poll_interval_seconds`, so a lost
-message (Redis down, a restart) delays an answer but never loses it.
+dispatched its own event locally, ignores the echo. Waiters also re-check the database
+every `job_poll_interval_seconds`, so a lost message (Redis down, a restart) delays an
+answer but never loses it.
 """
 
 from __future__ import annotations
