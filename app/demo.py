@@ -150,4 +150,7 @@ async def run(settings: Settings, host: str, port: int) -> int:
 def run_demo(settings: Settings, host: str, port: int) -> int:
     settings = settings.with_secrets()
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    return asyncio.run(run(settings, host, port))
+    try:
+        return asyncio.run(run(settings, host, port))
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, after shutdown
+        return 0
