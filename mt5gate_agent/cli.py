@@ -67,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, help="sim backend: RNG seed (reproducible market)")
     parser.add_argument(
+        "--sim-latency-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="sim backend: how long orders, closes and SL/TP changes take to execute, like "
+        "MT5's order_send (default 0)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
@@ -84,6 +92,8 @@ def parse_config(argv: Sequence[str]) -> tuple[AgentConfig, str]:
         parser.error(f"--token is required (or set ${TOKEN_ENV})")
     if args.price_interval <= 0:
         parser.error("--price-interval must be positive")
+    if not 0 <= args.sim_latency_ms <= 60_000:
+        parser.error("--sim-latency-ms must be between 0 and 60000")
     symbols = tuple(s.strip() for s in args.prices.split(",") if s.strip())
     config = AgentConfig(
         api_url=args.api,
@@ -93,6 +103,7 @@ def parse_config(argv: Sequence[str]) -> tuple[AgentConfig, str]:
         price_symbols=symbols,
         price_interval=args.price_interval,
         sim_seed=args.seed,
+        sim_latency=args.sim_latency_ms / 1000,
         terminal_path=args.terminal_path,
         deviation=args.deviation,
     )

@@ -35,8 +35,10 @@ class AgentConfig:
     request_timeout: float = 10.0
     # How long the result of a job already executed is retried before it is given up.
     result_retry_seconds: float = 60.0
-    # Backend options: the simulator's seed; the mt5 terminal's path and max slippage.
+    # Backend options: the simulator's seed and execution latency (seconds, for orders,
+    # closes and SL/TP changes); the mt5 terminal's path and max slippage.
     sim_seed: int | None = None
+    sim_latency: float = 0.0
     terminal_path: str | None = None
     deviation: int = 20
     version: str = __version__

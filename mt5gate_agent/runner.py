@@ -98,6 +98,7 @@ async def run_agent(
             seed=config.sim_seed,
             terminal_path=config.terminal_path,
             deviation=config.deviation,
+            sim_latency=config.sim_latency,
         )
     worker = BackendWorker(backend)
     client = AgentClient(

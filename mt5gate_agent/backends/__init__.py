@@ -15,6 +15,7 @@ def create_backend(
     seed: int | None = None,
     terminal_path: str | None = None,
     deviation: int = 20,
+    sim_latency: float = 0.0,
 ) -> Backend:
     """The backend called ``name``: ``"mt5"`` (a real terminal) or ``"sim"`` (the simulator).
 
@@ -24,7 +25,7 @@ def create_backend(
     if name == "sim":
         from mt5gate_agent.backends.sim import SimBackend
 
-        return SimBackend(seed=seed)
+        return SimBackend(seed=seed, latency_seconds=sim_latency)
     if name == "mt5":
         from mt5gate_agent.backends.mt5 import Mt5Backend
 

@@ -15,6 +15,9 @@ What a trader would recognise:
 - MT5's validation and retcodes: ``invalid_volume`` (10014), ``invalid_stops`` (10016),
   ``no_money`` (10019), ``invalid_close_volume`` (10038), ``invalid_symbol``;
 - stop loss and take profit that trigger on the tick stream, at the tick's price;
+- an optional execution latency (``latency_seconds``) on the requests that go to the
+  trade server (orders, closes, SL/TP changes), as MT5's ``order_send`` takes tens of
+  milliseconds; reads (positions, account, candles) are the terminal's own data, instant;
 - candles built from the ticks themselves (after a seeded history: M1 bars for the last
   days, H1 bars for the year before, D1 bars for the twenty years before), so the chart and the
   fills agree.
@@ -71,6 +74,8 @@ TIMEFRAME_SECONDS = {
     "W1": 604_800,
     "MN1": 2_592_000,  # nominal; months are bucketed on the calendar
 }
+# The jobs that are a round trip to the broker's trade server (``order_send`` in MT5).
+TRADE_SERVER_JOBS = frozenset({"trade", "close_position", "modify_position"})
 # 1970-01-04 was a Sunday: MT5's weekly bars open on Sunday 00:00.
 _FIRST_SUNDAY = 3 * 86_400
 
@@ -182,8 +187,14 @@ class SimBackend:
         history_hours: int = 400 * 24,
         history_days: int = 20 * 365,
         first_ticket: int = 50_000_001,
+        latency_seconds: float = 0.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        if not 0 <= latency_seconds < math.inf:
+            raise ValueError("latency_seconds must be a finite number >= 0")
         self._seed = seed
+        self.latency_seconds = float(latency_seconds)
+        self._sleep = sleep
         self._clock = clock
         self.balance = float(balance)
         self.leverage = int(leverage)
@@ -230,6 +241,10 @@ class SimBackend:
         handler = self._handlers.get(job_type)
         if handler is None:
             raise BrokerError("unsupported_job_type", f"unknown job type {job_type!r}")
+        if self.latency_seconds and job_type in TRADE_SERVER_JOBS:
+            # The request travels to the trade server first: it executes at the price of
+            # when it arrives, not of when it was sent.
+            self._sleep(self.latency_seconds)
         self._advance()
         return handler(self, input_data)
 
