@@ -97,9 +97,13 @@ class ServeProcess:
                 self.process.wait()
 
 
-def start_serve(settings: Settings, log_path: Path, *, cwd: Path | None = None) -> ServeProcess:
-    """Starts `mt5gate serve` as a separate process and waits until it answers."""
-    port = free_port()
+def start_serve(
+    settings: Settings, log_path: Path, *, cwd: Path | None = None, port: int | None = None
+) -> ServeProcess:
+    """Starts `mt5gate serve` as a separate process and waits until it answers.
+
+    On a free port unless ``port`` is given (a restart on the port clients already use)."""
+    port = port or free_port()
     env = {
         **os.environ,
         "DATABASE_URL": settings.database_url,
