@@ -1,0 +1,201 @@
+"""Trading routes end to end, beside a bare `GET /me` on the same server as the floor.
+
+The API is served in this process on loopback; an instant agent (its own process,
+long-polling `jobs/next` and answering at once) executes every job. One request at a
+time, the kinds interleaved so that each sees the same conditions:
+
+* `GET /me`: authentication and one row read, the floor every route pays;
+* `POST /orders`: a trade job, filled by the agent (201);
+* `GET /account`: a read job;
+* candles hit: `GET /candles/EURUSD?count=200` served from the Redis cache;
+* candles miss: a new instrument every time, so a job fetches 200 candles and caches them;
+* job alone: `create_job` + `wait_for_job_result` called in-process (no user request), the
+  dispatch round trip that every job-backed route above pays on top of its own work.
+
+Targets: an order ≤ 2 × floor + 3 ms at p50; a candles hit ≤ 1.5 × floor at p50.
+
+    python -m bench.trading [--quick]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+
+from app.core.config import Settings
+from app.services import jobs
+from bench.common import (
+    bench_settings,
+    onboard,
+    percentile,
+    print_table,
+    serve_in_loop,
+    services_listening,
+)
+from bench.instant_agent import InstantAgent
+
+KINDS = (
+    "GET /me (floor)",
+    "POST /orders",
+    "GET /account",
+    "candles hit",
+    "candles miss",
+    "job alone",
+)
+ORDER = {"symbol": "EURUSD", "side": "buy", "volume": 0.1}
+WARM_UP = 20
+PSEUDO = httpx.Request("POST", "http://in-process/job")
+
+
+@dataclass
+class Samples:
+    store: str
+    by_kind: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})
+
+    def p(self, kind: str, q: float) -> float:
+        return percentile(self.by_kind[kind], q) * 1000
+
+
+class UnexpectedMiss(RuntimeError):
+    pass
+
+
+async def wait_for_agent(http: httpx.AsyncClient) -> None:
+    """The agent process takes a moment to start: until it answers, reads are 504s."""
+    for _ in range(20):
+        if (await http.get("/account")).status_code == 200:
+            return
+    raise RuntimeError("the instant agent never answered")
+
+
+async def timed(
+    request: Callable[[], Awaitable[httpx.Response]], expected: int, cache: str | None
+) -> float:
+    started = time.perf_counter()
+    response = await request()
+    took = time.perf_counter() - started
+    if response.status_code != expected:
+        raise RuntimeError(f"{response.request.url}: {response.status_code} {response.text[:200]}")
+    if cache is not None and response.headers.get("x-cache") != cache:
+        raise UnexpectedMiss(f"{response.request.url}: expected X-Cache {cache}")
+    return took
+
+
+async def measure(settings: Settings, store: str, rounds: int) -> Samples:
+    samples = Samples(store)
+    async with serve_in_loop(settings) as api:
+        who = await onboard(api.base_url)
+        headers = {"Authorization": f"Bearer {who.token}"}
+        async with httpx.AsyncClient(
+            base_url=f"{api.base_url}/api/v1", headers=headers, timeout=30
+        ) as http:
+            miss_counter = 0
+
+            def candles_miss() -> Awaitable[httpx.Response]:
+                nonlocal miss_counter
+                miss_counter += 1  # a fresh instrument: never cached
+                return http.get(f"/candles/B{miss_counter}", params={"count": 200})
+
+            requests: dict[str, tuple[Callable[[], Awaitable[httpx.Response]], int, str | None]] = {
+                "GET /me (floor)": (lambda: http.get("/me"), 200, None),
+                "POST /orders": (lambda: http.post("/orders", json=ORDER), 201, None),
+                "GET /account": (lambda: http.get("/account"), 200, None),
+                "candles hit": (
+                    lambda: http.get("/candles/EURUSD", params={"count": 200}),
+                    200,
+                    "hit",
+                ),
+                "candles miss": (candles_miss, 200, "miss"),
+            }
+            user_id = uuid.UUID((await http.get("/me")).json()["id"])
+
+            async def job_alone() -> httpx.Response:
+                job, _ = await jobs.create_job(
+                    api.resources.jobs,
+                    user_id=user_id,
+                    agent_id=uuid.UUID(who.agent_id),
+                    job_type="get_account",
+                    input_data={},
+                    ttl_seconds=30,
+                )
+                done = await jobs.wait_for_job_result(api.resources.jobs, job_id=job.id, timeout=10)
+                return httpx.Response(200 if done.status == "completed" else 504, request=PSEUDO)
+
+            requests["job alone"] = (job_alone, 200, None)
+            with InstantAgent(api.base_url, who.agent_id, who.agent_token, workers=2):
+                await wait_for_agent(http)
+                # Prime the cache the hits read; it lives 30 s, so refresh it as we go.
+                primed = 0.0
+                for index in range(WARM_UP + rounds):
+                    if time.monotonic() - primed > 20:
+                        await http.get("/candles/EURUSD", params={"count": 200})
+                        primed = time.monotonic()
+                    for kind in KINDS:
+                        request, expected, cache = requests[kind]
+                        try:
+                            took = await timed(request, expected, cache)
+                        except UnexpectedMiss:
+                            # Something flushed the Redis db (a test run sharing it): refill.
+                            await http.get("/candles/EURUSD", params={"count": 200})
+                            primed = time.monotonic()
+                            took = await timed(request, expected, cache)
+                        if index >= WARM_UP:
+                            samples.by_kind[kind].append(took)
+                    done = index + 1 - WARM_UP
+                    if done > 0 and (done == rounds or done % max(1, rounds // 10) == 0):
+                        print(f"  {store:8} {done}/{rounds} rounds", file=sys.stderr, flush=True)
+    return samples
+
+
+def report(results: list[Samples]) -> None:
+    rows = []
+    for result in results:
+        floor = result.p(KINDS[0], 50)
+        for kind in KINDS:
+            p50 = result.p(kind, 50)
+            rows.append(
+                [
+                    result.store,
+                    kind,
+                    len(result.by_kind[kind]),
+                    f"{p50:.2f}",
+                    f"{result.p(kind, 99):.2f}",
+                    f"{p50 / floor:.2f}x",
+                ]
+            )
+    print("\nTrading routes, one request at a time, instant agent on loopback (ms)")
+    print_table(["store", "request", "n", "p50", "p99", "p50/floor"], rows)
+    print()
+    for result in results:
+        floor = result.p(KINDS[0], 50)
+        order, hit = result.p("POST /orders", 50), result.p("candles hit", 50)
+        order_target, hit_target = 2 * floor + 3, 1.5 * floor
+        print(
+            f"{result.store:8} order p50 {order:.2f} ms vs target {order_target:.2f} "
+            f"({'ok' if order <= order_target else 'MISSED'}); "
+            f"candles hit p50 {hit:.2f} ms vs target {hit_target:.2f} "
+            f"({'ok' if hit <= hit_target else 'MISSED'})"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    rounds = 100 if "--quick" in argv else 500
+    stores = ["sqlite"] + (["postgres"] if services_listening() else [])
+    if len(stores) == 1:
+        print("PostgreSQL or Redis not listening on 127.0.0.1: SQLite only", file=sys.stderr)
+    results = []
+    for store in stores:
+        with bench_settings(store) as settings:
+            results.append(asyncio.run(measure(settings, store, rounds)))
+    report(results)
+
+
+if __name__ == "__main__":
+    main()
