@@ -217,35 +217,27 @@ async def test_another_users_connection_is_not_found(
     assert (await agent_heartbeat_status(client, owners_agent)).status_code == 200
 
 
-@pytest.mark.parametrize(
-    ("method", "suffix"), [("DELETE", ""), ("POST", "/agent")], ids=["delete", "provision"]
-)
-async def test_unknown_connection_is_not_found(
-    client: httpx.AsyncClient, user: TestUser, method: str, suffix: str
-) -> None:
-    response = await client.request(
-        method, f"/broker-connections/{uuid.uuid4()}{suffix}", headers=user.headers
-    )
-    assert response.status_code == 404
-    assert response.json() == {"detail": "not_found", "message": "No such broker connection."}
+async def test_unknown_connection_is_not_found(client: httpx.AsyncClient, user: TestUser) -> None:
+    for method, suffix in [("DELETE", ""), ("POST", "/agent")]:
+        response = await client.request(
+            method, f"/broker-connections/{uuid.uuid4()}{suffix}", headers=user.headers
+        )
+        assert response.status_code == 404, method
+        assert response.json() == {"detail": "not_found", "message": "No such broker connection."}
 
 
-@pytest.mark.parametrize(
-    ("method", "path"),
-    [
+async def test_broker_connection_routes_need_an_access_token(client: httpx.AsyncClient) -> None:
+    some_id = uuid.UUID(int=1)
+    for method, path in [
         ("GET", "/broker-connections"),
         ("POST", "/broker-connections"),
-        ("DELETE", f"/broker-connections/{uuid.UUID(int=1)}"),
-        ("POST", f"/broker-connections/{uuid.UUID(int=1)}/agent"),
-    ],
-)
-async def test_broker_connection_routes_need_an_access_token(
-    client: httpx.AsyncClient, method: str, path: str
-) -> None:
-    body = {"server": "s", "login": 1, "password": "p"} if method == "POST" else None
-    response = await client.request(method, path, json=body)
-    assert response.status_code == 401
-    assert response.json()["detail"] == "invalid_token"
+        ("DELETE", f"/broker-connections/{some_id}"),
+        ("POST", f"/broker-connections/{some_id}/agent"),
+    ]:
+        body = {"server": "s", "login": 1, "password": "p"} if method == "POST" else None
+        response = await client.request(method, path, json=body)
+        assert response.status_code == 401, (method, path)
+        assert response.json()["detail"] == "invalid_token"
 
 
 async def test_mt5_password_is_not_stored_in_clear(
@@ -281,44 +273,40 @@ async def test_account_password_is_not_stored_in_clear(
     assert rows[0]["password_hash"].startswith("$argon2")
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        pytest.param({}, id="empty-object"),
-        pytest.param({"server": "s", "password": "p"}, id="no-login"),
-        pytest.param({"server": "s", "login": "abc", "password": "p"}, id="login-text"),
-        pytest.param({"server": "s", "login": 1.5, "password": "p"}, id="login-fraction"),
-        pytest.param({"server": "s", "login": 0, "password": "p"}, id="login-zero"),
-        pytest.param({"server": "s", "login": -5, "password": "p"}, id="login-negative"),
-        pytest.param({"server": "s", "login": 2**63, "password": "p"}, id="login-bigint-overflow"),
-        pytest.param({"server": "s", "login": 10**300, "password": "p"}, id="login-huge"),
-        pytest.param({"server": "s", "login": [1], "password": "p"}, id="login-list"),
-        pytest.param({"server": "   ", "login": 1, "password": "p"}, id="server-blank"),
-        pytest.param({"server": "s" * 129, "login": 1, "password": "p"}, id="server-long"),
-        pytest.param({"server": "a\x00b", "login": 1, "password": "p"}, id="server-nul"),
-        pytest.param(
-            {"server": "s", "login": 1, "password": "p", "label": "x\x00"}, id="label-nul"
-        ),
-        pytest.param({"server": "s", "login": 1, "password": ""}, id="password-empty"),
-        pytest.param({"server": "s", "login": 1, "password": 12345}, id="password-number"),
-        pytest.param({"server": "s", "login": 1, "password": "\ud800"}, id="password-surrogate"),
-        pytest.param({"server": "\udfff", "login": 1, "password": "p"}, id="server-surrogate"),
-        pytest.param({"server": "s", "login": 1, "password": "p", "label": 5}, id="label-number"),
-        pytest.param([], id="array"),
-        pytest.param("server", id="string"),
-    ],
-)
-async def test_bad_connection_bodies_are_422(
-    client: httpx.AsyncClient, user: TestUser, body: object
-) -> None:
-    # json.dumps escapes lone surrogates (httpx's own encoder refuses them).
-    response = await client.post(
-        "/broker-connections",
-        content=json.dumps(body).encode(),
-        headers={**user.headers, "Content-Type": "application/json"},
-    )
-    assert response.status_code == 422, response.text
-    assert isinstance(response.json()["detail"], list)
+BAD_CONNECTION_BODIES: dict[str, object] = {
+    "empty-object": {},
+    "no-login": {"server": "s", "password": "p"},
+    "login-text": {"server": "s", "login": "abc", "password": "p"},
+    "login-fraction": {"server": "s", "login": 1.5, "password": "p"},
+    "login-zero": {"server": "s", "login": 0, "password": "p"},
+    "login-negative": {"server": "s", "login": -5, "password": "p"},
+    "login-bigint-overflow": {"server": "s", "login": 2**63, "password": "p"},
+    "login-huge": {"server": "s", "login": 10**300, "password": "p"},
+    "login-list": {"server": "s", "login": [1], "password": "p"},
+    "server-blank": {"server": "   ", "login": 1, "password": "p"},
+    "server-long": {"server": "s" * 129, "login": 1, "password": "p"},
+    "server-nul": {"server": "a\x00b", "login": 1, "password": "p"},
+    "label-nul": {"server": "s", "login": 1, "password": "p", "label": "x\x00"},
+    "password-empty": {"server": "s", "login": 1, "password": ""},
+    "password-number": {"server": "s", "login": 1, "password": 12345},
+    "password-surrogate": {"server": "s", "login": 1, "password": "\ud800"},
+    "server-surrogate": {"server": "\udfff", "login": 1, "password": "p"},
+    "label-number": {"server": "s", "login": 1, "password": "p", "label": 5},
+    "array": [],
+    "string": "server",
+}
+
+
+async def test_bad_connection_bodies_are_422(client: httpx.AsyncClient, user: TestUser) -> None:
+    for case, body in BAD_CONNECTION_BODIES.items():
+        # json.dumps escapes lone surrogates (httpx's own encoder refuses them).
+        response = await client.post(
+            "/broker-connections",
+            content=json.dumps(body).encode(),
+            headers={**user.headers, "Content-Type": "application/json"},
+        )
+        assert response.status_code == 422, f"{case}: {response.text}"
+        assert isinstance(response.json()["detail"], list), case
     assert await list_connections(client, user) == []
 
 
@@ -339,10 +327,8 @@ async def test_largest_mt5_login_is_accepted(client: httpx.AsyncClient, user: Te
     assert connection["login"] == 2**63 - 1
 
 
-@pytest.mark.parametrize("connection_id", ["not-a-uuid", "1", "%00"])
-async def test_malformed_connection_id_is_422(
-    client: httpx.AsyncClient, user: TestUser, connection_id: str
-) -> None:
-    response = await client.delete(f"/broker-connections/{connection_id}", headers=user.headers)
-    assert response.status_code == 422
-    assert response.json()["detail"][0]["loc"] == ["path", "connection_id"]
+async def test_malformed_connection_id_is_422(client: httpx.AsyncClient, user: TestUser) -> None:
+    for connection_id in ["not-a-uuid", "1", "%00", "%ED%A0%80"]:
+        response = await client.delete(f"/broker-connections/{connection_id}", headers=user.headers)
+        assert response.status_code == 422, connection_id
+        assert response.json()["detail"][0]["loc"] == ["path", "connection_id"]

@@ -70,24 +70,22 @@ async def test_another_users_connection_does_not_count(
     assert response.json()["detail"] == "broker_connection_required"
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        pytest.param(None, id="no-body"),
-        pytest.param({}, id="empty-object"),
-        pytest.param({"accept_risk_disclosure": False}, id="declined"),
-        pytest.param({"accept_risk_disclosure": "yes"}, id="text"),
-        pytest.param({"accept_risk_disclosure": None}, id="null"),
-        pytest.param([True], id="array"),
-    ],
-)
 async def test_the_risk_disclosure_must_be_accepted(
-    client: httpx.AsyncClient, user: TestUser, body: object
+    client: httpx.AsyncClient, user: TestUser
 ) -> None:
     await add_connection(client, user)
-    response = await client.post("/onboarding/complete", json=body, headers=user.headers)
-    assert response.status_code == 422
-    assert isinstance(response.json()["detail"], list)
+    bodies: dict[str, object] = {
+        "no-body": None,
+        "empty-object": {},
+        "declined": {"accept_risk_disclosure": False},
+        "text": {"accept_risk_disclosure": "yes"},
+        "null": {"accept_risk_disclosure": None},
+        "array": [True],
+    }
+    for case, body in bodies.items():
+        response = await client.post("/onboarding/complete", json=body, headers=user.headers)
+        assert response.status_code == 422, case
+        assert isinstance(response.json()["detail"], list), case
     assert (await me(client, user))["onboarding_completed"] is False
 
 
