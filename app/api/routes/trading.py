@@ -141,7 +141,7 @@ async def place_order(
     return order
 
 
-@router.get("/orders")
+@router.get("/orders", responses={404: error("not_found", "`before` is not one of your orders.")})
 async def list_orders(
     user: OnboardedUser,
     trading: TradingDep,
