@@ -25,7 +25,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket
 
-from app.api.deps import ResourcesDep, authenticate_token
+from app.api.deps import authenticate_token, get_resources
 from app.core.errors import InvalidTokenError
 from app.core.resources import Resources
 from app.core.security import InvalidToken, decode_access_token
@@ -40,7 +40,6 @@ from app.ws.ticks import is_instrument
 
 log = logging.getLogger("mt5gate.ws")
 
-router = APIRouter(tags=["prices"])
 
 CLOSE_INVALID_TOKEN = 4001
 CLOSE_POLICY_VIOLATION = 1008
@@ -54,11 +53,11 @@ class CommandError(Exception):
         self.message = message
 
 
-@router.websocket("/ws/prices/{instrument}")
-async def instrument_prices(
-    websocket: WebSocket, instrument: str, resources: ResourcesDep, token: str | None = None
-) -> None:
+async def instrument_prices(websocket: WebSocket) -> None:
     """Ticks of one instrument."""
+    resources = get_resources(websocket)
+    instrument: str = websocket.path_params["instrument"]
+    token = websocket.query_params.get("token")
     expires_at = await accept_authenticated(websocket, resources, token)
     if expires_at is None:
         return
@@ -70,9 +69,10 @@ async def instrument_prices(
     )
 
 
-@router.websocket("/ws/prices")
-async def prices(websocket: WebSocket, resources: ResourcesDep, token: str | None = None) -> None:
+async def prices(websocket: WebSocket) -> None:
     """Ticks of the instruments the client subscribes to."""
+    resources = get_resources(websocket)
+    token = websocket.query_params.get("token")
     expires_at = await accept_authenticated(websocket, resources, token)
     if expires_at is None:
         return
@@ -176,6 +176,13 @@ async def read_commands(websocket: WebSocket, manager: WebSocketManager, sock: P
         sock.send_control(
             json.dumps({"type": "subscriptions", "instruments": sorted(sock.instruments)})
         )
+
+
+# Plain Starlette routes: FastAPI's dependency machinery would stay alive with every open
+# socket (~4 KB each), and WebSocket routes are not in the OpenAPI schema anyway.
+router = APIRouter()
+router.add_websocket_route("/ws/prices/{instrument}", instrument_prices, name="instrument_prices")
+router.add_websocket_route("/ws/prices", prices, name="prices")
 
 
 def parse_command(text: str | None) -> tuple[str, list[str]]:
