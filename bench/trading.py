@@ -186,7 +186,7 @@ def report(results: list[Samples]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    rounds = 100 if "--quick" in argv else 500
+    rounds = 100 if "--quick" in argv else 250
     stores = ["sqlite"] + (["postgres"] if services_listening() else [])
     if len(stores) == 1:
         print("PostgreSQL or Redis not listening on 127.0.0.1: SQLite only", file=sys.stderr)
