@@ -85,7 +85,7 @@ def api_client(serve: ServeProcess) -> httpx.AsyncClient:
 
 
 @dataclass
-class Session:
+class TraderWithAgent:
     """A running API, an onboarded trader on it and their running sim agent."""
 
     serve: ServeProcess
@@ -106,12 +106,12 @@ class Session:
 
 
 @pytest.fixture
-async def session(launch: Launcher) -> AsyncIterator[Session]:
+async def trading(launch: Launcher) -> AsyncIterator[TraderWithAgent]:
     serve = await launch.serve()
     async with api_client(serve) as client:
         trader = await onboard_trader(client, with_heartbeat=False)
         agent = await launch.agent(serve, trader)
-        yield Session(serve, client, trader, agent)
+        yield TraderWithAgent(serve, client, trader, agent)
 
 
 def job_done_line(job_id: str) -> str:
@@ -142,19 +142,19 @@ async def wait_until_claimed(store: Store, agent_id: str, job_type: str) -> None
 
 
 async def test_an_order_is_filled_by_the_sim_agent_and_appears_in_positions(
-    session: Session,
+    trading: TraderWithAgent,
 ) -> None:
-    order = await session.place()
+    order = await trading.place()
     assert order["status"] == "filled"
     assert (order["symbol"], order["side"], order["volume"]) == ("EURUSD", "buy", 0.1)
     assert order["fill_price"] > 0
     assert isinstance(order["ticket"], int)
     assert order["filled_at"] is not None
     # The agent logs the job once the API took its result, so maybe after this response.
-    done = await session.agent.wait_for_line(job_done_line(order["order_id"]))
-    assert "job_type=trade outcome=completed" in session.agent.lines[done]
+    done = await trading.agent.wait_for_line(job_done_line(order["order_id"]))
+    assert "job_type=trade outcome=completed" in trading.agent.lines[done]
 
-    positions = await session.get("/positions")
+    positions = await trading.get("/positions")
     assert [p["position_id"] for p in positions] == [order["ticket"]]
     position = positions[0]
     assert (position["symbol"], position["side"], position["volume"]) == ("EURUSD", "buy", 0.1)
@@ -162,8 +162,8 @@ async def test_an_order_is_filled_by_the_sim_agent_and_appears_in_positions(
     assert position["current_price"] > 0
 
 
-async def test_account_shows_the_margin_the_position_uses(session: Session) -> None:
-    before = await session.get("/account")
+async def test_account_shows_the_margin_the_position_uses(trading: TraderWithAgent) -> None:
+    before = await trading.get("/account")
     assert before == {
         "balance": SIM_BALANCE,
         "equity": SIM_BALANCE,
@@ -173,9 +173,9 @@ async def test_account_shows_the_margin_the_position_uses(session: Session) -> N
         "leverage": SIM_LEVERAGE,
     }
 
-    order = await session.place()
-    account = await session.get("/account")
-    [position] = await session.get("/positions")
+    order = await trading.place()
+    account = await trading.get("/account")
+    [position] = await trading.get("/positions")
 
     # Margin is taken at the current rate: within a second of the fill that is the fill
     # price give or take a few pips (0.05 % is 5 pips, about 5 cents here).
@@ -191,13 +191,13 @@ async def test_account_shows_the_margin_the_position_uses(session: Session) -> N
 
 
 async def test_closing_a_position_returns_the_pnl_the_simulator_computed(
-    session: Session,
+    trading: TraderWithAgent,
 ) -> None:
-    order = await session.place()
-    balance_before = (await session.get("/account"))["balance"]
+    order = await trading.place()
+    balance_before = (await trading.get("/account"))["balance"]
 
-    response = await session.client.delete(
-        f"/positions/{order['ticket']}", headers=session.trader.headers
+    response = await trading.client.delete(
+        f"/positions/{order['ticket']}", headers=trading.trader.headers
     )
     assert response.status_code == 200, response.text
     closed = response.json()
@@ -208,18 +208,18 @@ async def test_closing_a_position_returns_the_pnl_the_simulator_computed(
     assert closed["pnl"] == pytest.approx(expected_pnl, abs=0.006)
     assert closed["closed_at"] is not None
 
-    assert await session.get("/positions") == []
-    account = await session.get("/account")
+    assert await trading.get("/positions") == []
+    account = await trading.get("/account")
     assert account["balance"] == pytest.approx(balance_before + closed["pnl"], abs=0.001)
     assert account["equity"] == account["balance"]
     assert account["margin_used"] == 0.0
 
 
-async def test_candles_are_sane(session: Session) -> None:
-    response = await session.client.get(
+async def test_candles_are_sane(trading: TraderWithAgent) -> None:
+    response = await trading.client.get(
         "/candles/EURUSD",
         params={"timeframe": "M1", "count": 50},
-        headers=session.trader.headers,
+        headers=trading.trader.headers,
     )
     assert response.status_code == 200, response.text
     candles = response.json()
