@@ -134,3 +134,24 @@ async def test_malformed_authorization_headers_are_401(
     response = await client.get("/me", headers=headers)
     assert response.status_code == 401
     assert response.json()["detail"] == "invalid_token"
+
+
+async def test_login_matches_the_email_however_its_accents_are_encoded(
+    client: httpx.AsyncClient,
+) -> None:
+    decomposed = "Zoe\u0308@Example.com"  # e + combining diaeresis
+    await register_user(client, decomposed)
+    response = await client.post(
+        "/auth/login", json={"email": " ZO\u00cb@example.COM ", "password": DEFAULT_PASSWORD}
+    )
+    assert response.status_code == 200
+    assert response.json()["user"]["email"] == "zo\u00eb@example.com"
+
+
+async def test_token_with_an_exp_beyond_any_date_is_rejected(
+    client: httpx.AsyncClient, user: TestUser, settings: Settings
+) -> None:
+    token = forge({"sub": user.id, "exp": 10**17}, settings.jwt_secret)
+    response = await client.get("/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 401
+    assert response.json()["detail"] == "invalid_token"
