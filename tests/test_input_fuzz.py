@@ -234,6 +234,44 @@ async def test_wrongly_typed_fields_are_422_on_every_route(world: World) -> None
                 assert response.status_code == 422, f"{op} {body}: {response.text[:300]}"
 
 
+def string_properties(api: RunningApi, op: Operation) -> list[str]:
+    """The body's properties declared as (possibly nullable) strings without a pattern."""
+    components = api.app.openapi()["components"]["schemas"]
+    content = op.spec.get("requestBody", {}).get("content", {})
+    pending = [content.get("application/json", {}).get("schema", {})]
+    names: list[str] = []
+    while pending:
+        schema = pending.pop()
+        if "$ref" in schema:
+            pending.append(components[schema["$ref"].rsplit("/", 1)[1]])
+            continue
+        pending.extend(schema.get("anyOf", []) + schema.get("oneOf", []))
+        for name, sub in schema.get("properties", {}).items():
+            variants = sub.get("anyOf", [sub])
+            if any(v.get("type") == "string" and "pattern" not in v for v in variants):
+                names.append(name)
+    return names
+
+
+async def test_nul_in_any_string_field_is_a_4xx_on_every_route(world: World) -> None:
+    """PostgreSQL text cannot hold NUL: a schema that lets one through answers 500 there.
+    Fix: add `app.schemas.common.STORABLE` to the field's Annotated[...]."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        for op in world.operations:
+            names = string_properties(world.api, op)
+            if not names:
+                continue
+            body = dict.fromkeys(names, "ok\x00")
+            response = await http.request(
+                op.method,
+                world.url(op, world.path_values(op)),
+                params=FAST_QUERY,
+                content=json.dumps(body).encode(),
+                headers={**world.headers_for(op), **JSON_HEADERS},
+            )
+            check_answer(response, f"{op} with {body}")
+
+
 async def oversized_chunks() -> AsyncIterator[bytes]:
     chunk = b'{"padding": "' + b"x" * 65_536
     sent = 0
