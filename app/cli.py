@@ -87,19 +87,12 @@ def serve(settings: Settings, host: str, port: int) -> int:
     # Checked before the heavy imports, so a refusal to start is the only line printed.
     settings = settings.with_secrets()
 
-    import uvicorn
-
     from app.main import create_app
+    from app.server import GatewayServer, server_config
 
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
-        ws_ping_interval=settings.ws_ping_interval_seconds,
-    )
+    server = GatewayServer(server_config(app, settings, host=host, port=port), app)
+    server.run()
     return 0
 
 

@@ -15,7 +15,6 @@ import sys
 import uuid
 from dataclasses import dataclass
 
-import uvicorn
 from sqlalchemy import select
 
 from app.core.config import Settings
@@ -23,6 +22,7 @@ from app.core.resources import Resources
 from app.core.security import create_access_token
 from app.main import create_app
 from app.models import BrokerConnection, User
+from app.server import GatewayServer, server_config
 from app.services import broker_connections, users
 from app.services.agents import set_price_source
 from mt5gate_agent.config import DEFAULT_PRICE_SYMBOLS, AgentConfig
@@ -32,7 +32,6 @@ log = logging.getLogger("mt5gate.demo")
 
 DEMO_EMAIL = "demo@example.com"
 DEMO_PASSWORD = "demo-password"
-DEMO_BROKER = {"server": "mt5gate-sim", "login": 1000001, "password": "sim", "label": "Simulator"}
 AGENT_STOP_TIMEOUT_SECONDS = 5.0
 
 
@@ -58,7 +57,13 @@ async def prepare_demo_account(resources: Resources) -> DemoAccount:
         )
         if connection is None:
             connection = await broker_connections.create_connection(
-                session, fernet=resources.settings.fernet, user_id=user.id, **DEMO_BROKER
+                session,
+                fernet=resources.settings.fernet,
+                user_id=user.id,
+                server="mt5gate-sim",
+                login=1000001,
+                password="sim",
+                label="Simulator",
             )
         agent, token = await broker_connections.provision_agent(
             session, user_id=user.id, connection_id=connection.id
@@ -93,16 +98,9 @@ Ctrl-C stops it.
 
 async def run(settings: Settings, host: str, port: int) -> int:
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,  # four price pushes a second would drown everything else
-        ws_ping_interval=settings.ws_ping_interval_seconds,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
-    )
-    server = uvicorn.Server(config)
+    # Four price pushes a second in the access log would drown everything else.
+    config = server_config(app, settings, host=host, port=port, access_log=False)
+    server = GatewayServer(config, app)
     serving = asyncio.create_task(server.serve())
     while not server.started:
         if serving.done():
@@ -150,7 +148,4 @@ async def run(settings: Settings, host: str, port: int) -> int:
 def run_demo(settings: Settings, host: str, port: int) -> int:
     settings = settings.with_secrets()
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    try:
-        return asyncio.run(run(settings, host, port))
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, after shutdown
-        return 0
+    return asyncio.run(run(settings, host, port))

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import uvicorn
 
 from app.core.config import Settings
 from app.core.migrate import upgrade_to_head
 from app.core.resources import Resources
 from app.main import create_app
+from app.server import GatewayServer, server_config
 
 PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "test"}
 BENCH_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -86,9 +86,7 @@ async def serve_in_loop(settings: Settings) -> AsyncIterator[ServedApi]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_config=None, lifespan="on", timeout_graceful_shutdown=2)
-    )
+    server = GatewayServer(server_config(app, settings, timeout_graceful_shutdown=2), app)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
@@ -97,7 +95,7 @@ async def serve_in_loop(settings: Settings) -> AsyncIterator[ServedApi]:
     try:
         yield ServedApi(f"http://127.0.0.1:{sock.getsockname()[1]}", app.state.resources)
     finally:
-        server.should_exit = True
+        server.shut_down()
         await task
 
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 
 from app.core.config import Settings
 from app.core.resources import Resources
 from app.main import create_app
+from app.server import GatewayServer, server_config
 
 
 @dataclass
@@ -42,16 +42,7 @@ class RunningApi:
 async def run_api(settings: Settings) -> AsyncIterator[RunningApi]:
     """Serves the app over real TCP on a free loopback port, in the current event loop."""
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        log_config=None,
-        lifespan="on",
-        ws_ping_interval=settings.ws_ping_interval_seconds,
-        timeout_graceful_shutdown=2,
-    )
-    server = uvicorn.Server(config)
+    server = GatewayServer(server_config(app, settings, timeout_graceful_shutdown=2), app)
     task = asyncio.create_task(server.serve(sockets=[bound_socket()]))
     while not server.started:
         if task.done():
@@ -62,7 +53,7 @@ async def run_api(settings: Settings) -> AsyncIterator[RunningApi]:
     try:
         yield RunningApi(app, f"http://127.0.0.1:{port}", settings)
     finally:
-        server.should_exit = True
+        server.shut_down()
         await task
 
 

@@ -38,6 +38,8 @@ class JobEvents:
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._origin = uuid.uuid4().hex[:12]
+        # Set when a graceful shutdown begins: every waiter stops waiting and answers.
+        self.draining = asyncio.Event()
 
     async def start(self) -> None:
         if not self.enabled:
@@ -53,6 +55,9 @@ class JobEvents:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
+
+    def begin_drain(self) -> None:
+        self.draining.set()
 
     @contextlib.contextmanager
     def _watch(self, channel: str, key: str) -> Iterator[asyncio.Event]:

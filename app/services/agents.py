@@ -23,7 +23,7 @@ from app.core.security import agent_token_matches
 from app.models import Agent, Job, utcnow
 from app.schemas.agents import TickIn
 from app.services.broker_connections import agent_is_online, get_connection
-from app.services.jobs import JobStore, claim_next_job, release_job
+from app.services.jobs import JobStore, claim_next_job, release_job, wait_any
 
 log = logging.getLogger("mt5gate.agents")
 
@@ -142,7 +142,8 @@ async def next_job(
 
     Claims nothing once the client has disconnected, and puts a claimed job back to
     pending if the client left before it could be handed over. The agent counts as online
-    for the whole poll (its heartbeat is refreshed while it waits).
+    for the whole poll (its heartbeat is refreshed while it waits). A graceful shutdown
+    ends the poll with no job, so the agent reconnects to a process that stays.
     """
     deadline = time.monotonic() + wait
     refresh_every = min(10.0, settings.agent_offline_after_seconds / 3)
@@ -150,7 +151,8 @@ async def next_job(
     agent_key = str(agent.id)
     async with client_disconnect(request) as gone:
         with jobs.events.watch_created(agent_key) as created:
-            while not gone.is_set():
+            draining = jobs.events.draining
+            while not gone.is_set() and not draining.is_set():
                 created.clear()
                 job = await claim_next_job(jobs, agent_id=agent.id)
                 if job is not None:
@@ -167,17 +169,8 @@ async def next_job(
                         jobs.session_factory, agent, version=None, terminal_connected=None
                     )
                     next_refresh = time.monotonic() + refresh_every
-                await wait_any(created, gone, timeout=min(jobs.poll_interval, remaining))
+                await wait_any(created, gone, draining, timeout=min(jobs.poll_interval, remaining))
     return None
-
-
-async def wait_any(*events: asyncio.Event, timeout: float) -> None:
-    waiters = [asyncio.ensure_future(event.wait()) for event in events]
-    try:
-        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
 
 
 def tick_message(instrument: str, tick: TickIn, now_ms: int) -> bytes:

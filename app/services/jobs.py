@@ -205,7 +205,8 @@ async def wait_for_job_result(store: JobStore, *, job_id: uuid.UUID, timeout: fl
     """Waits until the job is final or `timeout` passes; returns the job as it then is.
 
     Woken at once by the job's `finished` event; re-reads the row every poll interval
-    anyway, so a lost wake-up costs at most one interval.
+    anyway, so a lost wake-up costs at most one interval. A graceful shutdown ends the
+    wait early: the caller answers with what it has (pending) instead of being cut off.
     """
     deadline = time.monotonic() + timeout
     with store.events.watch_finished(str(job_id)) as finished:
@@ -217,12 +218,21 @@ async def wait_for_job_result(store: JobStore, *, job_id: uuid.UUID, timeout: fl
             if job.status in FINAL_STATUSES:
                 return job
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or store.events.draining.is_set():
                 return job
-            try:
-                await asyncio.wait_for(finished.wait(), min(store.poll_interval, remaining))
-            except TimeoutError:
-                pass
+            await wait_any(
+                finished, store.events.draining, timeout=min(store.poll_interval, remaining)
+            )
+
+
+async def wait_any(*events: asyncio.Event, timeout: float) -> None:
+    """Returns when any of the events is set, or after `timeout` seconds."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 async def sweep_jobs(store: JobStore) -> int:
