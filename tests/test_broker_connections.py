@@ -120,6 +120,7 @@ async def test_provisioning_returns_the_agent_id_and_token(
     body = response.json()
     assert set(body) == {"agent_id", "agent_token"}
     assert len(body["agent_token"]) >= 32
+    assert body["agent_token"].startswith("mt5a_")  # never "-": a command line takes it whole
     [connection] = await list_connections(client, user)
     assert connection["agent"] == {
         "id": body["agent_id"],

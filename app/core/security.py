@@ -74,8 +74,13 @@ def decode_access_token(token: str, *, secret: str, algorithm: str) -> TokenClai
         raise InvalidToken(str(exc)) from exc
 
 
+AGENT_TOKEN_PREFIX = "mt5a_"
+
+
 def new_agent_token() -> str:
-    return secrets.token_urlsafe(32)
+    # The prefix makes a leaked token recognizable to secret scanners, and keeps a token
+    # from ever starting with "-", which command lines would take for an option.
+    return AGENT_TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_agent_token(token: str) -> str:
