@@ -32,6 +32,8 @@ log = logging.getLogger("mt5gate_agent")
 
 # Network trouble and API answers that a later attempt may not get.
 API_FAILURES: tuple[type[Exception], ...] = (httpx.HTTPError, AgentApiError)
+SIGN_OFF_TIMEOUT_SECONDS = 2.0
+SIGN_OFF_FAILURES: tuple[type[Exception], ...] = (TimeoutError, *API_FAILURES)
 
 
 def kv(**fields: Any) -> str:
@@ -112,6 +114,7 @@ async def run_agent(
     try:
         await agent.run()
     finally:
+        await agent.sign_off()
         await client.aclose()
         await worker.aclose(close_backend=owns_backend)
         log.info(kv(event="agent_stopped", agent_id=config.agent_id))
@@ -202,6 +205,17 @@ class _Agent:
             version=self.config.version, terminal_connected=connected
         )
         self.clock_offset = heartbeat.clock_offset
+
+    async def sign_off(self) -> None:
+        """Tells the server, best effort, that this agent no longer executes anything, so
+        that orders are refused at once (agent_offline) rather than left to expire."""
+        try:
+            await asyncio.wait_for(
+                self.client.heartbeat(version=self.config.version, terminal_connected=False),
+                SIGN_OFF_TIMEOUT_SECONDS,
+            )
+        except SIGN_OFF_FAILURES as exc:
+            log.info(kv(event="sign_off_failed", reason=describe(exc)))
 
     async def heartbeat_loop(self) -> None:
         # Every API call is a heartbeat too; this one carries the terminal's state and keeps

@@ -343,3 +343,15 @@ async def wait_for_order_status(
         assert order["status"] == "pending", order
         assert loop.time() < deadline, f"order still {order['status']!r}, not {status!r}"
         await asyncio.sleep(0.1)
+
+
+async def test_a_stopped_agent_signs_off_and_orders_are_refused_at_once(
+    trading: TraderWithAgent,
+) -> None:
+    trading.agent.send_signal(signal.SIGTERM)
+    assert await trading.agent.wait_exit() == 0, trading.agent.tail()
+    connections = await trading.get("/broker-connections")
+    assert connections[0]["agent"]["status"] == "offline"
+    response = await trading.client.post("/orders", json=BUY, headers=trading.trader.headers)
+    assert response.status_code == 503
+    assert response.json()["detail"] == "agent_offline"

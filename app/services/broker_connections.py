@@ -95,7 +95,9 @@ async def provision_agent(
 
 
 def agent_is_online(agent: Agent, *, now: datetime, offline_after_seconds: float) -> bool:
-    if agent.last_heartbeat_at is None:
+    """Seen within `offline_after_seconds`, and not reporting its terminal disconnected
+    (which an agent also says when it stops)."""
+    if agent.last_heartbeat_at is None or agent.terminal_connected is False:
         return False
     return (now - agent.last_heartbeat_at).total_seconds() <= offline_after_seconds
 
