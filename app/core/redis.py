@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, TimeoutError
 
 MEMORY_URL = "memory://"
+MAX_CONNECTIONS = 256
+# How long a command waits for a free pooled connection before it fails.
+POOL_TIMEOUT_SECONDS = 5
 
 
 def create_redis(url: str) -> Redis:
@@ -13,10 +19,16 @@ def create_redis(url: str) -> Redis:
         from fakeredis import FakeAsyncRedis, FakeServer
 
         return FakeAsyncRedis(server=FakeServer(), decode_responses=False)
-    return Redis.from_url(
+    # A blocking pool queues a burst of commands instead of failing past its size; the
+    # retry reconnects a pooled connection that a Redis restart left dead, quickly enough
+    # (≈ 0.15 s in all) that a Redis that is really down still fails fast.
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=POOL_TIMEOUT_SECONDS,
         socket_connect_timeout=2,
-        socket_timeout=None,
         health_check_interval=15,
-        retry_on_timeout=False,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), retries=3),
+        retry_on_error=[ConnectionError, TimeoutError],
     )
+    return Redis(connection_pool=pool)
