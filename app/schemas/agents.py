@@ -8,14 +8,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, RootModel, StringConstraints, model_validator
 
-from app.schemas.common import UtcDatetime
+from app.schemas.common import STORABLE, UtcDatetime
 from app.schemas.trading import SYMBOL_PATTERN, JobType
 
 MAX_INSTRUMENTS_PER_PUSH = 1000
 
 
 class Heartbeat(BaseModel):
-    version: Annotated[str, StringConstraints(max_length=64)] | None = None
+    version: Annotated[str, StringConstraints(max_length=64), STORABLE] | None = None
     terminal_connected: bool | None = None
 
 
@@ -39,7 +39,7 @@ class JobRead(BaseModel):
 
 class JobError(BaseModel):
     code: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
-    message: Annotated[str, StringConstraints(max_length=1000)] = ""
+    message: Annotated[str, StringConstraints(max_length=1000), STORABLE] = ""
     retcode: int | None = Field(default=None, ge=-(2**31), lt=2**31)
 
 
