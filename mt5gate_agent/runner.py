@@ -236,7 +236,9 @@ class _Agent:
         backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
         while not self.stop.is_set():
             try:
-                job = await self.next_job()
+                # After a failure the first poll returns at once, so that getting through
+                # is known (and logged) now rather than when a long poll ends.
+                job = await self.next_job(0 if backoff.attempt else self.config.poll_wait)
             except API_FAILURES as exc:
                 delay = backoff.next()
                 log.warning(kv(event="api_unavailable", reason=describe(exc), retry_in_s=delay))
@@ -249,9 +251,9 @@ class _Agent:
             if job is not None:
                 await self.handle(job)
 
-    async def next_job(self) -> Job | None:
+    async def next_job(self, wait: int) -> Job | None:
         """The next job, None after an empty poll or when ``stop`` interrupts the poll."""
-        poll = asyncio.create_task(self.client.next_job(self.config.poll_wait))
+        poll = asyncio.create_task(self.client.next_job(wait))
         stopped = asyncio.create_task(self.stop.wait())
         try:
             await asyncio.wait({poll, stopped}, return_when=asyncio.FIRST_COMPLETED)

@@ -294,6 +294,18 @@ async def test_the_agent_backs_off_on_5xx_and_then_takes_jobs(
     await logs.wait_for("event=api_reconnected attempts=3")
 
 
+async def test_getting_through_again_is_logged_at_once_not_after_a_long_poll(
+    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+) -> None:
+    api.fail["poll"] = 1
+    start_agent(poll_wait=25)
+    await logs.wait_for("event=api_unavailable")
+    started = time.monotonic()
+    await logs.wait_for("event=api_reconnected attempts=1")
+    # Backoff and an empty first poll, not the 25 s long poll.
+    assert time.monotonic() - started < 10
+
+
 async def test_the_agent_retries_credentials_until_the_api_answers(
     api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
 ) -> None:
