@@ -41,6 +41,9 @@ from tests.ws_clients import (
 
 SINGLE, MULTI = "/ws/prices/{instrument}", "/ws/prices"
 
+# These need a real Redis (and PostgreSQL, shared by several processes).
+ONLY_POSTGRES = pytest.mark.parametrize("store", ["postgres"], indirect=True)
+
 
 @pytest.fixture
 def instrument() -> str:
@@ -464,11 +467,10 @@ async def test_server_shutdown_closes_open_sockets_with_1012(store: Store, instr
 # -- Redis goes away, several processes -----------------------------------------------------------
 
 
+@ONLY_POSTGRES  # needs a real Redis
 async def test_ticks_flow_again_after_redis_restarts(
     store: Store, tmp_path: Path, instrument: str
 ) -> None:
-    if not store.is_postgres:
-        pytest.skip("needs a real Redis")
     with private_redis(tmp_path) as redis_server:
         async with serve(store, redis_url=redis_server.url) as api:
             manager = api.resources.ws
@@ -493,11 +495,10 @@ async def test_ticks_flow_again_after_redis_restarts(
                 assert await recv_tick(multi) == tick(instrument, 1.7, 1.8, 5)
 
 
+@ONLY_POSTGRES  # several processes need PostgreSQL and Redis
 async def test_client_on_one_process_receives_a_tick_pushed_through_another(
     store: Store, tmp_path: Path, instrument: str
 ) -> None:
-    if not store.is_postgres:
-        pytest.skip("several processes need PostgreSQL and Redis")
     await reset_store(store)
     settings = make_settings(store)
     pusher = start_serve(settings, tmp_path / "a.log")
@@ -533,11 +534,10 @@ async def set_price_source_in(database_url: str, agent_id: str) -> None:
         await engine.dispose()
 
 
+@ONLY_POSTGRES  # needs a real Redis
 async def test_an_unreachable_redis_does_not_refuse_sockets(
     store: Store, tmp_path: Path, instrument: str
 ) -> None:
-    if not store.is_postgres:
-        pytest.skip("needs a real Redis")
     with private_redis(tmp_path) as redis_server:
         async with serve(store, redis_url=redis_server.url) as api:
             async with httpx.AsyncClient(base_url=f"{api.base_url}/api/v1") as http:
