@@ -54,9 +54,6 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
         # A tick is serialized once for every socket; per-socket compression would undo
         # that (and cost a compressor's memory per socket).
         "ws_per_message_deflate": False,
-        # uvicorn's sans-I/O protocol on the websockets package: measured 35 KB of server
-        # memory per open price socket against 43 KB with the default one.
-        "ws": "websockets-sansio",
         "timeout_graceful_shutdown": int(settings.shutdown_timeout_seconds),
         **overrides,
     }
