@@ -51,6 +51,7 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
         "log_config": None,
         "lifespan": "on",
         "ws_ping_interval": settings.ws_ping_interval_seconds,
+        "ws_ping_timeout": settings.ws_ping_timeout_seconds,
         # A tick is serialized once for every socket; per-socket compression would undo
         # that (and cost a compressor's memory per socket).
         "ws_per_message_deflate": False,

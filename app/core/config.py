@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     # `pattern`: one PSUBSCRIBE prices:* for all (see bench/fanout.py for the trade-off).
     ws_redis_subscription: Literal["channels", "pattern"] = "channels"
     ws_ping_interval_seconds: float = Field(default=20, gt=0)
+    # A peer that does not answer a ping within this long is dead: its socket is closed.
+    ws_ping_timeout_seconds: float = Field(default=20, gt=0)
     shutdown_timeout_seconds: float = Field(default=5, gt=0)
     log_level: str = "INFO"
 
