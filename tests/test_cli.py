@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from app.core.config import Settings
+from tests.flows import onboard_trader
 from tests.servers import ServeProcess, free_port, start_serve
 from tests.stores import (
     Store,
@@ -196,3 +197,39 @@ def test_help_lists_the_commands(tmp_path: Path) -> None:
     assert result.returncode == 0
     for command in ("serve", "migrate", "agent", "set-price-source", "demo"):
         assert command in result.stdout
+
+
+async def test_set_price_source_turns_an_agents_price_pushes_on_and_off(
+    client: httpx.AsyncClient, settings: Settings, tmp_path: Path
+) -> None:
+    trader = await onboard_trader(client)
+    agent = trader.agent
+    env = mt5gate_env(DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url)
+
+    async def push() -> int:
+        response = await client.post(
+            agent.path("prices"),
+            json={"CLITEST": {"bid": 1.1, "ask": 1.2}},
+            headers=agent.headers,
+        )
+        return response.status_code
+
+    assert await push() == 403
+    on = await asyncio.to_thread(run_mt5gate, ["set-price-source", agent.id], env, tmp_path)
+    assert on.returncode == 0, on.stderr
+    assert await push() == 202
+    off = await asyncio.to_thread(
+        run_mt5gate, ["set-price-source", agent.id, "--off"], env, tmp_path
+    )
+    assert off.returncode == 0, off.stderr
+    assert await push() == 403
+
+    unknown = await asyncio.to_thread(
+        run_mt5gate, ["set-price-source", "00000000-0000-0000-0000-000000000000"], env, tmp_path
+    )
+    assert unknown.returncode == 1
+    assert "no agent" in unknown.stderr
+    malformed = await asyncio.to_thread(
+        run_mt5gate, ["set-price-source", "not-an-id"], env, tmp_path
+    )
+    assert malformed.returncode == 2

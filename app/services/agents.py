@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -222,7 +223,7 @@ async def set_price_source_command(settings: Settings, agent_id: str, enabled: b
     try:
         agent_uuid = uuid.UUID(agent_id)
     except ValueError:
-        print(f"mt5gate: not an agent id: {agent_id!r}")  # noqa: T201
+        print(f"mt5gate: not an agent id: {agent_id!r}", file=sys.stderr)  # noqa: T201
         return 2
     engine = create_engine(settings.database_url)
     try:
@@ -232,7 +233,7 @@ async def set_price_source_command(settings: Settings, agent_id: str, enabled: b
     finally:
         await engine.dispose()
     if not found:
-        print(f"mt5gate: no agent {agent_uuid}")  # noqa: T201
+        print(f"mt5gate: no agent {agent_uuid}", file=sys.stderr)  # noqa: T201
         return 1
     print(f"agent {agent_uuid} is {'now' if enabled else 'no longer'} a price source")  # noqa: T201
     return 0
