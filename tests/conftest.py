@@ -21,7 +21,7 @@ from tests.stores import (
     sqlite_store,
 )
 
-TEST_JWT_SECRET = "test-secret-" + "x" * 40
+TEST_JWT_SECRET = "test-secret-" + "x" * 60  # 64+ bytes: long enough for HS512 too
 TEST_ENCRYPTION_KEY = "0nZ5mGXrXh1qY0Y2aJvHhKq0gQ9r5VVo3yq2s2h9l1E="
 
 

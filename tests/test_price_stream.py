@@ -201,8 +201,9 @@ async def test_bad_token_closes_the_socket_with_4001(
 async def test_token_that_expires_while_open_closes_the_socket_with_4001(
     api: RunningApi, user: TestUser, instrument: str
 ) -> None:
+    # `exp` is whole seconds: a 2 s TTL leaves at least 1 s, enough to connect first.
     short = create_access_token(
-        uuid.UUID(user.id), secret=TEST_JWT_SECRET, algorithm="HS256", ttl_seconds=1
+        uuid.UUID(user.id), secret=TEST_JWT_SECRET, algorithm="HS256", ttl_seconds=2
     )
     async with connect(api, f"/ws/prices/{instrument}", short.token) as ws:
         assert await close_code(ws) == 4001
