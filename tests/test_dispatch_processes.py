@@ -15,6 +15,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from app.models import Job
 from app.services import jobs
 from tests.conftest import make_settings
 from tests.flows import AgentHandle, onboard_trader
@@ -47,6 +48,31 @@ async def create_trade_job(api: RunningApi, user_id: str, agent: AgentHandle) ->
     return job.id
 
 
+async def round_trip_across(
+    api_a: RunningApi,
+    b: httpx.AsyncClient,
+    user_id: str,
+    agent: AgentHandle,
+    poll: asyncio.Task[httpx.Response],
+) -> Job:
+    """Creates a job on process A, which the agent's `poll` on process B must receive; the
+    agent answers through B; returns the job as A's waiter sees it."""
+    job_id = await create_trade_job(api_a, user_id, agent)
+    waiter = asyncio.create_task(
+        jobs.wait_for_job_result(api_a.resources.jobs, job_id=job_id, timeout=20)
+    )
+    delivered = await poll
+    assert delivered.status_code == 200
+    assert delivered.json()["id"] == str(job_id)
+    answered = await b.post(
+        agent.path(f"jobs/{job_id}/result"),
+        json={"status": "completed", "output_data": TRADE_OUTPUT},
+        headers=agent.headers,
+    )
+    assert answered.status_code == 200
+    return await waiter
+
+
 @pytest.fixture
 async def slow_poll_api(store: Store) -> AsyncIterator[RunningApi]:
     await reset_store(store)
@@ -72,20 +98,7 @@ async def test_job_created_on_one_process_reaches_an_agent_polling_another(
             )
             await asyncio.sleep(POLL_SETTLE_SECONDS)
             started = time.monotonic()
-            job_id = await create_trade_job(api_a, trader.user.id, agent)
-            waiter = asyncio.create_task(
-                jobs.wait_for_job_result(api_a.resources.jobs, job_id=job_id, timeout=20)
-            )
-            delivered = await poll
-            assert delivered.status_code == 200
-            assert delivered.json()["id"] == str(job_id)
-            answered = await b.post(
-                agent.path(f"jobs/{job_id}/result"),
-                json={"status": "completed", "output_data": TRADE_OUTPUT},
-                headers=agent.headers,
-            )
-            assert answered.status_code == 200
-            job = await waiter
+            job = await round_trip_across(api_a, b, trader.user.id, agent, poll)
             round_trip = time.monotonic() - started
     finally:
         process_b.stop()
@@ -131,20 +144,8 @@ async def test_waiters_fall_back_to_polling_while_redis_is_down_and_recover(
                     poll = asyncio.create_task(
                         b.get(agent.path("jobs/next"), params={"wait": 20}, headers=agent.headers)
                     )
-                    job_id = await create_trade_job(api_a, trader.user.id, agent)
-                    waiter = asyncio.create_task(
-                        jobs.wait_for_job_result(api_a.resources.jobs, job_id=job_id, timeout=20)
-                    )
-                    delivered = await poll
-                    assert delivered.status_code == 200
-                    assert delivered.json()["id"] == str(job_id)
-                    answered = await b.post(
-                        agent.path(f"jobs/{job_id}/result"),
-                        json={"status": "completed", "output_data": TRADE_OUTPUT},
-                        headers=agent.headers,
-                    )
-                    assert answered.status_code == 200
-                    assert (await waiter).status == "completed"
+                    job = await round_trip_across(api_a, b, trader.user.id, agent, poll)
+                    assert job.status == "completed"
 
                     redis_server.start()
                     # Both processes resubscribe on their own.
