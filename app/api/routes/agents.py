@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, Request, Response, status
 
 from app.api.deps import CurrentAgent, JobStoreDep, RedisDep, SessionFactoryDep, SettingsDep
+from app.core.errors import InvalidAgentToken
 from app.core.security import decrypt_secret
 from app.models import BrokerConnection
 from app.schemas.agents import (
@@ -49,7 +50,8 @@ async def credentials(
     """The MT5 login of the agent's broker connection, decrypted for the agent only."""
     async with factory() as session:
         connection = await session.get(BrokerConnection, agent.connection_id)
-    assert connection is not None  # the agent row cascades with its connection
+    if connection is None:  # deleted since the token was checked: the token died with it
+        raise InvalidAgentToken()
     return Credentials(
         server=connection.server,
         login=connection.login,
