@@ -118,20 +118,25 @@ def operations_of(api: RunningApi) -> list[Operation]:
     ]
 
 
-def body_properties(api: RunningApi, op: Operation) -> list[str]:
-    """The property names of the request body, across $refs and anyOf/oneOf variants."""
+def body_property_schemas(api: RunningApi, op: Operation) -> list[tuple[str, dict[str, Any]]]:
+    """(name, schema) of each request-body property, across $refs and anyOf/oneOf variants."""
     components = api.app.openapi()["components"]["schemas"]
     content = op.spec.get("requestBody", {}).get("content", {})
     pending = [content.get("application/json", {}).get("schema", {})]
-    names: list[str] = []
+    found: list[tuple[str, dict[str, Any]]] = []
     while pending:
         schema = pending.pop()
         if "$ref" in schema:
             pending.append(components[schema["$ref"].rsplit("/", 1)[1]])
             continue
         pending.extend(schema.get("anyOf", []) + schema.get("oneOf", []))
-        names.extend(n for n in schema.get("properties", {}) if n not in names)
-    return names
+        found.extend(schema.get("properties", {}).items())
+    return found
+
+
+def body_properties(api: RunningApi, op: Operation) -> list[str]:
+    """The property names of the request body."""
+    return list(dict.fromkeys(name for name, _ in body_property_schemas(api, op)))
 
 
 @pytest.fixture
@@ -236,20 +241,11 @@ async def test_wrongly_typed_fields_are_422_on_every_route(world: World) -> None
 
 def string_properties(api: RunningApi, op: Operation) -> list[str]:
     """The body's properties declared as (possibly nullable) strings without a pattern."""
-    components = api.app.openapi()["components"]["schemas"]
-    content = op.spec.get("requestBody", {}).get("content", {})
-    pending = [content.get("application/json", {}).get("schema", {})]
     names: list[str] = []
-    while pending:
-        schema = pending.pop()
-        if "$ref" in schema:
-            pending.append(components[schema["$ref"].rsplit("/", 1)[1]])
-            continue
-        pending.extend(schema.get("anyOf", []) + schema.get("oneOf", []))
-        for name, sub in schema.get("properties", {}).items():
-            variants = sub.get("anyOf", [sub])
-            if any(v.get("type") == "string" and "pattern" not in v for v in variants):
-                names.append(name)
+    for name, sub in body_property_schemas(api, op):
+        variants = sub.get("anyOf", [sub])
+        if any(v.get("type") == "string" and "pattern" not in v for v in variants):
+            names.append(name)
     return names
 
 
