@@ -1,4 +1,8 @@
-"""Dependencies as typed aliases: resources, the request's unit of work, who is calling."""
+"""Dependencies as typed aliases: resources, the request's unit of work, who is calling.
+
+Every dependency is `async def`, even the trivial ones: FastAPI runs a plain `def`
+dependency in the thread pool, a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from app.services.agents import authenticate_agent
 from app.services.jobs import JobStore
 
 
-def get_resources(connection: HTTPConnection) -> Resources:
+async def get_resources(connection: HTTPConnection) -> Resources:
     resources: Resources = connection.app.state.resources
     return resources
 
@@ -28,15 +32,15 @@ def get_resources(connection: HTTPConnection) -> Resources:
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
-def get_settings(resources: ResourcesDep) -> Settings:
+async def get_settings(resources: ResourcesDep) -> Settings:
     return resources.settings
 
 
-def get_session_factory(resources: ResourcesDep) -> async_sessionmaker[AsyncSession]:
+async def get_session_factory(resources: ResourcesDep) -> async_sessionmaker[AsyncSession]:
     return resources.session_factory
 
 
-def get_redis(resources: ResourcesDep) -> Redis:
+async def get_redis(resources: ResourcesDep) -> Redis:
     return resources.redis
 
 
@@ -97,7 +101,7 @@ async def get_onboarded_user(user: CurrentUser) -> User:
 OnboardedUser = Annotated[User, Depends(get_onboarded_user)]
 
 
-def get_job_store(resources: ResourcesDep) -> JobStore:
+async def get_job_store(resources: ResourcesDep) -> JobStore:
     return resources.jobs
 
 

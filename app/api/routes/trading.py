@@ -65,7 +65,7 @@ router = APIRouter(
 )
 
 
-def get_trading(resources: ResourcesDep) -> Trading:
+async def get_trading(resources: ResourcesDep) -> Trading:
     return Trading(
         jobs=resources.jobs,
         session_factory=resources.session_factory,
@@ -73,7 +73,7 @@ def get_trading(resources: ResourcesDep) -> Trading:
     )
 
 
-def get_candle_flights(request: Request) -> CandleFlights:
+async def get_candle_flights(request: Request) -> CandleFlights:
     flights: CandleFlights = request.app.state.candle_flights
     return flights
 
