@@ -120,8 +120,9 @@ class Job(Base):
     job_type: Mapped[str] = mapped_column(String(32))
     input_data: Mapped[dict[str, Any]] = mapped_column(default=dict)
     status: Mapped[str] = mapped_column(String(16), default="pending")
-    output_data: Mapped[dict[str, Any] | None] = mapped_column()
-    error: Mapped[dict[str, Any] | None] = mapped_column()
+    # None is SQL NULL, not the JSON value null, however the row is written.
+    output_data: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     client_order_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     claimed_at: Mapped[datetime | None] = mapped_column()

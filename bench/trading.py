@@ -116,15 +116,15 @@ async def measure(settings: Settings, store: str, rounds: int) -> Samples:
             user_id = uuid.UUID((await http.get("/me")).json()["id"])
 
             async def job_alone() -> httpx.Response:
-                job, _ = await jobs.create_job(
+                done = await jobs.run_job(
                     api.resources.jobs,
                     user_id=user_id,
                     agent_id=uuid.UUID(who.agent_id),
                     job_type="get_account",
                     input_data={},
                     ttl_seconds=30,
+                    timeout=10,
                 )
-                done = await jobs.wait_for_job_result(api.resources.jobs, job_id=job.id, timeout=10)
                 return httpx.Response(200 if done.status == "completed" else 504, request=PSEUDO)
 
             requests["job alone"] = (job_alone, 200, None)

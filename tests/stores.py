@@ -54,6 +54,24 @@ def require_services() -> None:
     pytest.skip(f"real-service tests skipped: {reason}")
 
 
+async def cut_database_connections(store: Store) -> int:
+    """Ends every server session of the store's own database (as a restart of PostgreSQL
+    would, without touching the shared server); returns how many it ended."""
+    import asyncpg
+
+    name = store.database_url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user="postgres", database="test")
+    try:
+        ended: int = await conn.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()",
+            name,
+        )
+    finally:
+        await conn.close()
+    return ended
+
+
 async def _admin(sql: str) -> None:
     import asyncpg
 

@@ -24,9 +24,14 @@ from app.services.agents import authenticate_agent
 from app.services.jobs import JobStore
 
 
-async def get_resources(connection: HTTPConnection) -> Resources:
+def resources_of(connection: HTTPConnection) -> Resources:
+    """The process's resources, from a request or a WebSocket."""
     resources: Resources = connection.app.state.resources
     return resources
+
+
+async def get_resources(connection: HTTPConnection) -> Resources:
+    return resources_of(connection)
 
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
@@ -113,7 +118,7 @@ async def get_current_agent(
 ) -> Agent:
     """The agent named in the path, if the bearer token is its own (counts as a heartbeat)."""
     return await authenticate_agent(
-        resources.session_factory,
+        resources.jobs.db,
         agent_id=agent_id,
         token=credentials.credentials if credentials else None,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -11,7 +12,11 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
+
+log = logging.getLogger("mt5gate.errors")
 
 
 class DomainError(Exception):
@@ -118,6 +123,19 @@ class AgentTimeout(DomainError):
     status_code, code, message = 504, "agent_timeout", "The agent did not answer in time."
 
 
+class DatabaseUnavailable(DomainError):
+    status_code, code, message = (
+        503,
+        "database_unavailable",
+        "The database cannot be reached right now; try again.",
+    )
+
+
+def database_is_away(exc: DBAPIError) -> bool:
+    """A lost or refused connection (a restart, a network fault), not a bug in a query."""
+    return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+
+
 class SafeJSONResponse(JSONResponse):
     """Renders any input a client sent back to it: NaN/Infinity (which Python's JSON parser
     accepts) and raw bytes as strings, lone surrogates as `\\u` escapes, where the default
@@ -174,6 +192,17 @@ def install_error_handlers(app: FastAPI) -> None:
             {"detail": code, "message": message}, exc.status_code, headers=exc.headers
         )
 
+    async def handle_database(request: Request, exc: Exception) -> JSONResponse:
+        # The pool does not ping before each checkout; a connection that died since its
+        # last use fails here once, and SQLAlchemy then replaces the whole pool.
+        if isinstance(exc, PoolTimeout) or (isinstance(exc, DBAPIError) and database_is_away(exc)):
+            log.warning("event=database_unavailable path=%s reason=%r", request.url.path, exc)
+            return await handle(request, DatabaseUnavailable())
+        log.error("event=database_error path=%s", request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal_error", "message": "A bug; logged."}, 500)
+
     app.add_exception_handler(DomainError, handle)
+    app.add_exception_handler(DBAPIError, handle_database)
+    app.add_exception_handler(PoolTimeout, handle_database)
     app.add_exception_handler(RequestValidationError, handle_validation)
     app.add_exception_handler(HTTPException, handle_http)

@@ -30,11 +30,20 @@ FINISHED_CHANNEL = "mt5gate:jobs:finished"
 MAX_BACKOFF_SECONDS = 2.0
 
 
+class Wakeup(asyncio.Event):
+    """A waiter's event; a wake-up from this process also carries what it is about (the
+    finished job), so the waiter need not read it back from the database."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.payload: object | None = None
+
+
 class JobEvents:
     def __init__(self, redis: Redis, *, enabled: bool = True) -> None:
         self.redis = redis
         self.enabled = enabled
-        self._waiters: dict[tuple[str, str], set[asyncio.Event]] = defaultdict(set)
+        self._waiters: dict[tuple[str, str], set[Wakeup]] = defaultdict(set)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._origin = uuid.uuid4().hex[:12]
@@ -60,8 +69,8 @@ class JobEvents:
         self.draining.set()
 
     @contextlib.contextmanager
-    def _watch(self, channel: str, key: str) -> Iterator[asyncio.Event]:
-        event = asyncio.Event()
+    def _watch(self, channel: str, key: str) -> Iterator[Wakeup]:
+        event = Wakeup()
         waiters = self._waiters[(channel, key)]
         waiters.add(event)
         try:
@@ -73,12 +82,13 @@ class JobEvents:
             elif channel == CREATED_CHANNEL and event.is_set():
                 self._dispatch(channel, key)  # woken but leaving: pass the job on
 
-    def watch_created(self, agent_id: str) -> contextlib.AbstractContextManager[asyncio.Event]:
+    def watch_created(self, agent_id: str) -> contextlib.AbstractContextManager[Wakeup]:
         """An event set whenever a job is created for this agent (register before checking)."""
         return self._watch(CREATED_CHANNEL, agent_id)
 
-    def watch_finished(self, job_id: str) -> contextlib.AbstractContextManager[asyncio.Event]:
-        """An event set when this job reaches a final state."""
+    def watch_finished(self, job_id: str) -> contextlib.AbstractContextManager[Wakeup]:
+        """An event set when this job reaches a final state; its payload is the finished job
+        when it finished in this process (None when the news came through Redis)."""
         return self._watch(FINISHED_CHANNEL, job_id)
 
     @property
@@ -88,20 +98,20 @@ class JobEvents:
     async def job_created(self, agent_id: str) -> None:
         await self._publish(CREATED_CHANNEL, agent_id)
 
-    async def job_finished(self, job_id: str) -> None:
-        await self._publish(FINISHED_CHANNEL, job_id)
+    async def job_finished(self, job_id: str, job: object | None = None) -> None:
+        await self._publish(FINISHED_CHANNEL, job_id, job)
 
-    async def _publish(self, channel: str, key: str) -> None:
+    async def _publish(self, channel: str, key: str, payload: object | None = None) -> None:
         if not self.enabled:
             return
         # Local waiters first: they need no round trip, and still wake with Redis down.
-        self._dispatch(channel, key)
+        self._dispatch(channel, key, payload)
         try:
             await self.redis.publish(channel, f"{self._origin}:{key}")
         except (RedisError, OSError) as exc:
             log.warning("event=wakeup_publish_failed channel=%s reason=%r", channel, exc)
 
-    def _dispatch(self, channel: str, key: str) -> None:
+    def _dispatch(self, channel: str, key: str, payload: object | None = None) -> None:
         waiters = self._waiters.get((channel, key))
         if not waiters:
             return
@@ -111,6 +121,7 @@ class JobEvents:
                 idle.set()
             return
         for event in waiters:
+            event.payload = payload
             event.set()
 
     async def _listen(self) -> None:

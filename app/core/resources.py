@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
-from app.core.db import create_engine, create_session_factory
+from app.core.db import create_engine, create_session_factory, single_statement_engine
 from app.core.job_events import JobEvents
 from app.core.redis import create_redis
 from app.services.jobs import JobStore, run_job_sweeper
@@ -42,7 +42,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         await job_events.start()
         stack.push_async_callback(job_events.stop)
         jobs = JobStore(
-            session_factory=session_factory,
+            db=single_statement_engine(engine),
             events=job_events,
             poll_interval=settings.job_poll_interval_seconds,
             result_timeout=settings.job_result_timeout_seconds,

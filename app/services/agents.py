@@ -11,11 +11,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import Request
 
 from app.core.config import Settings
@@ -37,56 +38,58 @@ class PricesUnavailable(DomainError):
     status_code, code, message = 503, "prices_unavailable", "Ticks cannot be stored right now."
 
 
-async def authenticate_agent(
-    session_factory: async_sessionmaker[AsyncSession], *, agent_id: str, token: str | None
-) -> Agent:
-    """The agent whose id is in the path, if the token is its own; counts as a heartbeat."""
+AGENTS = cast(Table, Agent.__table__)
+SELECT_AGENT = select(*AGENTS.c).where(AGENTS.c.id == bindparam("p_agent_id"))
+TOUCH_AGENT = (
+    update(AGENTS)
+    .where(AGENTS.c.id == bindparam("p_agent_id"))
+    .values(last_heartbeat_at=bindparam("p_now"))
+)
+
+
+async def authenticate_agent(db: AsyncEngine, *, agent_id: str, token: str | None) -> Agent:
+    """The agent whose id is in the path, if the token is its own; counts as a heartbeat.
+
+    Runs on every agent request: one read, and a heartbeat write at most once a second.
+    """
     try:
         agent_uuid = uuid.UUID(agent_id)
     except ValueError as exc:
         raise InvalidAgentToken() from exc
-    async with session_factory() as session:
-        agent = await session.get(Agent, agent_uuid)
-        if agent is None or not token or not agent_token_matches(token, agent.token_hash):
+    async with db.connect() as conn:
+        row = (await conn.execute(SELECT_AGENT, {"p_agent_id": agent_uuid})).first()
+        if row is None or not token or not agent_token_matches(token, row.token_hash):
             raise InvalidAgentToken()
-        await record_heartbeat(session, agent)
-        await session.commit()
+        agent = Agent(**row._mapping)
+        now = utcnow()
+        if heartbeat_due(agent, now):
+            await conn.execute(TOUCH_AGENT, {"p_agent_id": agent_uuid, "p_now": now})
+            agent.last_heartbeat_at = now
     return agent
 
 
-async def record_heartbeat(
-    session: AsyncSession,
-    agent: Agent,
-    *,
-    force: bool = False,
-    version: str | None = None,
-    terminal_connected: bool | None = None,
-) -> datetime:
-    now = utcnow()
+def heartbeat_due(agent: Agent, now: datetime) -> bool:
     last = agent.last_heartbeat_at
-    if force or last is None or (now - last).total_seconds() >= HEARTBEAT_WRITE_INTERVAL_SECONDS:
-        values: dict[str, object] = {"last_heartbeat_at": now}
-        if version is not None:
-            values["version"] = version
-        if terminal_connected is not None:
-            values["terminal_connected"] = terminal_connected
-        await session.execute(update(Agent).where(Agent.id == agent.id).values(**values))
-        agent.last_heartbeat_at = now
-    return now
+    return last is None or (now - last).total_seconds() >= HEARTBEAT_WRITE_INTERVAL_SECONDS
 
 
 async def heartbeat(
-    session_factory: async_sessionmaker[AsyncSession],
+    db: AsyncEngine,
     agent: Agent,
     *,
     version: str | None,
     terminal_connected: bool | None,
 ) -> datetime:
-    async with session_factory() as session:
-        now = await record_heartbeat(
-            session, agent, force=True, version=version, terminal_connected=terminal_connected
-        )
-        await session.commit()
+    """An explicit heartbeat: always written, with what the agent reports about itself."""
+    now = utcnow()
+    values: dict[str, object] = {"last_heartbeat_at": now}
+    if version is not None:
+        values["version"] = version
+    if terminal_connected is not None:
+        values["terminal_connected"] = terminal_connected
+    async with db.connect() as conn:
+        await conn.execute(update(AGENTS).where(AGENTS.c.id == agent.id).values(**values))
+    agent.last_heartbeat_at = now
     return now
 
 
@@ -166,9 +169,7 @@ async def next_job(
                 if remaining <= 0:
                     return None
                 if time.monotonic() >= next_refresh:
-                    await heartbeat(
-                        jobs.session_factory, agent, version=None, terminal_connected=None
-                    )
+                    await heartbeat(jobs.db, agent, version=None, terminal_connected=None)
                     next_refresh = time.monotonic() + refresh_every
                 await wait_any(created, gone, draining, timeout=min(jobs.poll_interval, remaining))
     return None

@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 
 from app.schemas.trading import Candle
 from app.services.broker_connections import get_connection
-from app.services.jobs import create_job, wait_for_job_result
+from app.services.jobs import run_job
 from app.services.orders import Trading
 from app.services.trading import online_agent, read_output
 
@@ -144,16 +144,14 @@ async def get_candles(
     agent = await online_agent(trading, user_id=user_id, connection_id=connection_id)
 
     async def fetch() -> list[Candle]:
-        job, _ = await create_job(
+        done = await run_job(
             trading.jobs,
             user_id=user_id,
             agent_id=agent.id,
             job_type="get_candles",
             input_data={"symbol": instrument, "timeframe": timeframe, "count": count},
             ttl_seconds=trading.settings.read_job_ttl_seconds,
-        )
-        done = await wait_for_job_result(
-            trading.jobs, job_id=job.id, timeout=trading.settings.candles_wait_seconds
+            timeout=trading.settings.candles_wait_seconds,
         )
         candles = CANDLES.validate_python(read_output(done)["candles"])
         await write_cache(redis, key, candles, ttl=trading.settings.candles_cache_ttl_seconds)

@@ -6,28 +6,32 @@ Side exits: `expired` (still pending at `expires_at`: it will never be handed ou
 trade the outcome is unknown). A late answer to a `lost` job is still accepted, because
 the truth beats the guess.
 
-These functions open their own short sessions from the factory instead of taking the
-request's: a job must be committed before its agent is woken, and a caller that waits for
-a result must not hold a database connection while it waits.
+Each step of the hot path (create, claim, answer, read) is one statement, guarded so that
+it is safe on its own, run on the single-statement engine (no BEGIN/COMMIT round trips)
+with statements built once. These functions take their own connections instead of the
+request's session: a job must be committed before its agent is woken, and a caller that
+waits for a result must not hold a database connection while it waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import Row, Table, bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.errors import InvalidResult, JobNotRunning
-from app.core.job_events import JobEvents
+from app.core.job_events import JobEvents, Wakeup
 from app.models import Job, utcnow
 from app.schemas.agents import CompletedResult, FailedResult
 from app.schemas.trading import OUTPUT_MODELS
@@ -54,12 +58,89 @@ EXPIRED_ERROR = {"code": "expired", "message": "No agent took the job before it 
 
 @dataclass(frozen=True)
 class JobStore:
-    """What the job functions need: the session factory, the wake-ups and the timings."""
+    """What the job functions need: the single-statement engine, wake-ups and timings."""
 
-    session_factory: async_sessionmaker[AsyncSession]
+    db: AsyncEngine
     events: JobEvents
     poll_interval: float = 0.5
     result_timeout: float = 60.0
+
+
+JOBS = cast(Table, Job.__table__)
+# The statements of the hot path, built once (building a statement costs more than
+# running a cached one). Bound values are named p_* so that none is mistaken for a column.
+INSERT_JOB = insert(JOBS)
+SELECT_JOB = select(*JOBS.c).where(JOBS.c.id == bindparam("p_job_id"))
+SELECT_BY_CLIENT_ORDER_ID = select(*JOBS.c).where(
+    JOBS.c.user_id == bindparam("p_user_id"),
+    JOBS.c.client_order_id == bindparam("p_client_order_id"),
+)
+# PostgreSQL locks the candidate row with SKIP LOCKED, so concurrent claims take different
+# jobs; SQLite serializes writers, and `status = 'pending'` makes a second claim of the
+# same row update nothing.
+CLAIM_NEXT = (
+    update(JOBS)
+    .where(
+        JOBS.c.id
+        == select(JOBS.c.id)
+        .where(
+            JOBS.c.agent_id == bindparam("p_agent_id"),
+            JOBS.c.status == PENDING,
+            JOBS.c.expires_at > bindparam("p_now"),
+        )
+        .order_by(JOBS.c.created_at, JOBS.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery(),
+        JOBS.c.status == PENDING,
+    )
+    .values(status=RUNNING, claimed_at=bindparam("p_now"))
+    .returning(*JOBS.c)
+)
+RELEASE = (
+    update(JOBS)
+    .where(
+        JOBS.c.id == bindparam("p_job_id"),
+        JOBS.c.agent_id == bindparam("p_agent_id"),
+        JOBS.c.status == RUNNING,
+    )
+    .values(status=PENDING, claimed_at=None)
+)
+SELECT_ANSWERABLE = select(JOBS.c.job_type, JOBS.c.status).where(
+    JOBS.c.id == bindparam("p_job_id"), JOBS.c.agent_id == bindparam("p_agent_id")
+)
+FINISH = (
+    update(JOBS)
+    .where(
+        JOBS.c.id == bindparam("p_job_id"),
+        JOBS.c.agent_id == bindparam("p_agent_id"),
+        JOBS.c.status.in_(ANSWERABLE_STATUSES),
+    )
+    .values(
+        status=bindparam("p_status"),
+        output_data=bindparam("p_output_data"),
+        error=bindparam("p_error"),
+        completed_at=bindparam("p_now"),
+    )
+    .returning(*JOBS.c)
+)
+EXPIRE_DUE = (
+    update(JOBS)
+    .where(JOBS.c.status == PENDING, JOBS.c.expires_at <= bindparam("p_now"))
+    .values(status=EXPIRED, completed_at=bindparam("p_now"), error=EXPIRED_ERROR)
+    .returning(JOBS.c.id)
+)
+LOSE_UNANSWERED = (
+    update(JOBS)
+    .where(JOBS.c.status == RUNNING, JOBS.c.claimed_at <= bindparam("p_claimed_before"))
+    .values(status=LOST, completed_at=bindparam("p_now"), error=LOST_ERROR)
+    .returning(JOBS.c.id)
+)
+
+
+def job_from(row: Row[Any] | Mapping[str, Any]) -> Job:
+    """A detached Job from a row of the jobs table (its column names are the attributes)."""
+    return Job(**(row._mapping if isinstance(row, Row) else row))
 
 
 async def create_job(
@@ -71,94 +152,80 @@ async def create_job(
     input_data: dict[str, Any],
     ttl_seconds: float,
     client_order_id: str | None = None,
+    job_id: uuid.UUID | None = None,
 ) -> tuple[Job, bool]:
     """Stores a pending job and wakes its agent. Returns (job, created).
 
     With a `client_order_id` already used by this user, nothing is created and the
     existing job is returned with `created=False` (the caller decides on conflicts).
+    Pass `job_id` to watch for the job's result before it exists (`watch_job`).
     """
     now = utcnow()
-    job = Job(
-        id=uuid.uuid4(),
-        user_id=user_id,
-        agent_id=agent_id,
-        job_type=job_type,
-        input_data=input_data,
-        status=PENDING,
-        client_order_id=client_order_id,
-        created_at=now,
-        expires_at=now + timedelta(seconds=ttl_seconds),
-    )
-    async with store.session_factory() as session:
-        session.add(job)
+    values: dict[str, Any] = {
+        "id": job_id or uuid.uuid4(),
+        "user_id": user_id,
+        "agent_id": agent_id,
+        "job_type": job_type,
+        "input_data": input_data,
+        "status": PENDING,
+        "output_data": None,
+        "error": None,
+        "client_order_id": client_order_id,
+        "created_at": now,
+        "claimed_at": None,
+        "completed_at": None,
+        "expires_at": now + timedelta(seconds=ttl_seconds),
+    }
+    async with store.db.connect() as conn:
         try:
-            await session.commit()
+            await conn.execute(INSERT_JOB, values)
         except IntegrityError:
-            await session.rollback()
             if client_order_id is None:
                 raise
-            existing = await session.scalar(
-                select(Job).where(Job.user_id == user_id, Job.client_order_id == client_order_id)
-            )
+            existing = (
+                await conn.execute(
+                    SELECT_BY_CLIENT_ORDER_ID,
+                    {"p_user_id": user_id, "p_client_order_id": client_order_id},
+                )
+            ).first()
             if existing is None:  # deleted in between; vanishingly rare
                 raise
-            return existing, False
+            return job_from(existing), False
     await store.events.job_created(str(agent_id))
-    return job, True
+    return job_from(values), True
 
 
 async def get_job(store: JobStore, job_id: uuid.UUID) -> Job | None:
-    async with store.session_factory() as session:
-        return await session.get(Job, job_id)
+    async with store.db.connect() as conn:
+        row = (await conn.execute(SELECT_JOB, {"p_job_id": job_id})).first()
+    return job_from(row) if row is not None else None
 
 
 async def claim_next_job(store: JobStore, *, agent_id: uuid.UUID) -> Job | None:
     """Atomically moves this agent's oldest live pending job to `running` and returns it.
 
     Jobs past `expires_at` are skipped here and marked `expired` by the sweeper.
-
-    One statement: on PostgreSQL the candidate row is locked with SKIP LOCKED, so
-    concurrent claims take different jobs; on SQLite writers are serialized and the
-    `status = 'pending'` guard makes a second claim of the same row update nothing.
     """
-    now = utcnow()
-    candidate = (
-        select(Job.id)
-        .where(Job.agent_id == agent_id, Job.status == PENDING, Job.expires_at > now)
-        .order_by(Job.created_at, Job.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    claim = (
-        update(Job)
-        .where(Job.id == candidate, Job.status == PENDING)
-        .values(status=RUNNING, claimed_at=now)
-        .returning(Job)
-        .execution_options(synchronize_session=False)
-    )
-    async with store.session_factory() as session:
-        job = (await session.scalars(claim)).one_or_none()
-        await session.commit()
-    return job
+    async with store.db.connect() as conn:
+        row = (await conn.execute(CLAIM_NEXT, {"p_agent_id": agent_id, "p_now": utcnow()})).first()
+    return job_from(row) if row is not None else None
 
 
 async def release_job(store: JobStore, *, job_id: uuid.UUID, agent_id: uuid.UUID) -> None:
     """Puts a claimed job back to pending: its agent never received it."""
-    async with store.session_factory() as session:
-        await session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.agent_id == agent_id, Job.status == RUNNING)
-            .values(status=PENDING, claimed_at=None)
-        )
-        await session.commit()
+    async with store.db.connect() as conn:
+        await conn.execute(RELEASE, {"p_job_id": job_id, "p_agent_id": agent_id})
     await store.events.job_created(str(agent_id))
 
 
 def validate_result(job_type: str, result: CompletedResult | FailedResult) -> dict[str, Any]:
     """The column values a result sets, after checking `output_data` against the job type."""
     if isinstance(result, FailedResult):
-        return {"status": FAILED, "error": result.error.model_dump(exclude_none=True)}
+        return {
+            "p_status": FAILED,
+            "p_output_data": None,
+            "p_error": result.error.model_dump(exclude_none=True),
+        }
     model: type[BaseModel] = OUTPUT_MODELS[job_type]
     try:
         output = model.model_validate(result.output_data)
@@ -167,7 +234,7 @@ def validate_result(job_type: str, result: CompletedResult | FailedResult) -> di
             f"output_data does not match the {job_type} shape",
             errors=exc.errors(include_url=False, include_context=False, include_input=False),
         ) from exc
-    return {"status": COMPLETED, "output_data": output.model_dump(mode="json")}
+    return {"p_status": COMPLETED, "p_output_data": output.model_dump(mode="json"), "p_error": None}
 
 
 async def complete_job(
@@ -178,51 +245,99 @@ async def complete_job(
     result: CompletedResult | FailedResult,
 ) -> Job:
     """Records the agent's answer to a job it holds, then wakes whoever waits for it."""
-    async with store.session_factory() as session:
-        job = await session.scalar(select(Job).where(Job.id == job_id, Job.agent_id == agent_id))
-        if job is None or job.status not in ANSWERABLE_STATUSES:
+    keys = {"p_job_id": job_id, "p_agent_id": agent_id}
+    async with store.db.connect() as conn:
+        held = (await conn.execute(SELECT_ANSWERABLE, keys)).first()
+        if held is None or held.status not in ANSWERABLE_STATUSES:
             raise JobNotRunning()
-        values = validate_result(job.job_type, result)
-        finished = (
-            await session.scalars(
-                update(Job)
-                .where(
-                    Job.id == job_id, Job.agent_id == agent_id, Job.status.in_(ANSWERABLE_STATUSES)
-                )
-                .values(completed_at=utcnow(), **values)
-                .returning(Job)
-                .execution_options(synchronize_session=False, populate_existing=True)
-            )
-        ).one_or_none()
-        await session.commit()
-    if finished is None:  # another answer won the race
+        values = validate_result(held.job_type, result)
+        # Guarded by status again: of two racing answers, one updates and one finds none.
+        row = (await conn.execute(FINISH, {**keys, **values, "p_now": utcnow()})).first()
+    if row is None:  # another answer won the race
         raise JobNotRunning()
-    await store.events.job_finished(str(job_id))
+    finished = job_from(row)
+    await store.events.job_finished(str(job_id), finished)
     return finished
 
 
-async def wait_for_job_result(store: JobStore, *, job_id: uuid.UUID, timeout: float) -> Job:
-    """Waits until the job is final or `timeout` passes; returns the job as it then is.
+class JobWatch:
+    """Watches one job for its final state; opened before the job is created (`watch_job`),
+    it needs no read to start from, since no wake-up can fall in between."""
 
-    Woken at once by the job's `finished` event; re-reads the row every poll interval
-    anyway, so a lost wake-up costs at most one interval. A graceful shutdown ends the
-    wait early: the caller answers with what it has (pending) instead of being cut off.
-    """
-    deadline = time.monotonic() + timeout
-    with store.events.watch_finished(str(job_id)) as finished:
+    def __init__(self, store: JobStore, job_id: uuid.UUID, finished: Wakeup) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.finished = finished
+
+    async def result(self, job: Job, *, timeout: float) -> Job:
+        """Waits from the state `job` (read or created while watching) until the job is
+        final or `timeout` passes; returns the job as it then is.
+
+        Woken at once by the job's `finished` event, which carries the job when it finished
+        in this process; re-reads the row on a wake-up from elsewhere and every poll
+        interval anyway, so a lost wake-up costs at most one interval. A graceful shutdown
+        ends the wait early: the caller answers with what it has (pending) instead of being
+        cut off.
+        """
+        store = self.store
+        deadline = time.monotonic() + timeout
         while True:
-            finished.clear()
-            job = await get_job(store, job_id)
-            if job is None:
-                raise LookupError(job_id)
             if job.status in FINAL_STATUSES:
                 return job
             remaining = deadline - time.monotonic()
             if remaining <= 0 or store.events.draining.is_set():
                 return job
             await wait_any(
-                finished, store.events.draining, timeout=min(store.poll_interval, remaining)
+                self.finished, store.events.draining, timeout=min(store.poll_interval, remaining)
             )
+            delivered = self.finished.payload
+            if isinstance(delivered, Job) and delivered.status in FINAL_STATUSES:
+                return delivered
+            self.finished.clear()  # before the read: a wake-up during it is kept
+            found = await get_job(store, self.job_id)
+            if found is None:
+                raise LookupError(self.job_id)
+            job = found
+
+
+@contextlib.contextmanager
+def watch_job(store: JobStore, job_id: uuid.UUID) -> Iterator[JobWatch]:
+    with store.events.watch_finished(str(job_id)) as finished:
+        yield JobWatch(store, job_id, finished)
+
+
+async def run_job(
+    store: JobStore,
+    *,
+    user_id: uuid.UUID,
+    agent_id: uuid.UUID,
+    job_type: str,
+    input_data: dict[str, Any],
+    ttl_seconds: float,
+    timeout: float,
+) -> Job:
+    """Creates a job and waits up to `timeout` for its result; returns the job as it then is."""
+    job_id = uuid.uuid4()
+    with watch_job(store, job_id) as watch:
+        job, _ = await create_job(
+            store,
+            user_id=user_id,
+            agent_id=agent_id,
+            job_type=job_type,
+            input_data=input_data,
+            ttl_seconds=ttl_seconds,
+            job_id=job_id,
+        )
+        return await watch.result(job, timeout=timeout)
+
+
+async def wait_for_job_result(store: JobStore, *, job_id: uuid.UUID, timeout: float) -> Job:
+    """Waits for a job that already exists (read once after the watch is set up)."""
+    with watch_job(store, job_id) as watch:
+        job = await get_job(store, job_id)
+        if job is None:
+            raise LookupError(job_id)
+        return await watch.result(job, timeout=timeout)
 
 
 async def wait_any(*events: asyncio.Event, timeout: float) -> None:
@@ -241,25 +356,11 @@ async def sweep_jobs(store: JobStore) -> int:
     Wakes their waiters and returns how many it ended.
     """
     now = utcnow()
-    lost_before = now - timedelta(seconds=store.result_timeout)
-    async with store.session_factory() as session:
-        expired = await session.scalars(
-            update(Job)
-            .where(Job.status == PENDING, Job.expires_at <= now)
-            .values(status=EXPIRED, completed_at=now, error=EXPIRED_ERROR)
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
-        )
-        ended = list(expired)
-        lost = await session.scalars(
-            update(Job)
-            .where(Job.status == RUNNING, Job.claimed_at <= lost_before)
-            .values(status=LOST, completed_at=now, error=LOST_ERROR)
-            .returning(Job.id)
-            .execution_options(synchronize_session=False)
-        )
-        ended += list(lost)
-        await session.commit()
+    async with store.db.connect() as conn:
+        ended = list((await conn.scalars(EXPIRE_DUE, {"p_now": now})).all())
+        lost_before = now - timedelta(seconds=store.result_timeout)
+        lost = await conn.scalars(LOSE_UNANSWERED, {"p_now": now, "p_claimed_before": lost_before})
+        ended += lost.all()
     for job_id in ended:
         await store.events.job_finished(str(job_id))
     return len(ended)

@@ -30,6 +30,7 @@ from app.services.jobs import (
     JobStore,
     create_job,
     wait_for_job_result,
+    watch_job,
 )
 
 TRADE = "trade"
@@ -115,8 +116,11 @@ async def connection_agent_id(
     return connection.agent.id if connection.agent else None
 
 
-async def submit_order(trading: Trading, *, user_id: uuid.UUID, order: OrderCreate) -> Job:
-    """The order's job: the existing one for a repeated `client_order_id`, else a new one.
+async def submit_order(
+    trading: Trading, *, user_id: uuid.UUID, order: OrderCreate, job_id: uuid.UUID
+) -> Job:
+    """The order's job: the existing one for a repeated `client_order_id`, else a new one
+    with id `job_id`.
 
     Checks the agent (no_agent, agent_offline) before creating anything; a repeat of an
     existing order is answered even while the agent is offline.
@@ -149,6 +153,7 @@ async def submit_order(trading: Trading, *, user_id: uuid.UUID, order: OrderCrea
         input_data=order.job_input(),
         ttl_seconds=trading.settings.trade_job_ttl_seconds,
         client_order_id=order.client_order_id,
+        job_id=job_id,
     )
     # Lost a race with a concurrent repeat: the unique index kept one job, which is ours.
     if not created and not same_order(job, order, agent_id=agent.id):
@@ -158,11 +163,16 @@ async def submit_order(trading: Trading, *, user_id: uuid.UUID, order: OrderCrea
 
 async def place_order(trading: Trading, *, user_id: uuid.UUID, order: OrderCreate) -> OrderRead:
     """Submits the order and waits up to the trade budget for its outcome."""
-    job = await submit_order(trading, user_id=user_id, order=order)
-    if job.status not in FINAL_STATUSES:
-        job = await wait_for_job_result(
-            trading.jobs, job_id=job.id, timeout=trading.settings.trade_wait_seconds
-        )
+    budget = trading.settings.trade_wait_seconds
+    job_id = uuid.uuid4()
+    with watch_job(trading.jobs, job_id) as watch:  # watching before the job exists
+        job = await submit_order(trading, user_id=user_id, order=order, job_id=job_id)
+        if job.status in FINAL_STATUSES:
+            pass
+        elif job.id == job_id:
+            job = await watch.result(job, timeout=budget)
+        else:  # a repeat of an earlier order that is still in progress
+            job = await wait_for_job_result(trading.jobs, job_id=job.id, timeout=budget)
     return order_from_job(job)
 
 

@@ -15,9 +15,9 @@ from app.core.errors import AgentTimeout, BrokerFailure, PositionNotFound
 from app.models import Agent, Job
 from app.schemas.positions import JobPending, PositionClosed, PositionUpdate
 from app.schemas.trading import Account, Position
+from app.services import jobs
 from app.services.agents import require_online_agent
-from app.services.jobs import COMPLETED, FAILED, FINAL_STATUSES, LOST, create_job
-from app.services.jobs import wait_for_job_result as wait_for_job
+from app.services.jobs import COMPLETED, FAILED, FINAL_STATUSES, LOST
 from app.services.orders import Trading
 
 UNKNOWN_OUTCOME = (
@@ -37,28 +37,6 @@ async def online_agent(
         )
 
 
-async def dispatch(
-    trading: Trading,
-    *,
-    user_id: uuid.UUID,
-    connection_id: uuid.UUID | None,
-    job_type: str,
-    input_data: dict[str, Any],
-    ttl_seconds: float,
-) -> Job:
-    """Creates the job for the user's agent, after checking that the agent is online."""
-    agent = await online_agent(trading, user_id=user_id, connection_id=connection_id)
-    job, _ = await create_job(
-        trading.jobs,
-        user_id=user_id,
-        agent_id=agent.id,
-        job_type=job_type,
-        input_data=input_data,
-        ttl_seconds=ttl_seconds,
-    )
-    return job
-
-
 async def run_job(
     trading: Trading,
     *,
@@ -69,15 +47,17 @@ async def run_job(
     ttl_seconds: float,
     wait: float,
 ) -> Job:
-    job = await dispatch(
-        trading,
+    """Runs a job on the user's agent, after checking that the agent is online."""
+    agent = await online_agent(trading, user_id=user_id, connection_id=connection_id)
+    return await jobs.run_job(
+        trading.jobs,
         user_id=user_id,
-        connection_id=connection_id,
+        agent_id=agent.id,
         job_type=job_type,
         input_data=input_data,
         ttl_seconds=ttl_seconds,
+        timeout=wait,
     )
-    return await wait_for_job(trading.jobs, job_id=job.id, timeout=wait)
 
 
 def broker_failure(job: Job) -> BrokerFailure:

@@ -25,7 +25,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket
 
-from app.api.deps import authenticate_token, get_resources
+from app.api.deps import authenticate_token, resources_of
 from app.core.errors import InvalidTokenError
 from app.core.resources import Resources
 from app.core.security import InvalidToken, decode_access_token
@@ -55,7 +55,7 @@ class CommandError(Exception):
 
 async def instrument_prices(websocket: WebSocket) -> None:
     """Ticks of one instrument."""
-    resources = get_resources(websocket)
+    resources = resources_of(websocket)
     instrument: str = websocket.path_params["instrument"]
     token = websocket.query_params.get("token")
     expires_at = await accept_authenticated(websocket, resources, token)
@@ -71,7 +71,7 @@ async def instrument_prices(websocket: WebSocket) -> None:
 
 async def prices(websocket: WebSocket) -> None:
     """Ticks of the instruments the client subscribes to."""
-    resources = get_resources(websocket)
+    resources = resources_of(websocket)
     token = websocket.query_params.get("token")
     expires_at = await accept_authenticated(websocket, resources, token)
     if expires_at is None:

@@ -34,11 +34,11 @@ router = APIRouter(
 
 @router.post("/heartbeat")
 async def heartbeat(
-    agent: CurrentAgent, factory: SessionFactoryDep, body: Heartbeat | None = None
+    agent: CurrentAgent, job_store: JobStoreDep, body: Heartbeat | None = None
 ) -> ServerTime:
     body = body or Heartbeat()
     now = await service.heartbeat(
-        factory, agent, version=body.version, terminal_connected=body.terminal_connected
+        job_store.db, agent, version=body.version, terminal_connected=body.terminal_connected
     )
     return ServerTime(server_time=now)
 
