@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -19,7 +20,13 @@ from sqlalchemy import (
     Uuid,
 )
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    make_transient_to_detached,
+    mapped_column,
+    relationship,
+)
 
 
 def utcnow() -> datetime:
@@ -128,3 +135,14 @@ class Job(Base):
     claimed_at: Mapped[datetime | None] = mapped_column()
     completed_at: Mapped[datetime | None] = mapped_column()
     expires_at: Mapped[datetime] = mapped_column()
+
+
+ModelT = TypeVar("ModelT", bound=Base)
+
+
+def detached(model: type[ModelT], row: Mapping[Any, Any]) -> ModelT:
+    """An instance from a row read without a session (column names are the attributes), in
+    the state a session leaves what it loaded once closed: a session can merge it back."""
+    instance = model(**row)
+    make_transient_to_detached(instance)
+    return instance

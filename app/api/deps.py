@@ -7,11 +7,12 @@ dependency in the thread pool, a thread hop per dependency per request.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
+from sqlalchemy import Table, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
@@ -19,7 +20,7 @@ from app.core.config import Settings
 from app.core.errors import InvalidTokenError, OnboardingIncomplete
 from app.core.resources import Resources
 from app.core.security import InvalidToken, decode_access_token
-from app.models import Agent, User
+from app.models import Agent, User, detached
 from app.services.agents import authenticate_agent
 from app.services.jobs import JobStore
 
@@ -72,6 +73,10 @@ bearer = HTTPBearer(auto_error=False, description="An access token from /auth/lo
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
+USERS = cast(Table, User.__table__)
+SELECT_USER = select(*USERS.c).where(USERS.c.id == bindparam("p_user_id"))
+
+
 async def authenticate_token(token: str | None, resources: Resources) -> User:
     """The user a token belongs to; its own short session, so waiting routes hold none."""
     if not token:
@@ -83,11 +88,11 @@ async def authenticate_token(token: str | None, resources: Resources) -> User:
         )
     except InvalidToken as exc:
         raise InvalidTokenError() from exc
-    async with resources.session_factory() as session:
-        user = await session.get(User, claims.user_id)
-    if user is None:
+    async with resources.db.connect() as conn:
+        row = (await conn.execute(SELECT_USER, {"p_user_id": claims.user_id})).first()
+    if row is None:
         raise InvalidTokenError()
-    return user
+    return detached(User, row._mapping)
 
 
 async def get_current_user(credentials: BearerDep, resources: ResourcesDep) -> User:
@@ -118,7 +123,7 @@ async def get_current_agent(
 ) -> Agent:
     """The agent named in the path, if the bearer token is its own (counts as a heartbeat)."""
     return await authenticate_agent(
-        resources.jobs.db,
+        resources.db,
         agent_id=agent_id,
         token=credentials.credentials if credentials else None,
     )

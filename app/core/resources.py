@@ -23,6 +23,8 @@ from app.ws.manager import WebSocketManager
 class Resources:
     settings: Settings
     engine: AsyncEngine
+    # The same pool without transactions, for work that is one statement (single_statement_engine).
+    db: AsyncEngine
     session_factory: async_sessionmaker[AsyncSession]
     redis: Redis
     jobs: JobStore
@@ -35,6 +37,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         engine = create_engine(settings.database_url)
         stack.push_async_callback(engine.dispose)
         session_factory = create_session_factory(engine)
+        db = single_statement_engine(engine)
         redis = create_redis(settings.redis_url)
         stack.push_async_callback(redis.aclose)
 
@@ -42,7 +45,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         await job_events.start()
         stack.push_async_callback(job_events.stop)
         jobs = JobStore(
-            db=single_statement_engine(engine),
+            db=db,
             events=job_events,
             poll_interval=settings.job_poll_interval_seconds,
             result_timeout=settings.job_result_timeout_seconds,
@@ -56,6 +59,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         yield Resources(
             settings=settings,
             engine=engine,
+            db=db,
             session_factory=session_factory,
             redis=redis,
             jobs=jobs,

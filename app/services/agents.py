@@ -20,11 +20,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import Request
 
 from app.core.config import Settings
-from app.core.errors import AgentOffline, DomainError, InvalidAgentToken, NoAgent, NotPriceSource
+from app.core.errors import (
+    AgentOffline,
+    DomainError,
+    InvalidAgentToken,
+    NoAgent,
+    NotFound,
+    NotPriceSource,
+)
 from app.core.security import agent_token_matches
-from app.models import Agent, Job, utcnow
+from app.models import Agent, BrokerConnection, Job, detached, utcnow
 from app.schemas.agents import TickIn
-from app.services.broker_connections import agent_is_online, get_connection
+from app.services.broker_connections import agent_is_online
 from app.services.jobs import JobStore, claim_next_job, release_job, wait_any
 
 log = logging.getLogger("mt5gate.agents")
@@ -60,7 +67,7 @@ async def authenticate_agent(db: AsyncEngine, *, agent_id: str, token: str | Non
         row = (await conn.execute(SELECT_AGENT, {"p_agent_id": agent_uuid})).first()
         if row is None or not token or not agent_token_matches(token, row.token_hash):
             raise InvalidAgentToken()
-        agent = Agent(**row._mapping)
+        agent = detached(Agent, row._mapping)
         now = utcnow()
         if heartbeat_due(agent, now):
             await conn.execute(TOUCH_AGENT, {"p_agent_id": agent_uuid, "p_now": now})
@@ -93,16 +100,47 @@ async def heartbeat(
     return now
 
 
+CONNECTIONS = cast(Table, BrokerConnection.__table__)
+# The agent of the user's oldest connection, or of the named one: a row with no agent
+# columns means the connection has no agent; no row means no such connection of theirs.
+AGENT_OF_OLDEST_CONNECTION = (
+    select(CONNECTIONS.c.id.label("connection_found"), *AGENTS.c)
+    .select_from(CONNECTIONS.outerjoin(AGENTS, AGENTS.c.connection_id == CONNECTIONS.c.id))
+    .where(CONNECTIONS.c.user_id == bindparam("p_user_id"))
+    .order_by(CONNECTIONS.c.created_at, CONNECTIONS.c.id)
+    .limit(1)
+)
+AGENT_OF_NAMED_CONNECTION = AGENT_OF_OLDEST_CONNECTION.where(
+    CONNECTIONS.c.id == bindparam("p_connection_id")
+)
+
+
+async def connection_agent(
+    db: AsyncEngine, *, user_id: uuid.UUID, connection_id: uuid.UUID | None
+) -> Agent | None:
+    """The agent of the user's named connection (or oldest one), None when it has none;
+    NotFound when the user has no such connection (another user's is not theirs)."""
+    async with db.connect() as conn:
+        if connection_id is None:
+            found = await conn.execute(AGENT_OF_OLDEST_CONNECTION, {"p_user_id": user_id})
+        else:
+            found = await conn.execute(
+                AGENT_OF_NAMED_CONNECTION,
+                {"p_user_id": user_id, "p_connection_id": connection_id},
+            )
+        row = found.first()
+    if row is None:
+        raise NotFound("No such broker connection.")
+    if row.id is None:
+        return None
+    return detached(Agent, {column.key: row._mapping[column.key] for column in AGENTS.c})
+
+
 async def require_online_agent(
-    session: AsyncSession,
-    *,
-    settings: Settings,
-    user_id: uuid.UUID,
-    connection_id: uuid.UUID | None,
+    db: AsyncEngine, *, settings: Settings, user_id: uuid.UUID, connection_id: uuid.UUID | None
 ) -> Agent:
     """The agent that serves this user's connection, checked before any job is created."""
-    connection = await get_connection(session, user_id=user_id, connection_id=connection_id)
-    agent = connection.agent
+    agent = await connection_agent(db, user_id=user_id, connection_id=connection_id)
     if agent is None:
         raise NoAgent()
     online = agent_is_online(

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.schemas.trading import Candle
-from app.services.broker_connections import get_connection
+from app.services.agents import connection_agent
 from app.services.jobs import run_job
 from app.services.orders import Trading
 from app.services.trading import online_agent, read_output
@@ -135,8 +135,7 @@ async def get_candles(
     be the caller's. On a miss: no_agent / agent_offline / agent_timeout / broker_error.
     """
     if connection_id is not None:  # another user's connection is a 404 even on a hit
-        async with trading.session_factory() as session:
-            await get_connection(session, user_id=user_id, connection_id=connection_id)
+        await connection_agent(trading.jobs.db, user_id=user_id, connection_id=connection_id)
     key = cache_key(instrument, timeframe)
     cached = await read_cache(redis, key)
     if cached is not None and len(cached) >= count:

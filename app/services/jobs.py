@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.errors import InvalidResult, JobNotRunning
 from app.core.job_events import JobEvents, Wakeup
-from app.models import Job, utcnow
+from app.models import Job, detached, utcnow
 from app.schemas.agents import CompletedResult, FailedResult
 from app.schemas.trading import OUTPUT_MODELS
 
@@ -139,8 +139,7 @@ LOSE_UNANSWERED = (
 
 
 def job_from(row: Row[Any] | Mapping[str, Any]) -> Job:
-    """A detached Job from a row of the jobs table (its column names are the attributes)."""
-    return Job(**(row._mapping if isinstance(row, Row) else row))
+    return detached(Job, row._mapping if isinstance(row, Row) else row)
 
 
 async def create_job(
@@ -198,6 +197,19 @@ async def create_job(
 async def get_job(store: JobStore, job_id: uuid.UUID) -> Job | None:
     async with store.db.connect() as conn:
         row = (await conn.execute(SELECT_JOB, {"p_job_id": job_id})).first()
+    return job_from(row) if row is not None else None
+
+
+async def find_by_client_order_id(
+    store: JobStore, *, user_id: uuid.UUID, client_order_id: str
+) -> Job | None:
+    async with store.db.connect() as conn:
+        row = (
+            await conn.execute(
+                SELECT_BY_CLIENT_ORDER_ID,
+                {"p_user_id": user_id, "p_client_order_id": client_order_id},
+            )
+        ).first()
     return job_from(row) if row is not None else None
 
 

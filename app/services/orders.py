@@ -16,10 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.errors import ClientOrderIdConflict, NotFound
-from app.models import Agent, Job, utcnow
+from app.models import Job, utcnow
 from app.schemas.orders import OrderCreate, OrderError, OrderRead, OrderStatus
-from app.services.agents import require_online_agent
-from app.services.broker_connections import get_connection
+from app.services.agents import connection_agent, require_online_agent
 from app.services.jobs import (
     COMPLETED,
     EXPIRED,
@@ -29,6 +28,7 @@ from app.services.jobs import (
     LOST,
     JobStore,
     create_job,
+    find_by_client_order_id,
     wait_for_job_result,
     watch_job,
 )
@@ -97,25 +97,6 @@ def same_order(job: Job, order: OrderCreate, *, agent_id: uuid.UUID | None) -> b
     return order.broker_connection_id is None or agent_id == job.agent_id
 
 
-async def find_by_client_order_id(
-    session: AsyncSession, *, user_id: uuid.UUID, client_order_id: str
-) -> Job | None:
-    job: Job | None = await session.scalar(
-        select(Job).where(Job.user_id == user_id, Job.client_order_id == client_order_id)
-    )
-    return job
-
-
-async def connection_agent_id(
-    session: AsyncSession, *, user_id: uuid.UUID, connection_id: uuid.UUID | None
-) -> uuid.UUID | None:
-    """The agent of the user's named connection (NotFound when it is not theirs)."""
-    if connection_id is None:
-        return None
-    connection = await get_connection(session, user_id=user_id, connection_id=connection_id)
-    return connection.agent.id if connection.agent else None
-
-
 async def submit_order(
     trading: Trading, *, user_id: uuid.UUID, order: OrderCreate, job_id: uuid.UUID
 ) -> Job:
@@ -125,26 +106,24 @@ async def submit_order(
     Checks the agent (no_agent, agent_offline) before creating anything; a repeat of an
     existing order is answered even while the agent is offline.
     """
-    existing: Job | None = None
-    agent: Agent | None = None
-    async with trading.session_factory() as session:
-        if order.client_order_id is not None:
-            existing = await find_by_client_order_id(
-                session, user_id=user_id, client_order_id=order.client_order_id
-            )
+    db = trading.jobs.db
+    if order.client_order_id is not None:
+        existing = await find_by_client_order_id(
+            trading.jobs, user_id=user_id, client_order_id=order.client_order_id
+        )
         if existing is not None:
-            agent_id = await connection_agent_id(
-                session, user_id=user_id, connection_id=order.broker_connection_id
-            )
+            agent_id: uuid.UUID | None = None
+            if order.broker_connection_id is not None:  # must still be the caller's
+                named = await connection_agent(
+                    db, user_id=user_id, connection_id=order.broker_connection_id
+                )
+                agent_id = named.id if named is not None else None
             if not same_order(existing, order, agent_id=agent_id):
                 raise ClientOrderIdConflict()
             return existing
-        agent = await require_online_agent(
-            session,
-            settings=trading.settings,
-            user_id=user_id,
-            connection_id=order.broker_connection_id,
-        )
+    agent = await require_online_agent(
+        db, settings=trading.settings, user_id=user_id, connection_id=order.broker_connection_id
+    )
     job, created = await create_job(
         trading.jobs,
         user_id=user_id,

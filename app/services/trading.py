@@ -31,10 +31,9 @@ async def online_agent(
     trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None
 ) -> Agent:
     """The agent of the user's connection: no_agent, agent_offline or not_found otherwise."""
-    async with trading.session_factory() as session:
-        return await require_online_agent(
-            session, settings=trading.settings, user_id=user_id, connection_id=connection_id
-        )
+    return await require_online_agent(
+        trading.jobs.db, settings=trading.settings, user_id=user_id, connection_id=connection_id
+    )
 
 
 async def run_job(
