@@ -4,11 +4,13 @@ Two channels carry every event: `mt5gate:jobs:created` (payload: the agent id, w
 agent's `jobs/next` long-polls) and `mt5gate:jobs:finished` (payload: the job id, wakes the
 request waiting for it). Each process subscribes once and dispatches to its waiters in
 memory. A new job wakes one idle long-poll of its agent, not all of them (each woken poll
-costs a claim attempt, a database write); a poll that leaves with an unused wake-up hands
-it on. Messages carry the publishing process's id so that a process, which already
-dispatched its own event locally, ignores the echo. Waiters also re-check the database
-every `job_poll_interval_seconds`, so a lost message (Redis down, a restart) delays an
-answer but never loses it.
+costs a claim attempt, a database write): a local one if there is one, and then nothing is
+published; a poll that leaves with an unused wake-up hands it on, through Redis when no
+other poll is left here. Messages carry the publishing process's id so that a process,
+which already dispatched its own event locally, ignores the echo. Waiters also re-check
+the database every `job_poll_interval_seconds`, so a lost message (Redis down, a restart)
+delays an answer but never loses it. A job finished in this process reaches its local
+waiter with the wake-up itself (no read back).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class JobEvents:
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
         self._origin = uuid.uuid4().hex[:12]
+        self._sends: set[asyncio.Task[None]] = set()
         # Set when a graceful shutdown begins: every waiter stops waiting and answers.
         self.draining = asyncio.Event()
 
@@ -59,6 +62,8 @@ class JobEvents:
             await asyncio.wait_for(self._subscribed.wait(), timeout=2)
 
     async def stop(self) -> None:
+        for send in list(self._sends):
+            send.cancel()
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -79,8 +84,8 @@ class JobEvents:
             waiters.discard(event)
             if not waiters:
                 self._waiters.pop((channel, key), None)
-            elif channel == CREATED_CHANNEL and event.is_set():
-                self._dispatch(channel, key)  # woken but leaving: pass the job on
+            if channel == CREATED_CHANNEL and event.is_set():
+                self._pass_on(key)
 
     def watch_created(self, agent_id: str) -> contextlib.AbstractContextManager[Wakeup]:
         """An event set whenever a job is created for this agent (register before checking)."""
@@ -105,24 +110,40 @@ class JobEvents:
         if not self.enabled:
             return
         # Local waiters first: they need no round trip, and still wake with Redis down.
-        self._dispatch(channel, key, payload)
+        woke_local_poll = self._dispatch(channel, key, payload)
+        if woke_local_poll:
+            return  # one woken poll per new job is enough; no other process need hear
+        await self._send(channel, key)
+
+    async def _send(self, channel: str, key: str) -> None:
         try:
             await self.redis.publish(channel, f"{self._origin}:{key}")
         except (RedisError, OSError) as exc:
             log.warning("event=wakeup_publish_failed channel=%s reason=%r", channel, exc)
 
-    def _dispatch(self, channel: str, key: str, payload: object | None = None) -> None:
+    def _pass_on(self, agent_id: str) -> None:
+        """A long-poll woken for a job leaves without it: wake another, here or elsewhere."""
+        if self._dispatch(CREATED_CHANNEL, agent_id) or not self.enabled:
+            return
+        send = asyncio.get_running_loop().create_task(self._send(CREATED_CHANNEL, agent_id))
+        self._sends.add(send)  # held until done: the loop keeps only weak references
+        send.add_done_callback(self._sends.discard)
+
+    def _dispatch(self, channel: str, key: str, payload: object | None = None) -> bool:
+        """Wakes the local waiters of an event; True when it woke an idle long-poll."""
         waiters = self._waiters.get((channel, key))
         if not waiters:
-            return
+            return False
         if channel == CREATED_CHANNEL:
             idle = next((event for event in waiters if not event.is_set()), None)
-            if idle is not None:
-                idle.set()
-            return
+            if idle is None:
+                return False
+            idle.set()
+            return True
         for event in waiters:
             event.payload = payload
             event.set()
+        return False
 
     async def _listen(self) -> None:
         backoff = 0.05

@@ -1,0 +1,94 @@
+"""Job wake-ups between processes: two `JobEvents`, as two API processes have, on one Redis.
+
+A new job wakes one idle long-poll of its agent: a local one when there is one (then
+nothing goes through Redis), else one on each other process. A poll that was woken but
+leaves without the job hands the wake-up on, to another process if none is left here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from fakeredis import FakeAsyncRedis, FakeServer
+from redis.asyncio import Redis
+
+from app.core.job_events import CREATED_CHANNEL, JobEvents
+from app.core.redis import create_redis
+from tests.stores import Store
+
+AGENT = "agent-1"
+WAKE_TIMEOUT_SECONDS = 2
+
+
+@pytest.fixture
+async def redis_clients(store: Store) -> AsyncIterator[tuple[Redis, Redis]]:
+    if store.redis_url == "memory://":
+        # memory:// is one fake server per app; here the two "processes" share one.
+        server = FakeServer()
+        first, second = FakeAsyncRedis(server=server), FakeAsyncRedis(server=server)
+    else:
+        first, second = create_redis(store.redis_url), create_redis(store.redis_url)
+    yield first, second
+    await first.aclose()
+    await second.aclose()
+
+
+@pytest.fixture
+async def processes(
+    redis_clients: tuple[Redis, Redis],
+) -> AsyncIterator[tuple[JobEvents, JobEvents]]:
+    a, b = JobEvents(redis_clients[0]), JobEvents(redis_clients[1])
+    await a.start()
+    await b.start()
+    yield a, b
+    await a.stop()
+    await b.stop()
+
+
+async def woken(event: asyncio.Event) -> None:
+    await asyncio.wait_for(event.wait(), WAKE_TIMEOUT_SECONDS)
+
+
+async def test_a_new_job_wakes_a_local_poll_and_publishes_nothing(
+    redis_clients: tuple[Redis, Redis], processes: tuple[JobEvents, JobEvents]
+) -> None:
+    a, _ = processes
+    listener = redis_clients[0].pubsub(ignore_subscribe_messages=True)
+    await listener.subscribe(CREATED_CHANNEL)
+    try:
+        with a.watch_created(AGENT) as poll:
+            await a.job_created(AGENT)
+            assert poll.is_set()
+        # Redis keeps the order of publishes: had job_created published, its message
+        # would come before this marker.
+        await redis_clients[0].publish(CREATED_CHANNEL, "marker")
+        message = await listener.get_message(timeout=WAKE_TIMEOUT_SECONDS)
+        while message is None:
+            message = await listener.get_message(timeout=WAKE_TIMEOUT_SECONDS)
+        assert message["data"] == b"marker"
+    finally:
+        await listener.aclose()
+
+
+async def test_a_new_job_with_no_local_poll_wakes_one_on_another_process(
+    processes: tuple[JobEvents, JobEvents],
+) -> None:
+    a, b = processes
+    with b.watch_created(AGENT) as remote_poll:
+        await a.job_created(AGENT)
+        await woken(remote_poll)
+
+
+async def test_a_woken_poll_that_leaves_hands_the_job_to_another_process(
+    processes: tuple[JobEvents, JobEvents],
+) -> None:
+    a, b = processes
+    with b.watch_created(AGENT) as remote_poll:
+        with a.watch_created(AGENT) as local_poll:
+            await a.job_created(AGENT)
+            assert local_poll.is_set()
+            assert not remote_poll.is_set()
+        # The local poll left (its client went away, say) without claiming the job.
+        await woken(remote_poll)
