@@ -187,6 +187,23 @@ async def test_malformed_result_is_422_and_leaves_the_job_running(
     assert (await answer(client, trader.agent, job_id, completed())).status_code == 200
 
 
+async def test_answer_reaching_a_process_that_did_not_hand_the_job_out_is_checked_the_same(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    """A process remembers the jobs it handed out, to check their answers without a read;
+    an answer that arrives elsewhere (here: after the process forgot) reads the job."""
+    job_id = await create_job(api, trader)
+    assert (await poll(client, trader.agent)).json()["id"] == str(job_id)
+    api.resources.jobs.handed_out.clear()
+    malformed = await answer(client, trader.agent, job_id, completed({"ticket": "abc"}))
+    assert malformed.status_code == 422
+    assert malformed.json()["detail"] == "invalid_result"
+    assert (await answer(client, trader.agent, job_id, completed())).status_code == 200
+    job = await jobs.get_job(api.resources.jobs, job_id)
+    assert job is not None
+    assert (job.status, job.output_data) == ("completed", TRADE_OUTPUT)
+
+
 async def test_expired_trade_job_is_never_delivered(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader
 ) -> None:

@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
 
@@ -54,6 +54,7 @@ LOST_ERROR = {
     "Check positions before retrying.",
 }
 EXPIRED_ERROR = {"code": "expired", "message": "No agent took the job before it expired."}
+MAX_HANDED_OUT_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,15 @@ class JobStore:
     events: JobEvents
     poll_interval: float = 0.5
     result_timeout: float = 60.0
+    # Jobs this process handed out and not yet saw answered: job id -> (agent id, job type).
+    # An answer that arrives here needs no read to know what shape to check it against.
+    handed_out: dict[uuid.UUID, tuple[uuid.UUID, str]] = field(default_factory=dict)
+
+    def remember_handed_out(self, job: Job) -> None:
+        if len(self.handed_out) >= MAX_HANDED_OUT_REMEMBERED:  # forget the oldest
+            del self.handed_out[next(iter(self.handed_out))]
+        if job.agent_id is not None:
+            self.handed_out[job.id] = (job.agent_id, job.job_type)
 
 
 JOBS = cast(Table, Job.__table__)
@@ -220,7 +230,11 @@ async def claim_next_job(store: JobStore, *, agent_id: uuid.UUID) -> Job | None:
     """
     async with store.db.connect() as conn:
         row = (await conn.execute(CLAIM_NEXT, {"p_agent_id": agent_id, "p_now": utcnow()})).first()
-    return job_from(row) if row is not None else None
+    if row is None:
+        return None
+    job = job_from(row)
+    store.remember_handed_out(job)
+    return job
 
 
 async def release_job(store: JobStore, *, job_id: uuid.UUID, agent_id: uuid.UUID) -> None:
@@ -258,15 +272,21 @@ async def complete_job(
 ) -> Job:
     """Records the agent's answer to a job it holds, then wakes whoever waits for it."""
     keys = {"p_job_id": job_id, "p_agent_id": agent_id}
+    handed_out = store.handed_out.get(job_id)
     async with store.db.connect() as conn:
-        held = (await conn.execute(SELECT_ANSWERABLE, keys)).first()
-        if held is None or held.status not in ANSWERABLE_STATUSES:
-            raise JobNotRunning()
-        values = validate_result(held.job_type, result)
-        # Guarded by status again: of two racing answers, one updates and one finds none.
+        if handed_out is not None and handed_out[0] == agent_id:
+            job_type = handed_out[1]
+        else:  # handed out by another process (or forgotten): read what it is
+            held = (await conn.execute(SELECT_ANSWERABLE, keys)).first()
+            if held is None or held.status not in ANSWERABLE_STATUSES:
+                raise JobNotRunning()
+            job_type = held.job_type
+        values = validate_result(job_type, result)
+        # Guarded: only a job this agent holds, and of two racing answers only one.
         row = (await conn.execute(FINISH, {**keys, **values, "p_now": utcnow()})).first()
-    if row is None:  # another answer won the race
+    if row is None:  # not running under this agent, or another answer won the race
         raise JobNotRunning()
+    store.handed_out.pop(job_id, None)
     finished = job_from(row)
     await store.events.job_finished(str(job_id), finished)
     return finished
