@@ -2,7 +2,8 @@
 
 An instant agent in its own process talks HTTP to the API on loopback; the caller runs in
 the API process and uses the jobs service directly, so the figures are the dispatch path
-alone. Each store runs with wake-ups on and with the 500 ms polling fallback alone.
+alone. Each store runs with wake-ups on and with the 500 ms polling fallback alone. A floor
+row times one agent request that finds no job: a round trip makes two agent requests.
 
     python -m bench.dispatch [--quick]
 """
@@ -16,7 +17,10 @@ import time
 import uuid
 from dataclasses import dataclass
 
+import httpx
+
 from app.core.config import Settings
+from app.models import Agent
 from app.services import jobs
 from bench.common import (
     ServedApi,
@@ -30,6 +34,7 @@ from bench.common import (
 from bench.instant_agent import InstantAgent
 
 CONCURRENCY = 32
+FLOOR_REQUESTS = 300
 
 
 @dataclass
@@ -71,51 +76,69 @@ async def round_trip(api: ServedApi, user_id: uuid.UUID, agent_id: uuid.UUID) ->
 async def measure(
     settings: Settings, store: str, mode: str, sequential: int, concurrent: int
 ) -> list[Result]:
-    if True:
-        async with serve_in_loop(settings) as api:
-            who = await onboard(api.base_url)
-            async with api.resources.session_factory() as session:
-                from app.models import Agent
+    async with serve_in_loop(settings) as api:
+        who = await onboard(api.base_url)
+        async with api.resources.session_factory() as session:
+            agent = await session.get(Agent, uuid.UUID(who.agent_id))
+            assert agent is not None
+            user_id = agent.user_id
+        agent_id = uuid.UUID(who.agent_id)
+        results = []
+        if mode == "wake-ups":  # once per store; the mode does not change it
+            results.append(await agent_request_floor(api, store, who.agent_id, who.agent_token))
+        with InstantAgent(api.base_url, who.agent_id, who.agent_token, workers=CONCURRENCY):
+            for _ in range(10):  # warm-up: connections, caches, the agent's workers
+                await round_trip(api, user_id, agent_id)
+            started = time.perf_counter()
+            samples = []
+            for index in range(sequential):
+                samples.append(await round_trip(api, user_id, agent_id))
+                progress(store, mode, "sequential", index + 1, sequential)
+            results.append(
+                Result(store, mode, "sequential", samples, time.perf_counter() - started)
+            )
+            gate = asyncio.Semaphore(CONCURRENCY)
+            done = 0
 
-                agent = await session.get(Agent, uuid.UUID(who.agent_id))
-                assert agent is not None
-                user_id = agent.user_id
-            agent_id = uuid.UUID(who.agent_id)
-            with InstantAgent(api.base_url, who.agent_id, who.agent_token, workers=CONCURRENCY):
-                for _ in range(10):  # warm-up: connections, caches, the agent's workers
-                    await round_trip(api, user_id, agent_id)
-                results = []
-                started = time.perf_counter()
-                samples = []
-                for index in range(sequential):
-                    samples.append(await round_trip(api, user_id, agent_id))
-                    progress(store, mode, "sequential", index + 1, sequential)
-                results.append(
-                    Result(store, mode, "sequential", samples, time.perf_counter() - started)
+            async def bounded() -> float:
+                nonlocal done
+                async with gate:
+                    took = await round_trip(api, user_id, agent_id)
+                done += 1
+                progress(store, mode, f"{CONCURRENCY} in flight", done, concurrent)
+                return took
+
+            started = time.perf_counter()
+            samples = list(await asyncio.gather(*(bounded() for _ in range(concurrent))))
+            results.append(
+                Result(
+                    store,
+                    mode,
+                    f"{CONCURRENCY} in flight",
+                    samples,
+                    time.perf_counter() - started,
                 )
-                gate = asyncio.Semaphore(CONCURRENCY)
-                done = 0
-
-                async def bounded() -> float:
-                    nonlocal done
-                    async with gate:
-                        took = await round_trip(api, user_id, agent_id)
-                    done += 1
-                    progress(store, mode, f"{CONCURRENCY} in flight", done, concurrent)
-                    return took
-
-                started = time.perf_counter()
-                samples = list(await asyncio.gather(*(bounded() for _ in range(concurrent))))
-                results.append(
-                    Result(
-                        store,
-                        mode,
-                        f"{CONCURRENCY} in flight",
-                        samples,
-                        time.perf_counter() - started,
-                    )
-                )
+            )
     return results
+
+
+async def agent_request_floor(api: ServedApi, store: str, agent_id: str, token: str) -> Result:
+    """One agent request that finds no job (`jobs/next?wait=0`: authentication, a claim
+    that takes nothing, a 204), sent from this process: a round trip makes two agent
+    requests, so twice this is what HTTP and the agent's own checks cost before dispatch."""
+    samples = []
+    async with httpx.AsyncClient(
+        base_url=f"{api.base_url}/api/v1/agents/{agent_id}",
+        headers={"Authorization": f"Bearer {token}"},
+    ) as http:
+        for index in range(FLOOR_REQUESTS + 20):
+            started = time.perf_counter()
+            response = await http.get("/jobs/next", params={"wait": 0})
+            if response.status_code != 204:
+                raise RuntimeError(f"jobs/next answered {response.status_code}")
+            if index >= 20:  # warm-up
+                samples.append(time.perf_counter() - started)
+    return Result(store, "floor", "1 agent request", samples, sum(samples))
 
 
 def progress(store: str, mode: str, pattern: str, done: int, total: int) -> None:
@@ -158,6 +181,12 @@ def main(argv: list[str] | None = None) -> None:
             )
             ratio = statistics.median(poll.samples) / statistics.median(wake.samples)
             print(f"{store:8} {pattern:13} polling/wake-ups p50 ratio: {ratio:.0f}x")
+        floor = next(r for r in results if (r.store, r.mode) == (store, "floor"))
+        sequential = next(
+            r for r in results if (r.store, r.mode, r.pattern) == (store, "wake-ups", "sequential")
+        )
+        per_floor = statistics.median(sequential.samples) / statistics.median(floor.samples)
+        print(f"{store:8} sequential round trip p50 = {per_floor:.1f}x one agent request's p50")
 
 
 if __name__ == "__main__":
