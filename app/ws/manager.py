@@ -429,8 +429,7 @@ class WebSocketManager:
                 self._malformed,
                 bytes(data[:100]) if isinstance(data, bytes) else data[:100],
             )
-            self._last_tick_reads = asyncio.Semaphore(LAST_TICK_READS)
-        self._malformed = 0
+            self._malformed = 0
 
     async def _reconcile_subscriptions(self) -> None:
         """Makes the Redis subscriptions match the registry, in batches."""
