@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Coroutine
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter, WebSocket
 
@@ -34,7 +32,6 @@ from app.ws.manager import (
     PriceSocket,
     TooManyInstruments,
     WebSocketManager,
-    cancel_and_wait,
 )
 from app.ws.ticks import is_instrument
 
@@ -111,34 +108,34 @@ async def stream_prices(
 ) -> None:
     """Runs one registered socket until its client leaves, its token expires or it stalls.
 
-    A reader task watches the client (and handles its commands), the manager's sender task
-    writes to it; whichever ends first ends both, so a vanished client is noticed even when
-    the server only ever sends.
+    The handler reads from the client (and handles its commands) until it leaves; ticks
+    are written to the socket by the manager as they are broadcast. The token's expiry
+    is a deadline on the reading, which the stall watchdog moves to now to close a
+    client that stopped reading.
     """
     manager = resources.ws
+    loop = asyncio.get_running_loop()
     sock = manager.connect(websocket)
-    assert sock.sender is not None
-    reading: Coroutine[Any, Any, None] = (
-        read_commands(websocket, manager, sock) if commands else read_until_disconnect(websocket)
-    )
-    reader = asyncio.create_task(reading, name="ws-reader")
     close: tuple[int, str] | None = None
+    remaining = (expires_at - datetime.now(UTC)).total_seconds()
     try:
-        if instruments:
-            await manager.subscribe(sock, instruments)
-        remaining = (expires_at - datetime.now(UTC)).total_seconds()
-        done, _ = await asyncio.wait(
-            {reader, sock.sender},
-            timeout=max(remaining, 0.0),
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if not done:
-            close = (CLOSE_INVALID_TOKEN, "token_expired")
-        elif sock.close_code == CLOSE_STALLED:
+        async with asyncio.timeout_at(loop.time() + remaining) as deadline:
+            sock.deadline = deadline
+            if instruments:
+                await manager.subscribe(sock, instruments)
+            if commands:
+                await read_commands(websocket, manager, sock)
+            else:
+                await read_until_disconnect(websocket)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        if sock.close_code == CLOSE_STALLED:
             close = (CLOSE_STALLED, "stalled")
+        else:
+            close = (CLOSE_INVALID_TOKEN, "token_expired")
     finally:
-        await cancel_and_wait(reader)
-        await manager.disconnect(sock)
+        manager.disconnect(sock)
     if close is not None:
         # A stalled client may never read the close frame: give up after the same limit.
         code, reason = close
