@@ -29,6 +29,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -37,6 +38,7 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
 from app.core.config import Settings
+from app.ws.protocol import FRAME_WRITER, text_frame
 from app.ws.ticks import (
     CHANNEL_PREFIX,
     MalformedTick,
@@ -60,7 +62,18 @@ CLOSE_STALLED = 1013
 # fails fast (MaxConnectionsError) rather than queueing when it is empty.
 LAST_TICK_READS = 8
 
-AsgiMessage = dict[str, Any]
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message for clients, serialized once for every socket: its text for ASGI's
+    `send`, and the frame itself for the server's frame writer."""
+
+    text: str
+    frame: bytes
+
+    @classmethod
+    def of(cls, text: str) -> Outgoing:
+        return cls(text, text_frame(text))
 
 
 class TooManyInstruments(Exception):
@@ -75,20 +88,20 @@ class Outbox:
 
     def __init__(self, maxsize: int) -> None:
         # A list, not a deque: an empty deque costs every idle socket 600 bytes more.
-        self._items: list[tuple[str | None, AsgiMessage]] = []
+        self._items: list[tuple[str | None, Outgoing]] = []
         self.maxsize = maxsize
         self.dropped = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, instrument: str | None, message: AsgiMessage) -> None:
+    def put(self, instrument: str | None, message: Outgoing) -> None:
         """`instrument` None marks a control message, which is never conflated."""
         self._items.append((instrument, message))
         if len(self._items) > self.maxsize:
             self._conflate()
 
-    def pop(self) -> AsgiMessage | None:
+    def pop(self) -> Outgoing | None:
         return self._items.pop(0)[1] if self._items else None
 
     def _conflate(self) -> None:
@@ -108,8 +121,9 @@ class PriceSocket:
 
     There is no sender task per socket (a task and its waiters cost ~2.5 KB per socket,
     and waking it costs CPU per tick). A message is written at once, from whoever queued
-    it, by stepping the server's ASGI `send` coroutine by hand: it returns without
-    suspending while the transport takes data, which is nearly always. When it does
+    it: through the server's frame writer when it has one and the transport takes data
+    now (see app/ws/protocol.py), else by stepping the server's ASGI `send` coroutine by
+    hand, which returns without suspending while the transport takes data. When it does
     suspend (the client's buffer is full), the same coroutine is resumed from its
     future's callback and the outbox, conflating meanwhile, is flushed after it.
     """
@@ -124,6 +138,7 @@ class PriceSocket:
         "deadline",
         "_blocked",
         "_gone",
+        "_write_frame",
     )
 
     def __init__(self, websocket: WebSocket, queue_size: int) -> None:
@@ -142,8 +157,11 @@ class PriceSocket:
         self._blocked: Coroutine[Any, Any, None] | None = None
         # The server refused a write: the client is gone, the handler's read will see it.
         self._gone = False
+        # Our uvicorn protocol's shortcut past `send` (None under another server).
+        extension = websocket.scope.get("extensions", {}).get(FRAME_WRITER, {})
+        self._write_frame: Callable[[bytes], bool] | None = extension.get("write")
 
-    def offer(self, instrument: str, message: AsgiMessage) -> None:
+    def offer(self, instrument: str, message: Outgoing) -> None:
         """Queues a tick and writes what it can without blocking."""
         self.awaiting_snapshot.discard(instrument)
         self.outbox.put(instrument, message)
@@ -151,7 +169,7 @@ class PriceSocket:
 
     def send_control(self, body: str) -> None:
         """Queues a non-tick message (errors, acknowledgements), kept in order with ticks."""
-        self.outbox.put(None, {"type": SEND, "text": body})
+        self.outbox.put(None, Outgoing.of(body))
         self._flush()
 
     @property
@@ -168,11 +186,14 @@ class PriceSocket:
 
     def _flush(self) -> None:
         outbox = self.outbox
+        write_frame = self._write_frame
         while self._blocked is None and not self._gone:
             message = outbox.pop()
             if message is None:
                 return
-            self._step(self.websocket.send(message))
+            if write_frame is not None and write_frame(message.frame):
+                continue
+            self._step(self.websocket.send({"type": SEND, "text": message.text}))
 
     def _step(self, send: Coroutine[Any, Any, None]) -> None:
         """Runs `send` until it finishes or suspends; what a Task's step does, minus a Task.
@@ -314,7 +335,7 @@ class WebSocketManager:
         sockets = self._sockets.get(tick.instrument)
         if not sockets:
             return 0
-        message: AsgiMessage = {"type": SEND, "text": tick_frame(tick)}
+        message = Outgoing.of(tick_frame(tick))
         for sock in sockets:
             sock.offer(tick.instrument, message)
         return len(sockets)
@@ -380,7 +401,7 @@ class WebSocketManager:
             except MalformedTick as exc:
                 self._log_malformed(instrument, exc, raw)
                 continue
-            sock.offer(instrument, {"type": SEND, "text": tick_frame(tick)})
+            sock.offer(instrument, Outgoing.of(tick_frame(tick)))
 
     # -- Redis ------------------------------------------------------------------------------
 

@@ -10,6 +10,13 @@ A price socket keeps its connection's protocol object for as long as it is open,
 - no handshake request and response once the handshake is over (~3 KB of headers; the
   ASGI scope keeps its own copy of the request's).
 
+It also offers the app a way past ASGI for the one message it sends thousands of times:
+`scope["extensions"][FRAME_WRITER]["write"]` writes a frame built once for every socket (server
+frames are not masked, so they are the same bytes on every connection), and says False
+when the connection cannot take it now (closing, or its transport's buffer is full), for
+the app to fall back on `send`. Through `send`, each socket would build the frame again,
+and pass through two coroutines.
+
 It relies on the attributes of uvicorn's class (`queue`, `writable`, `request`,
 `response`); the price stream tests run on it.
 """
@@ -20,7 +27,15 @@ import asyncio
 from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
+
+FRAME_WRITER = "mt5gate.frame_writer"
+
+
+def text_frame(text: str) -> bytes:
+    """A server's (unmasked, unfragmented) text frame."""
+    return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
 
 
 class ReceiveQueue:
@@ -99,6 +114,22 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         del self.request  # read only by handle_connect; the scope has the headers
+        if hasattr(self, "scope"):  # the handshake was valid: the app will run
+            # An ASGI extension's value is a dict.
+            self.scope["extensions"][FRAME_WRITER] = {"write": self.write_frame}
+
+    def write_frame(self, frame: bytes) -> bool:
+        """Writes a frame from `text_frame` if the connection can take it now."""
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.disconnected
+            or not self.writable.is_set()
+            or self.transport.is_closing()
+        ):
+            return False
+        self.transport.write(frame)
+        return True
 
     def start_keepalive(self) -> None:
         # Called once the handshake response is written: the last use of `response`.
