@@ -49,6 +49,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(agents.router)
     api.include_router(trading.router)
     app.include_router(api)
-    app.include_router(price_stream.router)
     app.add_middleware(BodySizeLimit)
+    app.add_middleware(price_stream.PriceSocketRoutes)  # outermost of ours: see its docstring
     return app

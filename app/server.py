@@ -19,6 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from app.core.config import Settings
+from app.ws.protocol import LeanWebSocketProtocol
 
 
 class GatewayServer(uvicorn.Server):
@@ -55,6 +56,8 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
         # A tick is serialized once for every socket; per-socket compression would undo
         # that (and cost a compressor's memory per socket).
         "ws_per_message_deflate": False,
+        # uvicorn's default protocol (sans-I/O, on `websockets`), with ~7 KB less per socket.
+        "ws": LeanWebSocketProtocol,
         "timeout_graceful_shutdown": int(settings.shutdown_timeout_seconds),
         **overrides,
     }

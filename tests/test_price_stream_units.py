@@ -1,7 +1,9 @@
-"""The price stream's pieces without a server: the outbox's conflation and tick validation."""
+"""The price stream's pieces without a server: the outbox's conflation, tick validation and
+the lean protocol's receive queue and writable flag."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -9,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.ws.manager import Outbox
+from app.ws.protocol import ReceiveQueue, WritableFlag
 from app.ws.ticks import MalformedTick, Tick, parse_tick, tick_frame
 
 
@@ -106,3 +109,33 @@ def test_parse_tick_raises_only_malformed_tick(raw: bytes | str) -> None:
         parse_tick(raw, instrument="EURUSD")
     except MalformedTick:
         pass
+
+
+async def test_receive_queue_is_a_fifo_that_wakes_a_waiting_get() -> None:
+    queue = ReceiveQueue()
+    queue.put_nowait(1)
+    assert await queue.get() == 1
+    assert queue.empty()
+    waiting = asyncio.create_task(queue.get())
+    await asyncio.sleep(0)
+    queue.put_nowait(2)
+    queue.put_nowait(3)
+    assert await waiting == 2
+    assert await queue.get() == 3
+
+
+def test_a_set_writable_flag_is_waited_for_without_suspending() -> None:
+    # The price stream's writes step the send coroutine by hand and rely on this.
+    wait = WritableFlag().wait()
+    with pytest.raises(StopIteration):
+        wait.send(None)
+
+
+async def test_a_cleared_writable_flag_blocks_until_set() -> None:
+    flag = WritableFlag()
+    flag.clear()
+    waiting = asyncio.create_task(flag.wait())
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    flag.set()
+    assert await waiting is True

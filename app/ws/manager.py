@@ -10,9 +10,12 @@ One `WebSocketManager` per process, created and closed by the lifespan. It keeps
   away it reconnects with backoff and resubscribes to whatever is live then.
 - the reconciler: sends SUBSCRIBE/UNSUBSCRIBE so that Redis matches the registry, in
   batches (a connect storm on one instrument costs one SUBSCRIBE).
-- one sender per socket, the only writer to its socket: it drains the socket's outbox.
-  A watchdog closes (1013) a socket whose send has been blocked longer than
+- the stall watchdog: it closes (1013) a socket whose write has been blocked longer than
   `ws_stall_timeout_seconds`, i.e. whose client has stopped reading.
+
+A socket has no task of its own here: its ticks are written from the listener as they
+are broadcast (see `PriceSocket`), and its handler, which reads from the client, is the
+task uvicorn runs for it.
 
 A new subscriber is registered first, then waits until Redis confirms the subscription,
 then reads the last tick: so no tick published after it connected can fall in between.
@@ -25,7 +28,8 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -34,6 +38,7 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
 from app.core.config import Settings
+from app.ws.protocol import FRAME_WRITER, text_frame
 from app.ws.ticks import (
     CHANNEL_PREFIX,
     MalformedTick,
@@ -57,7 +62,18 @@ CLOSE_STALLED = 1013
 # fails fast (MaxConnectionsError) rather than queueing when it is empty.
 LAST_TICK_READS = 8
 
-AsgiMessage = dict[str, Any]
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message for clients, serialized once for every socket: its text for ASGI's
+    `send`, and the frame itself for the server's frame writer."""
+
+    text: str
+    frame: bytes
+
+    @classmethod
+    def of(cls, text: str) -> Outgoing:
+        return cls(text, text_frame(text))
 
 
 class TooManyInstruments(Exception):
@@ -72,20 +88,20 @@ class Outbox:
 
     def __init__(self, maxsize: int) -> None:
         # A list, not a deque: an empty deque costs every idle socket 600 bytes more.
-        self._items: list[tuple[str | None, AsgiMessage]] = []
+        self._items: list[tuple[str | None, Outgoing]] = []
         self.maxsize = maxsize
         self.dropped = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, instrument: str | None, message: AsgiMessage) -> None:
+    def put(self, instrument: str | None, message: Outgoing) -> None:
         """`instrument` None marks a control message, which is never conflated."""
         self._items.append((instrument, message))
         if len(self._items) > self.maxsize:
             self._conflate()
 
-    def pop(self) -> AsgiMessage | None:
+    def pop(self) -> Outgoing | None:
         return self._items.pop(0)[1] if self._items else None
 
     def _conflate(self) -> None:
@@ -101,70 +117,114 @@ class Outbox:
 
 
 class PriceSocket:
-    """One client socket: its instruments, its outbox and its sender task."""
+    """One client socket: its instruments, its outbox and the write in progress.
+
+    There is no sender task per socket (a task and its waiters cost ~2.5 KB per socket,
+    and waking it costs CPU per tick). A message is written at once, from whoever queued
+    it: through the server's frame writer when it has one and the transport takes data
+    now (see app/ws/protocol.py), else by stepping the server's ASGI `send` coroutine by
+    hand, which returns without suspending while the transport takes data. When it does
+    suspend (the client's buffer is full), the same coroutine is resumed from its
+    future's callback and the outbox, conflating meanwhile, is flushed after it.
+    """
 
     __slots__ = (
         "websocket",
         "instruments",
         "outbox",
-        "sender",
         "sending_since",
         "close_code",
         "awaiting_snapshot",
-        "_waiter",
+        "deadline",
+        "_blocked",
+        "_gone",
+        "_write_frame",
     )
 
     def __init__(self, websocket: WebSocket, queue_size: int) -> None:
         self.websocket = websocket
         self.instruments: set[str] = set()
         self.outbox = Outbox(queue_size)
-        self.sender: asyncio.Task[None] | None = None
-        # loop.time() when the send in progress started; None when idle.
+        # loop.time() when the blocked write started; None while writes go through.
         self.sending_since: float | None = None
         # Set when the server decided to close the socket (1013).
         self.close_code: int | None = None
         # Instruments whose last-known tick is still worth sending: no live one came yet.
         self.awaiting_snapshot: set[str] = set()
-        # What the idle sender awaits (a bare future: cheaper than an Event per socket).
-        self._waiter: asyncio.Future[None] | None = None
+        # The handler's deadline (token expiry); the stall watchdog moves it to now.
+        self.deadline: asyncio.Timeout | None = None
+        # The `send` coroutine waiting for the transport to drain, if any.
+        self._blocked: Coroutine[Any, Any, None] | None = None
+        # The server refused a write: the client is gone, the handler's read will see it.
+        self._gone = False
+        # Our uvicorn protocol's shortcut past `send` (None under another server).
+        extension = websocket.scope.get("extensions", {}).get(FRAME_WRITER, {})
+        self._write_frame: Callable[[bytes], bool] | None = extension.get("write")
 
-    def offer(self, instrument: str, message: AsgiMessage) -> None:
-        """Queues a tick (never blocks); the socket's sender writes it."""
+    def offer(self, instrument: str, message: Outgoing) -> None:
+        """Queues a tick and writes what it can without blocking."""
         self.awaiting_snapshot.discard(instrument)
         self.outbox.put(instrument, message)
-        self._wake()
+        self._flush()
 
     def send_control(self, body: str) -> None:
         """Queues a non-tick message (errors, acknowledgements), kept in order with ticks."""
-        self.outbox.put(None, {"type": SEND, "text": body})
-        self._wake()
+        self.outbox.put(None, Outgoing.of(body))
+        self._flush()
 
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    @property
+    def blocked(self) -> bool:
+        return self._blocked is not None
 
-    async def run_sender(self) -> None:
-        loop = asyncio.get_running_loop()
-        send = self.websocket.send
+    def stop(self) -> None:
+        """Abandons the blocked write, if any; nothing is written after this."""
+        self._gone = True
+        blocked, self._blocked = self._blocked, None
+        self.sending_since = None
+        if blocked is not None:
+            blocked.close()  # unwinds the server's wait for the transport
+
+    def _flush(self) -> None:
         outbox = self.outbox
+        write_frame = self._write_frame
+        while self._blocked is None and not self._gone:
+            message = outbox.pop()
+            if message is None:
+                return
+            if write_frame is not None and write_frame(message.frame):
+                continue
+            self._step(self.websocket.send({"type": SEND, "text": message.text}))
+
+    def _step(self, send: Coroutine[Any, Any, None]) -> None:
+        """Runs `send` until it finishes or suspends; what a Task's step does, minus a Task.
+
+        `send` is only ever the server's ASGI send: it awaits asyncio futures (or yields
+        None to be rescheduled) and never needs `current_task()`.
+        """
         try:
-            while True:
-                message = outbox.pop()
-                if message is None:
-                    self._waiter = loop.create_future()
-                    await self._waiter
-                    self._waiter = None
-                    continue
-                self.sending_since = loop.time()
-                await send(message)
-                self.sending_since = None
-        except asyncio.CancelledError:
-            raise
+            waiting_on = send.send(None)
+        except StopIteration:
+            self._blocked = None
+            self.sending_since = None
+            return
         except Exception as exc:  # the client is gone: whatever the server stack raised
             log.debug("event=ws_send_failed error=%r", exc)
-        finally:
-            self.sending_since = None
+            self._blocked = None
+            self.stop()
+            return
+        if self._blocked is None:
+            self._blocked = send
+            self.sending_since = asyncio.get_running_loop().time()
+        if waiting_on is None:
+            asyncio.get_running_loop().call_soon(self._resume, send)
+        else:
+            waiting_on.add_done_callback(lambda _: self._resume(send))
+
+    def _resume(self, send: Coroutine[Any, Any, None]) -> None:
+        if self._blocked is not send:
+            return  # abandoned by stop()
+        self._step(send)
+        self._flush()
 
 
 class WebSocketManager:
@@ -205,9 +265,11 @@ class WebSocketManager:
         ]
 
     async def close(self) -> None:
-        """Stops every task this manager started (senders included) and awaits them, bounded."""
+        """Stops every task this manager started and awaits them, bounded."""
         self._closing = True
-        tasks = self._tasks + [s.sender for s in self._all if s.sender is not None]
+        for sock in self._all:
+            sock.stop()
+        tasks = self._tasks
         for task in tasks:
             task.cancel()
         if tasks:
@@ -219,17 +281,15 @@ class WebSocketManager:
     # -- the registry --------------------------------------------------------------------
 
     def connect(self, websocket: WebSocket) -> PriceSocket:
-        """Registers an accepted, authenticated socket and starts its sender."""
+        """Registers an accepted, authenticated socket."""
         sock = PriceSocket(websocket, self._queue_size)
-        sock.sender = asyncio.create_task(sock.run_sender(), name="ws-sender")
         self._all.add(sock)
         self._notify()
         return sock
 
-    async def disconnect(self, sock: PriceSocket) -> None:
-        """Stops the socket's sender (awaited), releases its instruments and forgets it."""
-        if sock.sender is not None:
-            await cancel_and_wait(sock.sender)
+    def disconnect(self, sock: PriceSocket) -> None:
+        """Stops writing to the socket, releases its instruments and forgets it."""
+        sock.stop()
         self.unsubscribe(sock, list(sock.instruments))
         self._all.discard(sock)
         self._notify()
@@ -275,7 +335,7 @@ class WebSocketManager:
         sockets = self._sockets.get(tick.instrument)
         if not sockets:
             return 0
-        message: AsgiMessage = {"type": SEND, "text": tick_frame(tick)}
+        message = Outgoing.of(tick_frame(tick))
         for sock in sockets:
             sock.offer(tick.instrument, message)
         return len(sockets)
@@ -286,7 +346,7 @@ class WebSocketManager:
         return {
             "sockets": len(self._all),
             "instruments": len(self._sockets),
-            "sender_tasks": sum(1 for s in self._all if s.sender and not s.sender.done()),
+            "blocked_writes": sum(1 for s in self._all if s.blocked),
             "redis_subscriptions": len(self._requested),
             "redis_connected": int(self._pubsub is not None),
             "dropped_ticks": sum(s.outbox.dropped for s in self._all),
@@ -341,7 +401,7 @@ class WebSocketManager:
             except MalformedTick as exc:
                 self._log_malformed(instrument, exc, raw)
                 continue
-            sock.offer(instrument, {"type": SEND, "text": tick_frame(tick)})
+            sock.offer(instrument, Outgoing.of(tick_frame(tick)))
 
     # -- Redis ------------------------------------------------------------------------------
 
@@ -429,8 +489,7 @@ class WebSocketManager:
                 self._malformed,
                 bytes(data[:100]) if isinstance(data, bytes) else data[:100],
             )
-            self._last_tick_reads = asyncio.Semaphore(LAST_TICK_READS)
-        self._malformed = 0
+            self._malformed = 0
 
     async def _reconcile_subscriptions(self) -> None:
         """Makes the Redis subscriptions match the registry, in batches."""
@@ -480,17 +539,9 @@ class WebSocketManager:
                 if since is not None and since < deadline and sock.close_code is None:
                     sock.close_code = CLOSE_STALLED
                     log.info("event=ws_stalled queued=%d", len(sock.outbox))
-                    if sock.sender is not None:
-                        sock.sender.cancel()
-
-
-async def cancel_and_wait(task: asyncio.Task[Any]) -> None:
-    """Cancels a task and waits for it to end, without raising what it raised (nor
-    swallowing a cancellation of the caller)."""
-    task.cancel()
-    await asyncio.wait({task})
-    if not task.cancelled() and task.exception() is not None:
-        log.error("event=ws_task_failed task=%s", task.get_name(), exc_info=task.exception())
+                    sock.stop()
+                    if sock.deadline is not None and not sock.deadline.expired():
+                        sock.deadline.reschedule(loop.time())  # ends its handler now
 
 
 def _instrument_of(channel: bytes | str) -> str:

@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Coroutine
 from datetime import UTC, datetime
-from typing import Any
 
-from fastapi import APIRouter, WebSocket
+from starlette.routing import Match, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from app.api.deps import authenticate_token, resources_of
 from app.core.errors import InvalidTokenError
@@ -34,7 +34,6 @@ from app.ws.manager import (
     PriceSocket,
     TooManyInstruments,
     WebSocketManager,
-    cancel_and_wait,
 )
 from app.ws.ticks import is_instrument
 
@@ -111,34 +110,34 @@ async def stream_prices(
 ) -> None:
     """Runs one registered socket until its client leaves, its token expires or it stalls.
 
-    A reader task watches the client (and handles its commands), the manager's sender task
-    writes to it; whichever ends first ends both, so a vanished client is noticed even when
-    the server only ever sends.
+    The handler reads from the client (and handles its commands) until it leaves; ticks
+    are written to the socket by the manager as they are broadcast. The token's expiry
+    is a deadline on the reading, which the stall watchdog moves to now to close a
+    client that stopped reading.
     """
     manager = resources.ws
+    loop = asyncio.get_running_loop()
     sock = manager.connect(websocket)
-    assert sock.sender is not None
-    reading: Coroutine[Any, Any, None] = (
-        read_commands(websocket, manager, sock) if commands else read_until_disconnect(websocket)
-    )
-    reader = asyncio.create_task(reading, name="ws-reader")
     close: tuple[int, str] | None = None
+    remaining = (expires_at - datetime.now(UTC)).total_seconds()
     try:
-        if instruments:
-            await manager.subscribe(sock, instruments)
-        remaining = (expires_at - datetime.now(UTC)).total_seconds()
-        done, _ = await asyncio.wait(
-            {reader, sock.sender},
-            timeout=max(remaining, 0.0),
-            return_when=asyncio.FIRST_COMPLETED,
-        )
-        if not done:
-            close = (CLOSE_INVALID_TOKEN, "token_expired")
-        elif sock.close_code == CLOSE_STALLED:
+        async with asyncio.timeout_at(loop.time() + remaining) as deadline:
+            sock.deadline = deadline
+            if instruments:
+                await manager.subscribe(sock, instruments)
+            if commands:
+                await read_commands(websocket, manager, sock)
+            else:
+                await read_until_disconnect(websocket)
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        if sock.close_code == CLOSE_STALLED:
             close = (CLOSE_STALLED, "stalled")
+        else:
+            close = (CLOSE_INVALID_TOKEN, "token_expired")
     finally:
-        await cancel_and_wait(reader)
-        await manager.disconnect(sock)
+        manager.disconnect(sock)
     if close is not None:
         # A stalled client may never read the close frame: give up after the same limit.
         code, reason = close
@@ -178,11 +177,33 @@ async def read_commands(websocket: WebSocket, manager: WebSocketManager, sock: P
         )
 
 
-# Plain Starlette routes: FastAPI's dependency machinery would stay alive with every open
-# socket (~4 KB each), and WebSocket routes are not in the OpenAPI schema anyway.
-router = APIRouter()
-router.add_websocket_route("/ws/prices/{instrument}", instrument_prices, name="instrument_prices")
-router.add_websocket_route("/ws/prices", prices, name="prices")
+ROUTES = [
+    WebSocketRoute("/ws/prices/{instrument}", instrument_prices, name="instrument_prices"),
+    WebSocketRoute("/ws/prices", prices, name="prices"),
+]
+
+
+class PriceSocketRoutes:
+    """Serves the price sockets ahead of the app's router (a pure ASGI middleware).
+
+    An open socket keeps alive every coroutine it was routed through. Through FastAPI's
+    exception middleware, exit stack and included routers that is a dozen frames and
+    closures, ~7 KB per socket; none of it does anything for these two handlers, which
+    handle their own errors. Anything else goes on to the app.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            for route in ROUTES:
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child_scope)
+                    await route.endpoint(WebSocket(scope, receive, send))
+                    return
+        await self.app(scope, receive, send)
 
 
 def parse_command(text: str | None) -> tuple[str, list[str]]:
