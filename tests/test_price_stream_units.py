@@ -1,5 +1,5 @@
-"""The price stream's pieces without a server: the outbox's conflation, tick validation and
-the lean protocol's receive queue and writable flag."""
+"""The price stream's pieces without a server: the outbox's conflation, a backed-up
+socket's sender, tick validation and the lean protocol's receive queue and writable flag."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.ws.manager import Outbox
+from app.ws.manager import Outbox, Outgoing, PriceSocket
 from app.ws.protocol import ReceiveQueue, WritableFlag
 from app.ws.ticks import MalformedTick, Tick, parse_tick, tick_frame
 
@@ -139,3 +139,52 @@ async def test_a_cleared_writable_flag_blocks_until_set() -> None:
     assert not waiting.done()
     flag.set()
     assert await waiting is True
+
+
+class GatedWebSocket:
+    """A WebSocket under a server without our frame writer, whose `send` waits on a gate
+    (a client not reading)."""
+
+    def __init__(self) -> None:
+        self.scope: dict[str, object] = {}
+        self.gate = asyncio.Event()
+        self.sent: list[str] = []
+
+    async def send(self, message: dict[str, str]) -> None:
+        await self.gate.wait()
+        self.sent.append(message["text"])
+
+
+async def test_a_backed_up_socket_drains_through_send_conflated_then_its_sender_ends() -> None:
+    websocket = GatedWebSocket()
+    sock = PriceSocket(websocket, queue_size=2)  # type: ignore[arg-type]
+    for text in ("e1", "e2", "e3"):
+        sock.offer("EURUSD", Outgoing.of(text))
+    sock.offer("GBPUSD", Outgoing.of("g1"))
+    sender = sock.sender
+    assert sender is not None
+    assert sock.blocked
+    websocket.gate.set()
+    await asyncio.wait_for(sender, 2)
+    assert websocket.sent == ["e3", "g1"]  # the newest tick of each instrument, in order
+    assert sock.sender is None
+    assert not sock.blocked
+    sock.offer("EURUSD", Outgoing.of("e4"))  # a new backlog gets a new sender
+    assert sock.sender is not None
+    await asyncio.wait_for(sock.sender, 2)
+    assert websocket.sent[-1] == "e4"
+
+
+async def test_a_stopped_socket_abandons_its_send_and_writes_nothing_more() -> None:
+    websocket = GatedWebSocket()
+    sock = PriceSocket(websocket, queue_size=4)  # type: ignore[arg-type]
+    sock.offer("EURUSD", Outgoing.of("e1"))
+    sender = sock.sender
+    assert sender is not None
+    sock.stop()
+    with pytest.raises(asyncio.CancelledError):
+        await sender
+    websocket.gate.set()
+    sock.offer("EURUSD", Outgoing.of("e2"))
+    assert sock.sender is None
+    assert websocket.sent == []

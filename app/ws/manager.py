@@ -13,9 +13,9 @@ One `WebSocketManager` per process, created and closed by the lifespan. It keeps
 - the stall watchdog: it closes (1013) a socket whose write has been blocked longer than
   `ws_stall_timeout_seconds`, i.e. whose client has stopped reading.
 
-A socket has no task of its own here: its ticks are written from the listener as they
-are broadcast (see `PriceSocket`), and its handler, which reads from the client, is the
-task uvicorn runs for it.
+A socket that keeps up has no task of its own here: its ticks are written from the
+listener as they are broadcast, and a sender task exists only while it is backed up (see
+`PriceSocket`); its handler, which reads from the client, is the task uvicorn runs for it.
 
 A new subscriber is registered first, then waits until Redis confirms the subscription,
 then reads the last tick: so no tick published after it connected can fall in between.
@@ -28,7 +28,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +104,9 @@ class Outbox:
     def pop(self) -> Outgoing | None:
         return self._items.pop(0)[1] if self._items else None
 
+    def peek(self) -> Outgoing | None:
+        return self._items[0][1] if self._items else None
+
     def _conflate(self) -> None:
         items = self._items
         newest = {instrument: index for index, (instrument, _) in enumerate(items)}
@@ -117,15 +120,14 @@ class Outbox:
 
 
 class PriceSocket:
-    """One client socket: its instruments, its outbox and the write in progress.
+    """One client socket: its instruments, its outbox and, while it is backed up, a sender.
 
-    There is no sender task per socket (a task and its waiters cost ~2.5 KB per socket,
-    and waking it costs CPU per tick). A message is written at once, from whoever queued
-    it: through the server's frame writer when it has one and the transport takes data
-    now (see app/ws/protocol.py), else by stepping the server's ASGI `send` coroutine by
-    hand, which returns without suspending while the transport takes data. When it does
-    suspend (the client's buffer is full), the same coroutine is resumed from its
-    future's callback and the outbox, conflating meanwhile, is flushed after it.
+    A socket has no task while its client keeps up (a task per socket costs ~2.5 KB, and
+    waking one costs CPU per tick): a message is written at once, from whoever queued it,
+    through the server's frame writer (see app/ws/protocol.py) while the transport takes
+    data. When it does not (the client's buffer is full) or there is no frame writer (a
+    server other than ours), a sender task drains the outbox through ASGI `send`, which
+    waits for the transport, while the outbox conflates; it ends when the outbox is empty.
     """
 
     __slots__ = (
@@ -136,7 +138,7 @@ class PriceSocket:
         "close_code",
         "awaiting_snapshot",
         "deadline",
-        "_blocked",
+        "sender",
         "_gone",
         "_write_frame",
     )
@@ -145,7 +147,7 @@ class PriceSocket:
         self.websocket = websocket
         self.instruments: set[str] = set()
         self.outbox = Outbox(queue_size)
-        # loop.time() when the blocked write started; None while writes go through.
+        # loop.time() when the send in progress started; None while writes go through.
         self.sending_since: float | None = None
         # Set when the server decided to close the socket (1013).
         self.close_code: int | None = None
@@ -153,9 +155,9 @@ class PriceSocket:
         self.awaiting_snapshot: set[str] = set()
         # The handler's deadline (token expiry); the stall watchdog moves it to now.
         self.deadline: asyncio.Timeout | None = None
-        # The `send` coroutine waiting for the transport to drain, if any.
-        self._blocked: Coroutine[Any, Any, None] | None = None
-        # The server refused a write: the client is gone, the handler's read will see it.
+        # The task draining the outbox while the socket is backed up; None otherwise.
+        self.sender: asyncio.Task[None] | None = None
+        # Nothing more is written: the client is gone, or the server is closing the socket.
         self._gone = False
         # Our uvicorn protocol's shortcut past `send` (None under another server).
         extension = websocket.scope.get("extensions", {}).get(FRAME_WRITER, {})
@@ -174,57 +176,41 @@ class PriceSocket:
 
     @property
     def blocked(self) -> bool:
-        return self._blocked is not None
+        return self.sender is not None
 
     def stop(self) -> None:
-        """Abandons the blocked write, if any; nothing is written after this."""
+        """Writes nothing more, and abandons the send in progress, if any."""
         self._gone = True
-        blocked, self._blocked = self._blocked, None
-        self.sending_since = None
-        if blocked is not None:
-            blocked.close()  # unwinds the server's wait for the transport
+        sender, self.sender = self.sender, None  # a sender cancelled unstarted never clears it
+        if sender is not None:
+            sender.cancel()
 
     def _flush(self) -> None:
+        if self.sender is not None or self._gone:
+            return  # the sender, if any, takes what was queued
         outbox = self.outbox
         write_frame = self._write_frame
-        while self._blocked is None and not self._gone:
-            message = outbox.pop()
-            if message is None:
-                return
-            if write_frame is not None and write_frame(message.frame):
-                continue
-            self._step(self.websocket.send({"type": SEND, "text": message.text}))
+        if write_frame is not None:
+            while (message := outbox.peek()) is not None and write_frame(message.frame):
+                outbox.pop()
+        if len(outbox):
+            self.sender = asyncio.create_task(self._drain(), name="ws-sender")
 
-    def _step(self, send: Coroutine[Any, Any, None]) -> None:
-        """Runs `send` until it finishes or suspends; what a Task's step does, minus a Task.
-
-        `send` is only ever the server's ASGI send: it awaits asyncio futures (or yields
-        None to be rescheduled) and never needs `current_task()`.
-        """
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        send = self.websocket.send
         try:
-            waiting_on = send.send(None)
-        except StopIteration:
-            self._blocked = None
-            self.sending_since = None
-            return
+            while (message := self.outbox.pop()) is not None:
+                self.sending_since = loop.time()
+                await send({"type": SEND, "text": message.text})
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # the client is gone: whatever the server stack raised
             log.debug("event=ws_send_failed error=%r", exc)
-            self._blocked = None
-            self.stop()
-            return
-        if self._blocked is None:
-            self._blocked = send
-            self.sending_since = asyncio.get_running_loop().time()
-        if waiting_on is None:
-            asyncio.get_running_loop().call_soon(self._resume, send)
-        else:
-            waiting_on.add_done_callback(lambda _: self._resume(send))
-
-    def _resume(self, send: Coroutine[Any, Any, None]) -> None:
-        if self._blocked is not send:
-            return  # abandoned by stop()
-        self._step(send)
-        self._flush()
+            self._gone = True
+        finally:
+            self.sender = None
+            self.sending_since = None
 
 
 class WebSocketManager:
@@ -267,9 +253,9 @@ class WebSocketManager:
     async def close(self) -> None:
         """Stops every task this manager started and awaits them, bounded."""
         self._closing = True
+        tasks = self._tasks + [sock.sender for sock in self._all if sock.sender is not None]
         for sock in self._all:
             sock.stop()
-        tasks = self._tasks
         for task in tasks:
             task.cancel()
         if tasks:

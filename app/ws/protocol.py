@@ -69,11 +69,7 @@ class ReceiveQueue:
 
 
 class WritableFlag:
-    """What uvicorn's protocol uses of `asyncio.Event`: set, clear, wait.
-
-    `wait()` returns without suspending while the flag is set, as Event's does: the
-    price stream's writes rely on it (see `PriceSocket`).
-    """
+    """What uvicorn's protocol uses of `asyncio.Event`: set, clear, wait."""
 
     __slots__ = ("_set", "_waiters")
 
