@@ -105,6 +105,47 @@ async def test_twenty_concurrent_polls_and_ten_jobs_deliver_each_job_once(
     assert all(r.status_code in (200, 204) for r in responses)
 
 
+@pytest.fixture
+async def polling_only_api(store: Store) -> AsyncIterator[RunningApi]:
+    """Wake-up messages off: only the process's fallback poll finds jobs and results."""
+    await reset_store(store)
+    settings = make_settings(store, job_wakeups_enabled=False, job_poll_interval_seconds=0.2)
+    async with run_api(settings) as running:
+        yield running
+
+
+async def test_without_wakeups_the_fallback_poll_delivers_every_job_once_and_every_result(
+    polling_only_api: RunningApi,
+) -> None:
+    api = polling_only_api
+    async with httpx.AsyncClient(base_url=f"{api.base_url}/api/v1", timeout=30) as client:
+        trader = await onboard_trader(client)
+        started = time.monotonic()
+        # Waits far longer than the poll interval: only the fallback poll can end them soon.
+        polls = [asyncio.create_task(poll(client, trader.agent, wait=20)) for _ in range(8)]
+        job_ids = [await create_job(api, trader) for _ in range(4)]
+        waiters = [
+            asyncio.create_task(
+                jobs.wait_for_job_result(api.resources.jobs, job_id=job_id, timeout=20)
+            )
+            for job_id in job_ids
+        ]
+        delivered = []
+        for finished in asyncio.as_completed(polls):
+            response = await finished
+            if response.status_code == 200:
+                delivered.append(response.json()["id"])
+                assert (await answer(client, trader.agent, delivered[-1], completed())).is_success
+            if len(delivered) == len(job_ids):
+                break
+        assert sorted(delivered) == sorted(str(job_id) for job_id in job_ids)
+        done = await asyncio.gather(*waiters)
+        assert [job.status for job in done] == ["completed"] * len(job_ids)
+        assert time.monotonic() - started < 5, "not found by the fallback poll"
+        for task in polls:
+            task.cancel()
+
+
 async def test_result_wakes_the_waiting_caller(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader
 ) -> None:

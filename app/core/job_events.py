@@ -7,9 +7,10 @@ memory. A new job wakes one idle long-poll of its agent, not all of them (each w
 costs a claim attempt, a database write): a local one if there is one, and then nothing is
 published; a poll that leaves with an unused wake-up hands it on, through Redis when no
 other poll is left here. Messages carry the publishing process's id so that a process,
-which already dispatched its own event locally, ignores the echo. Waiters also re-check
-the database every `job_poll_interval_seconds`, so a lost message (Redis down, a restart)
-delays an answer but never loses it. A job finished in this process reaches its local
+which already dispatched its own event locally, ignores the echo. A lost message (Redis
+down, a restart) delays an answer but never loses it: every `job_poll_interval_seconds`
+one query per process finds what its waiters wait for (`jobs.recheck_waiters`), however
+many they are. A job finished in this process reaches its local
 waiter with the wake-up itself (no read back).
 """
 
@@ -95,6 +96,18 @@ class JobEvents:
         """An event set when this job reaches a final state; its payload is the finished job
         when it finished in this process (None when the news came through Redis)."""
         return self._watch(FINISHED_CHANNEL, job_id)
+
+    def watched(self, channel: str) -> list[str]:
+        """The keys (agent ids, job ids) that have waiters on this channel now."""
+        return [key for (watched, key) in self._waiters if watched == channel]
+
+    def wake_local(self, channel: str, key: str, times: int = 1) -> None:
+        """Wakes this process's waiters as an event would, without telling other processes
+        (the fallback poll found what a lost message would have said). On the created
+        channel, wakes up to `times` idle long-polls, one per pending job."""
+        for _ in range(times):
+            if not self._dispatch(channel, key):
+                return
 
     @property
     def waiter_count(self) -> int:

@@ -15,7 +15,7 @@ from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory, single_statement_engine
 from app.core.job_events import JobEvents
 from app.core.redis import create_redis
-from app.services.jobs import JobStore, run_job_sweeper
+from app.services.jobs import JobStore, run_fallback_poll, run_job_sweeper
 from app.ws.manager import WebSocketManager
 
 
@@ -52,6 +52,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         )
         sweeper = asyncio.create_task(run_job_sweeper(jobs), name="job-sweeper")
         stack.push_async_callback(cancel_and_wait, sweeper)
+        fallback_poll = asyncio.create_task(run_fallback_poll(jobs), name="job-fallback-poll")
+        stack.push_async_callback(cancel_and_wait, fallback_poll)
         ws = WebSocketManager(redis, settings)
         await ws.start()
         stack.push_async_callback(ws.close)

@@ -209,7 +209,10 @@ async def next_job(
                 if time.monotonic() >= next_refresh:
                     await heartbeat(jobs.db, agent, version=None, terminal_connected=None)
                     next_refresh = time.monotonic() + refresh_every
-                await wait_any(created, gone, draining, timeout=min(jobs.poll_interval, remaining))
+                # No timed re-claim: the process's fallback poll wakes this poll if its
+                # agent has a pending job that no message announced.
+                until_refresh = max(0.0, next_refresh - time.monotonic())
+                await wait_any(created, gone, draining, timeout=min(until_refresh, remaining))
     return None
 
 

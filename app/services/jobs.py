@@ -26,12 +26,12 @@ from datetime import timedelta
 from typing import Any, cast
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Row, Table, bindparam, insert, select, update
+from sqlalchemy import Row, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.errors import InvalidResult, JobNotRunning
-from app.core.job_events import JobEvents, Wakeup
+from app.core.job_events import CREATED_CHANNEL, FINISHED_CHANNEL, JobEvents, Wakeup
 from app.models import Job, detached, utcnow
 from app.schemas.agents import CompletedResult, FailedResult
 from app.schemas.trading import OUTPUT_MODELS
@@ -146,6 +146,22 @@ LOSE_UNANSWERED = (
     .values(status=LOST, completed_at=bindparam("p_now"), error=LOST_ERROR)
     .returning(JOBS.c.id)
 )
+
+
+# The fallback poll: what the waiting long-polls and callers of this process wait for.
+PENDING_PER_AGENT = (
+    select(JOBS.c.agent_id, func.count())
+    .where(
+        JOBS.c.agent_id.in_(bindparam("p_agent_ids", expanding=True)),
+        JOBS.c.status == PENDING,
+        JOBS.c.expires_at > bindparam("p_now"),
+    )
+    .group_by(JOBS.c.agent_id)
+)
+FINISHED_AMONG = select(JOBS.c.id).where(
+    JOBS.c.id.in_(bindparam("p_job_ids", expanding=True)), JOBS.c.status.in_(FINAL_STATUSES)
+)
+RECHECK_BATCH = 500  # ids per query: bounded statements, however many waiters
 
 
 def job_from(row: Row[Any] | Mapping[str, Any]) -> Job:
@@ -306,10 +322,10 @@ class JobWatch:
         final or `timeout` passes; returns the job as it then is.
 
         Woken at once by the job's `finished` event, which carries the job when it finished
-        in this process; re-reads the row on a wake-up from elsewhere and every poll
-        interval anyway, so a lost wake-up costs at most one interval. A graceful shutdown
-        ends the wait early: the caller answers with what it has (pending) instead of being
-        cut off.
+        in this process; re-reads the row on a wake-up from elsewhere, or from the fallback
+        poll (`recheck_waiters`), so a lost wake-up costs at most one poll interval. A
+        graceful shutdown ends the wait early: the caller answers with what it has
+        (pending) instead of being cut off.
         """
         store = self.store
         deadline = time.monotonic() + timeout
@@ -319,9 +335,7 @@ class JobWatch:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or store.events.draining.is_set():
                 return job
-            await wait_any(
-                self.finished, store.events.draining, timeout=min(store.poll_interval, remaining)
-            )
+            await wait_any(self.finished, store.events.draining, timeout=remaining)
             delivered = self.finished.payload
             if isinstance(delivered, Job) and delivered.status in FINAL_STATUSES:
                 return delivered
@@ -396,6 +410,44 @@ async def sweep_jobs(store: JobStore) -> int:
     for job_id in ended:
         await store.events.job_finished(str(job_id))
     return len(ended)
+
+
+async def recheck_waiters(store: JobStore) -> None:
+    """The fallback for lost wake-ups: finds, in one query per batch, which agents waiting
+    here have pending jobs and which awaited jobs are final, and wakes their waiters as the
+    lost messages would have. Its cost does not grow with the number of waiters."""
+    events = store.events
+    agent_ids = [uuid.UUID(key) for key in events.watched(CREATED_CHANNEL)]
+    job_ids = [uuid.UUID(key) for key in events.watched(FINISHED_CHANNEL)]
+    if not agent_ids and not job_ids:
+        return
+    async with store.db.connect() as conn:
+        for batch in batched(agent_ids):
+            pending = await conn.execute(
+                PENDING_PER_AGENT, {"p_agent_ids": batch, "p_now": utcnow()}
+            )
+            for agent_id, count in pending:
+                events.wake_local(CREATED_CHANNEL, str(agent_id), times=count)
+        for batch in batched(job_ids):
+            for job_id in await conn.scalars(FINISHED_AMONG, {"p_job_ids": batch}):
+                events.wake_local(FINISHED_CHANNEL, str(job_id))
+
+
+def batched(ids: list[uuid.UUID]) -> Iterator[list[uuid.UUID]]:
+    for start in range(0, len(ids), RECHECK_BATCH):
+        yield ids[start : start + RECHECK_BATCH]
+
+
+async def run_fallback_poll(store: JobStore) -> None:
+    """The lifespan's background task: `recheck_waiters` every poll interval until cancelled."""
+    while True:
+        try:
+            await recheck_waiters(store)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the database may be briefly away; try again next round
+            log.warning("event=waiter_recheck_failed reason=%r", exc)
+        await asyncio.sleep(store.poll_interval)
 
 
 async def run_job_sweeper(store: JobStore, *, interval: float = 1.0) -> None:
