@@ -387,9 +387,11 @@ async def test_slow_client_gets_the_newest_tick_of_each_instrument(store: Store)
             while seen[a][-1:] != [sent] or seen[b][-1:] != [sent]:
                 data = await recv_tick(slow)
                 seen[data["instrument"]].append(data["ts"])
+        # Some were dropped (of one instrument or both: conflation keeps the newest of
+        # each in the outbox, whichever happened to fill it) ...
+        assert sum(len(stamps) for stamps in seen.values()) < 2 * (sent + 1)
         for stamps in seen.values():
             assert stamps == sorted(stamps)  # never out of order
-            assert len(stamps) < sent + 1  # some were dropped ...
             assert stamps[-1] == sent  # ... but never the newest
 
 
