@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -15,8 +16,10 @@ from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory, single_statement_engine
 from app.core.job_events import JobEvents
 from app.core.redis import create_redis
-from app.services.jobs import JobStore, run_fallback_poll, run_job_sweeper
+from app.services.jobs import JobStore, recheck_waiters, run_every, sweep_jobs
 from app.ws.manager import WebSocketManager
+
+JOB_SWEEP_INTERVAL_SECONDS = 1.0
 
 
 @dataclass
@@ -50,10 +53,12 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             poll_interval=settings.job_poll_interval_seconds,
             result_timeout=settings.job_result_timeout_seconds,
         )
-        sweeper = asyncio.create_task(run_job_sweeper(jobs), name="job-sweeper")
-        stack.push_async_callback(cancel_and_wait, sweeper)
-        fallback_poll = asyncio.create_task(run_fallback_poll(jobs), name="job-fallback-poll")
-        stack.push_async_callback(cancel_and_wait, fallback_poll)
+        for name, interval, work in (
+            ("job_sweep", JOB_SWEEP_INTERVAL_SECONDS, partial(sweep_jobs, jobs)),
+            ("waiter_recheck", jobs.poll_interval, partial(recheck_waiters, jobs)),
+        ):
+            task = asyncio.create_task(run_every(interval, work, name=name), name=name)
+            stack.push_async_callback(cancel_and_wait, task)
         ws = WebSocketManager(redis, settings)
         await ws.start()
         stack.push_async_callback(ws.close)

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, cast
@@ -207,15 +207,12 @@ async def create_job(
         except IntegrityError:
             if client_order_id is None:
                 raise
-            existing = (
-                await conn.execute(
-                    SELECT_BY_CLIENT_ORDER_ID,
-                    {"p_user_id": user_id, "p_client_order_id": client_order_id},
-                )
-            ).first()
+            existing = await find_by_client_order_id(
+                store, user_id=user_id, client_order_id=client_order_id
+            )
             if existing is None:  # deleted in between; vanishingly rare
                 raise
-            return job_from(existing), False
+            return existing, False
     await store.events.job_created(str(agent_id))
     return job_from(values), True
 
@@ -409,6 +406,8 @@ async def sweep_jobs(store: JobStore) -> int:
         ended += lost.all()
     for job_id in ended:
         await store.events.job_finished(str(job_id))
+    if ended:
+        log.info("event=jobs_swept ended=%d", len(ended))
     return len(ended)
 
 
@@ -438,27 +437,14 @@ def batched(ids: list[uuid.UUID]) -> Iterator[list[uuid.UUID]]:
         yield ids[start : start + RECHECK_BATCH]
 
 
-async def run_fallback_poll(store: JobStore) -> None:
-    """The lifespan's background task: `recheck_waiters` every poll interval until cancelled."""
+async def run_every(interval: float, work: Callable[[], Awaitable[object]], *, name: str) -> None:
+    """A lifespan background task: `work` every `interval` seconds until cancelled. A round
+    that fails (the database briefly away) is logged, and the next one tried."""
     while True:
         try:
-            await recheck_waiters(store)
+            await work()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the database may be briefly away; try again next round
-            log.warning("event=waiter_recheck_failed reason=%r", exc)
-        await asyncio.sleep(store.poll_interval)
-
-
-async def run_job_sweeper(store: JobStore, *, interval: float = 1.0) -> None:
-    """The lifespan's background task: sweeps every `interval` seconds until cancelled."""
-    while True:
-        try:
-            ended = await sweep_jobs(store)
-            if ended:
-                log.info("event=jobs_swept ended=%d", ended)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the database may be briefly away; try again next round
-            log.warning("event=job_sweep_failed reason=%r", exc)
+        except Exception as exc:
+            log.warning("event=%s_failed reason=%r", name, exc)
         await asyncio.sleep(interval)
