@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+# MT5GATE_TEST_REDIS_PORT points a run at a redis-server of its own, so that runs side by side
+# on one machine share no pub/sub channel (channels are not per db).
+REDIS_HOST, REDIS_PORT = "127.0.0.1", int(os.environ.get("MT5GATE_TEST_REDIS_PORT", "6379"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
 TABLES = ("jobs", "mt5_agents", "broker_connections", "users")
 
