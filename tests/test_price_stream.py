@@ -25,6 +25,7 @@ from tests.flows import TestUser, onboard_trader, register_user
 from tests.private_redis import private_redis
 from tests.servers import RunningApi, run_api, start_serve
 from tests.stores import Store, reset_store
+from tests.tcp_proxy import silenceable_proxy
 from tests.ws_clients import (
     close_code,
     connect,
@@ -502,6 +503,54 @@ async def test_ticks_flow_again_after_redis_restarts(
                 await publish_fresh(redis_server.url, tick(instrument, 1.7, 1.8, 5))
                 assert await recv_tick(single) == tick(instrument, 1.7, 1.8, 5)
                 assert await recv_tick(multi) == tick(instrument, 1.7, 1.8, 5)
+
+
+# Longer than the Redis health-check interval these tests set (1 s), by a margin.
+QUIET_SPELL_SECONDS = 3.0
+
+
+@ONLY_POSTGRES  # needs a real Redis: fakeredis has no health checks
+async def test_a_socket_that_connects_after_a_quiet_spell_gets_live_ticks(
+    store: Store, instrument: str
+) -> None:
+    """No socket for longer than the health-check interval, after start and after the last
+    socket left: the next socket still gets every tick, not only the last-known one."""
+    async with serve(store, redis_health_check_interval_seconds=1) as api:
+        manager = api.resources.ws
+        async with httpx.AsyncClient(base_url=f"{api.base_url}/api/v1") as http:
+            user = await register_user(http)
+        for spell in (1, 2):
+            await manager.wait_until(lambda: manager.stats()["redis_subscriptions"] == 0, 10)
+            await asyncio.sleep(QUIET_SPELL_SECONDS)  # the quiet spell itself is the test
+            async with connect(api, f"/ws/prices/{instrument}", user.token) as ws:
+                if spell > 1:
+                    assert (await recv_tick(ws))["ts"] == spell - 1  # the last-known tick
+                await wait_live(manager, instrument, sockets=1)
+                await publish(api.resources.redis, tick(instrument, ts=spell))
+                assert (await recv_tick(ws))["ts"] == spell
+
+
+@ONLY_POSTGRES  # needs a real Redis
+async def test_ticks_flow_again_after_the_subscription_connection_silently_dies(
+    store: Store, instrument: str
+) -> None:
+    """A connection that a NAT or firewall dropped is never closed: the listener finds it
+    silent, within twice the health-check interval, and subscribes on a new one."""
+    async with silenceable_proxy(store.redis_url) as (proxy, proxied_url):
+        async with serve(
+            store, redis_url=proxied_url, redis_health_check_interval_seconds=1
+        ) as api:
+            manager = api.resources.ws
+            async with httpx.AsyncClient(base_url=f"{api.base_url}/api/v1") as http:
+                user = await register_user(http)
+            async with connect(api, f"/ws/prices/{instrument}", user.token) as ws:
+                await wait_live(manager, instrument, sockets=1)
+                proxy.blackhole()
+                await manager.wait_until(lambda: not manager.is_live(instrument), 10)
+                await wait_live(manager, instrument)
+                # Through a connection of its own: the app's pooled ones are silenced too.
+                await publish_fresh(store.redis_url, tick(instrument, 1.7, 1.8, 5))
+                assert await recv_tick(ws) == tick(instrument, 1.7, 1.8, 5)
 
 
 @ONLY_POSTGRES  # several processes need PostgreSQL and Redis

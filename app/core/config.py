@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     mt5gate_env: Literal["dev", "production"] = "dev"
     database_url: str = "sqlite+aiosqlite:///./var/mt5gate.db"
     redis_url: str = "memory://"
+    # A Redis connection silent this long is checked with a PING (see app/core/redis.py).
+    redis_health_check_interval_seconds: float = Field(default=15, gt=0)
 
     jwt_secret: str = ""
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"

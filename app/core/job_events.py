@@ -26,6 +26,9 @@ from collections.abc import Iterator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.core.redis import DEFAULT_HEALTH_CHECK_INTERVAL_SECONDS, pubsub_messages
+from app.core.supervisor import supervise
+
 log = logging.getLogger("mt5gate.job_events")
 
 CREATED_CHANNEL = "mt5gate:jobs:created"
@@ -43,9 +46,17 @@ class Wakeup(asyncio.Event):
 
 
 class JobEvents:
-    def __init__(self, redis: Redis, *, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        enabled: bool = True,
+        keepalive: float = DEFAULT_HEALTH_CHECK_INTERVAL_SECONDS,
+    ) -> None:
         self.redis = redis
         self.enabled = enabled
+        # A subscription silent this long is checked (see app/core/redis.py).
+        self._keepalive = keepalive
         self._waiters: dict[tuple[str, str], set[Wakeup]] = defaultdict(set)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -57,7 +68,8 @@ class JobEvents:
     async def start(self) -> None:
         if not self.enabled:
             return
-        self._listener = asyncio.create_task(self._listen(), name="job-events-listener")
+        name = "job-events-listener"
+        self._listener = asyncio.create_task(supervise(name, self._listen), name=name)
         # Best effort: a Redis that is down now must not keep the API from starting.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._subscribed.wait(), timeout=2)
@@ -167,7 +179,7 @@ class JobEvents:
                 self._subscribed.set()
                 log.info("event=wakeups_subscribed")
                 backoff = 0.05
-                async for message in pubsub.listen():
+                async for message in pubsub_messages(pubsub, keepalive=self._keepalive):
                     self._on_message(message)
             except asyncio.CancelledError:
                 raise

@@ -38,6 +38,8 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
 from app.core.config import Settings
+from app.core.redis import pubsub_messages
+from app.core.supervisor import supervise
 from app.ws.protocol import FRAME_WRITER, text_frame
 from app.ws.ticks import (
     CHANNEL_PREFIX,
@@ -221,6 +223,7 @@ class WebSocketManager:
         self._stall_timeout = settings.ws_stall_timeout_seconds
         self._shutdown_timeout = settings.shutdown_timeout_seconds
         self._pattern_mode = settings.ws_redis_subscription == "pattern"
+        self._keepalive = settings.redis_health_check_interval_seconds
 
         self._sockets: dict[str, set[PriceSocket]] = {}
         self._all: set[PriceSocket] = set()
@@ -245,9 +248,12 @@ class WebSocketManager:
 
     async def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._listen(), name="ws-redis-listener"),
-            asyncio.create_task(self._reconcile_subscriptions(), name="ws-redis-reconciler"),
-            asyncio.create_task(self._watch_stalls(), name="ws-stall-watchdog"),
+            asyncio.create_task(supervise(name, loop), name=name)
+            for name, loop in (
+                ("ws-redis-listener", self._listen),
+                ("ws-redis-reconciler", self._reconcile_subscriptions),
+                ("ws-stall-watchdog", self._watch_stalls),
+            )
         ]
 
     async def close(self) -> None:
@@ -401,11 +407,9 @@ class WebSocketManager:
                 self._reconcile.set()
                 self._notify()
                 log.info("event=ws_redis_connected")
-                while True:
-                    message = await pubsub.get_message(timeout=None)
-                    if message is not None:
-                        self._on_redis_message(message)
-                        backoff = RECONNECT_BACKOFF_MIN_SECONDS
+                async for message in pubsub_messages(pubsub, keepalive=self._keepalive):
+                    self._on_redis_message(message)
+                    backoff = RECONNECT_BACKOFF_MIN_SECONDS
             except (RedisError, OSError) as exc:
                 log.warning("event=ws_redis_lost error=%r retry_in=%.1fs", exc, backoff)
             except Exception:
@@ -526,6 +530,7 @@ class WebSocketManager:
                     sock.close_code = CLOSE_STALLED
                     log.info("event=ws_stalled queued=%d", len(sock.outbox))
                     sock.stop()
+                    self._notify()
                     if sock.deadline is not None and not sock.deadline.expired():
                         sock.deadline.reschedule(loop.time())  # ends its handler now
 
