@@ -129,3 +129,21 @@ async def test_the_stall_watchdog_survives_an_unexpected_error(
     finally:
         await manager.close()
         await redis.aclose()
+
+
+async def test_a_manager_closed_as_it_starts_stops_all_its_tasks_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A cancellation can be lost (Python 3.11's wait_for drops one that arrives as what it
+    waits for completes, and fakeredis connects through wait_for): close cancels again."""
+    redis = create_redis("memory://")
+    manager = WebSocketManager(redis, Settings(_env_file=None))  # type: ignore[call-arg]
+    try:
+        with caplog.at_level(logging.WARNING, logger="mt5gate.ws"):
+            for _ in range(5):  # as `serve` does on a busy port: start, then stop at once
+                await manager.start()
+                await asyncio.sleep(0)
+                await manager.close()
+        assert not [r for r in caplog.records if "ws_shutdown_incomplete" in r.getMessage()]
+    finally:
+        await redis.aclose()

@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from app.core.config import Settings
+from tests.conftest import TEST_ENCRYPTION_KEY, TEST_JWT_SECRET
 from tests.flows import onboard_trader
-from tests.servers import ServeProcess, free_port, start_serve
+from tests.servers import ServeProcess, bound_socket, free_port, start_serve
 from tests.stores import (
     Store,
     create_postgres_database,
@@ -176,6 +177,24 @@ def test_serve_in_dev_creates_its_secrets_once_and_reuses_them(tmp_path: Path) -
         assert ("dev_secrets_created" in stderr) == (run == 0), stderr
     assert (tmp_path / "var" / "secrets.json").exists()
     assert (tmp_path / "var" / "mt5gate.db").exists()
+
+
+def test_serve_on_a_busy_port_exits_at_once_in_one_line(tmp_path: Path) -> None:
+    database = tmp_path / "mt5gate.db"
+    env = mt5gate_env(
+        DATABASE_URL=f"sqlite:///{database}",
+        JWT_SECRET=TEST_JWT_SECRET,
+        ENCRYPTION_KEY=TEST_ENCRYPTION_KEY,
+    )
+    with bound_socket() as busy:
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_mt5gate(["serve", "--port", str(port)], env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"mt5gate: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert not database.exists()  # the app's startup (which migrates SQLite) never ran
 
 
 def test_an_invalid_setting_is_one_line(tmp_path: Path) -> None:

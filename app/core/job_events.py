@@ -27,13 +27,14 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.core.redis import DEFAULT_HEALTH_CHECK_INTERVAL_SECONDS, pubsub_messages
-from app.core.supervisor import supervise
+from app.core.supervisor import stop_tasks, supervise
 
 log = logging.getLogger("mt5gate.job_events")
 
 CREATED_CHANNEL = "mt5gate:jobs:created"
 FINISHED_CHANNEL = "mt5gate:jobs:finished"
 MAX_BACKOFF_SECONDS = 2.0
+STOP_TIMEOUT_SECONDS = 5.0
 
 
 class Wakeup(asyncio.Event):
@@ -78,9 +79,8 @@ class JobEvents:
         for send in list(self._sends):
             send.cancel()
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            if await stop_tasks([self._listener], timeout=STOP_TIMEOUT_SECONDS):
+                log.warning("event=wakeups_listener_not_stopped")
             self._listener = None
 
     def begin_drain(self) -> None:

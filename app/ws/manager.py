@@ -39,7 +39,7 @@ from starlette.websockets import WebSocket
 
 from app.core.config import Settings
 from app.core.redis import pubsub_messages
-from app.core.supervisor import supervise
+from app.core.supervisor import stop_tasks, supervise
 from app.ws.protocol import FRAME_WRITER, text_frame
 from app.ws.ticks import (
     CHANNEL_PREFIX,
@@ -262,12 +262,8 @@ class WebSocketManager:
         tasks = self._tasks + [sock.sender for sock in self._all if sock.sender is not None]
         for sock in self._all:
             sock.stop()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self._shutdown_timeout)
-            if pending:
-                log.warning("event=ws_shutdown_incomplete tasks=%d", len(pending))
+        if pending := await stop_tasks(tasks, timeout=self._shutdown_timeout):
+            log.warning("event=ws_shutdown_incomplete tasks=%d", pending)
         self._tasks = []
 
     # -- the registry --------------------------------------------------------------------
