@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"mt5gate: invalid setting: {one_line(exc)}", file=sys.stderr)
         return 1
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, agent_traffic=settings.access_log_agent_traffic)
     try:
         if args.command == "serve":
             return serve(settings, args.host, args.port)

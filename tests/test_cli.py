@@ -124,6 +124,35 @@ async def test_serve_answers_the_api_and_its_docs(served: ServeProcess) -> None:
         assert registered.status_code == 201
 
 
+async def test_serve_leaves_agent_traffic_out_of_its_access_log(
+    served: ServeProcess, settings: Settings, tmp_path: Path
+) -> None:
+    async with httpx.AsyncClient(base_url=f"{served.base_url}/api/v1", timeout=10) as http:
+        trader = await onboard_trader(http)
+        agent = trader.agent
+        env = mt5gate_env(DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url)
+        on = await asyncio.to_thread(run_mt5gate, ["set-price-source", agent.id], env, tmp_path)
+        assert on.returncode == 0, on.stderr
+        for _ in range(3):
+            pushed = await http.post(
+                agent.path("prices"),
+                json={"LOGTEST": {"bid": 1.1, "ask": 1.2}},
+                headers=agent.headers,
+            )
+            assert pushed.status_code == 202
+            polled = await http.get(agent.path("jobs/next?wait=0"), headers=agent.headers)
+            assert polled.status_code == 204
+        refused = await http.post(agent.path("prices"), json=[], headers=agent.headers)
+        assert refused.status_code == 422
+        assert (await http.get("/me", headers=trader.user.headers)).status_code == 200
+    served.stop()
+    access = [line for line in served.log_path.read_text().splitlines() if "uvicorn.access" in line]
+    assert not [line for line in access if '/prices HTTP/1.1" 202' in line], access
+    assert not [line for line in access if '/jobs/next?wait=0 HTTP/1.1" 204' in line], access
+    assert [line for line in access if '/prices HTTP/1.1" 422' in line], access  # a failure
+    assert [line for line in access if '"GET /api/v1/me HTTP/1.1" 200' in line], access
+
+
 def wait_until_serving(base_url: str, process: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -220,6 +221,33 @@ async def test_invalid_instrument_in_the_path_closes_with_1008(
         assert ws.close_reason == "invalid_instrument"
 
 
+async def test_every_close_is_logged_with_its_code_and_who_closed(
+    api: RunningApi, user: TestUser, instrument: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = api.resources.ws
+    path = f"/ws/prices/{instrument}"
+    with caplog.at_level(logging.INFO, logger="mt5gate.ws"):
+        async with connect(api, path, "not-a-token") as ws:
+            assert await close_code(ws) == 4001
+        async with connect(api, "/ws/prices/EUR%20USD!", user.token) as ws:
+            assert await close_code(ws) == 1008
+        async with connect(api, path, user.token) as ws:
+            await manager.wait_until(lambda: manager.stats()["sockets"] == 1, 5)
+            await ws.close(4321, "bye")
+        await manager.wait_until(lambda: manager.stats()["sockets"] == 0, 5)
+    closes = [
+        r.getMessage().rsplit(" seconds=", 1)[0]
+        for r in caplog.records
+        if r.getMessage().startswith("event=ws_closed ")
+    ]
+    assert closes == [
+        f"event=ws_closed path='{path}' code=4001 reason=invalid_token by=server close_frame=sent",
+        "event=ws_closed path='/ws/prices/EUR USD!' code=1008 reason=invalid_instrument"
+        " by=server close_frame=sent",
+        f"event=ws_closed path='{path}' code=4321 reason=- by=client",
+    ]
+
+
 # -- the multi-instrument socket ---------------------------------------------------------------
 
 
@@ -365,6 +393,39 @@ async def test_stalled_client_does_not_delay_a_fast_one_and_is_closed_with_1013(
             assert stalled.close_reason == "stalled"
             await publish_batch(api, instrument, sent, 1)
             assert (await recv_tick(fast))["ts"] == sent
+
+
+async def test_a_stalled_client_that_reads_again_later_gets_the_1013_close(
+    store: Store, instrument: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The close frame is queued behind the ticks the client has not read (waiting for room
+    would outlast it), so that a client that reads again later learns why it was closed."""
+    stall_timeout = 0.5
+    async with serve(store, ws_stall_timeout_seconds=stall_timeout) as api:
+        async with httpx.AsyncClient(base_url=f"{api.base_url}/api/v1") as http:
+            user = await register_user(http)
+        manager = api.resources.ws
+        with caplog.at_level(logging.INFO, logger="mt5gate.ws"):
+            async with connect_with_small_buffer(
+                api, SINGLE.format(instrument=instrument), user.token
+            ) as ws:
+                await wait_live(manager, instrument, sockets=1)
+                sent = 0
+                while manager.stats()["sockets"] == 1:
+                    await publish_batch(api, instrument, sent, 100)
+                    sent += 100
+                    assert sent < 200_000, "the stalled client was never closed"
+                # The client stays away longer than the server would wait for room.
+                await asyncio.sleep(2 * stall_timeout)
+                assert await close_code(ws) == 1013
+                assert ws.close_reason == "stalled"
+        lines = [r.getMessage() for r in caplog.records]
+        assert any(line.startswith("event=ws_stalled blocked_seconds=") for line in lines)
+        assert any(
+            line.startswith(f"event=ws_closed path='/ws/prices/{instrument}' code=1013 ")
+            and "reason=stalled by=server close_frame=sent" in line
+            for line in lines
+        ), lines
 
 
 async def test_slow_client_gets_the_newest_tick_of_each_instrument(store: Store) -> None:

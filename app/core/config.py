@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     ws_ping_timeout_seconds: float = Field(default=20, gt=0)
     shutdown_timeout_seconds: float = Field(default=5, gt=0)
     log_level: str = "INFO"
+    # Every agent price push and job long-poll in the access log (else a summary a minute).
+    access_log_agent_traffic: bool = False
 
     @field_validator("database_url")
     @classmethod

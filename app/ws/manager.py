@@ -11,7 +11,7 @@ One `WebSocketManager` per process, created and closed by the lifespan. It keeps
 - the reconciler: sends SUBSCRIBE/UNSUBSCRIBE so that Redis matches the registry, in
   batches (a connect storm on one instrument costs one SUBSCRIBE).
 - the stall watchdog: it closes (1013) a socket whose write has been blocked longer than
-  `ws_stall_timeout_seconds`, i.e. whose client has stopped reading.
+  `ws_stall_timeout_seconds`, i.e. whose client has stopped reading, with a log line.
 
 A socket that keeps up has no task of its own here: its ticks are written from the
 listener as they are broadcast, and a sender task exists only while it is backed up (see
@@ -524,7 +524,12 @@ class WebSocketManager:
                 since = sock.sending_since
                 if since is not None and since < deadline and sock.close_code is None:
                     sock.close_code = CLOSE_STALLED
-                    log.info("event=ws_stalled queued=%d", len(sock.outbox))
+                    log.warning(
+                        "event=ws_stalled blocked_seconds=%.1f queued=%d dropped=%d",
+                        loop.time() - since,
+                        len(sock.outbox),
+                        sock.outbox.dropped,
+                    )
                     sock.stop()
                     self._notify()
                     if sock.deadline is not None and not sock.deadline.expired():

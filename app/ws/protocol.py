@@ -15,7 +15,10 @@ It also offers the app a way past ASGI for the one message it sends thousands of
 frames are not masked, so they are the same bytes on every connection), and says False
 when the connection cannot take it now (closing, or its transport's buffer is full), for
 the app to fall back on `send`. Through `send`, each socket would build the frame again,
-and pass through two coroutines.
+and pass through two coroutines. `...["close"]` closes a socket whose client stopped
+reading: ASGI's close would wait for room in its full buffer, for ever.
+
+And it logs the one close uvicorn makes silently: a peer that did not answer a ping.
 
 It relies on uvicorn's private internals, which any release may change: what
 `lean_protocol_problems` checks (tests/test_uvicorn_coupling.py asserts it finds nothing
@@ -136,7 +139,10 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         del self.request  # read only by handle_connect; the scope has the headers
         if hasattr(self, "scope"):  # the handshake was valid: the app will run
             # An ASGI extension's value is a dict.
-            self.scope["extensions"][FRAME_WRITER] = {"write": self.write_frame}
+            self.scope["extensions"][FRAME_WRITER] = {
+                "write": self.write_frame,
+                "close": self.close_stalled,
+            }
 
     def write_frame(self, frame: bytes) -> bool:
         """Writes a frame from `text_frame` if the connection can take it now."""
@@ -151,10 +157,36 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.write(frame)
         return True
 
+    def close_stalled(self, code: int, reason: str, linger: float) -> bool:
+        """Writes a close frame behind whatever the transport still holds, without waiting
+        for room, then closes: a client that reads again gets its ticks, then the close.
+        One that has not read up to it `linger` seconds later is cut off. False when no
+        close frame can be written any more (the connection is closing or gone)."""
+        if (
+            not self.handshake_complete
+            or self.close_sent
+            or self.disconnected
+            or self.transport.is_closing()
+        ):
+            return False
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.conn.send_close(code, reason)
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        self.transport.close()  # once the buffer is flushed
+        self.loop.call_later(linger, self.transport.abort)
+        return True
+
     def start_keepalive(self) -> None:
         # Called once the handshake response is written: the last use of `response`.
         del self.response
         super().start_keepalive()
+
+    def keepalive_timeout(self) -> None:
+        if not (self.close_sent or self.transport.is_closing()):
+            host, port = self.client or ("?", 0)
+            log.info("event=ws_ping_timeout client=%s:%s close_code=1011", host, port)
+        super().keepalive_timeout()
 
 
 # -- what LeanWebSocketProtocol relies on in uvicorn's class ------------------------------
@@ -162,7 +194,7 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
 # The methods of the objects we replace that uvicorn may call.
 QUEUE_METHODS = {"put_nowait", "get", "empty"}
 WRITABLE_METHODS = {"set", "clear", "wait", "is_set"}
-# Connection state that write_frame reads, set by uvicorn's __init__.
+# Connection state that write_frame and close_stalled use, set by uvicorn's __init__.
 STATE_READ_BY_WRITE_FRAME = {
     "transport",
     "handshake_complete",
@@ -170,6 +202,9 @@ STATE_READ_BY_WRITE_FRAME = {
     "disconnected",
     "queue",
     "writable",
+    "conn",  # websockets' ServerProtocol (send_close, data_to_send: its public API)
+    "loop",
+    "client",
 }
 
 
@@ -191,7 +226,7 @@ def lean_protocol_problems(base: type = WebSocketsSansIOProtocol) -> list[str]:
     }
     problems = [
         f"no method {name}"
-        for name in ("__init__", "handle_connect", "start_keepalive", "send")
+        for name in ("__init__", "handle_connect", "start_keepalive", "keepalive_timeout", "send")
         if name not in methods
     ]
     if problems:
