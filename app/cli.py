@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sys
 
 from pydantic import ValidationError
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"mt5gate: invalid setting: {one_line(exc)}", file=sys.stderr)
         return 1
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, agent_traffic=settings.access_log_agent_traffic)
     try:
         if args.command == "serve":
             return serve(settings, args.host, args.port)
@@ -87,13 +88,35 @@ def serve(settings: Settings, host: str, port: int) -> int:
     # Checked before the heavy imports, so a refusal to start is the only line printed.
     settings = settings.with_secrets()
 
+    try:
+        sock = listening_socket(host, port)
+    except OSError as exc:
+        print(f"mt5gate: cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
     from app.main import create_app
     from app.server import GatewayServer, server_config
 
     app = create_app(settings)
     server = GatewayServer(server_config(app, settings, host=host, port=port), app)
-    server.run()
+    server.run(sockets=[sock])
     return 0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything else: on a busy port `serve` ends at once
+    (OSError), before the app has imported, started or connected to anything."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on sockets whose proto
+    # says TCP, and without it a response can wait ~40 ms for a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 if __name__ == "__main__":

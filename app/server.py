@@ -19,7 +19,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from app.core.config import Settings
-from app.ws.protocol import LeanWebSocketProtocol
+from app.ws.protocol import websocket_protocol
 
 
 class GatewayServer(uvicorn.Server):
@@ -56,8 +56,9 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
         # A tick is serialized once for every socket; per-socket compression would undo
         # that (and cost a compressor's memory per socket).
         "ws_per_message_deflate": False,
-        # uvicorn's default protocol (sans-I/O, on `websockets`), with ~7 KB less per socket.
-        "ws": LeanWebSocketProtocol,
+        # uvicorn's default protocol (sans-I/O, on `websockets`), with ~7 KB less per socket,
+        # if this uvicorn still has what it needs (else uvicorn's own, logged once).
+        "ws": websocket_protocol(),
         "timeout_graceful_shutdown": int(settings.shutdown_timeout_seconds),
         **overrides,
     }

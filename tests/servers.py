@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -39,10 +40,12 @@ class RunningApi:
 
 
 @contextlib.asynccontextmanager
-async def run_api(settings: Settings) -> AsyncIterator[RunningApi]:
-    """Serves the app over real TCP on a free loopback port, in the current event loop."""
+async def run_api(settings: Settings, **config: Any) -> AsyncIterator[RunningApi]:
+    """Serves the app over real TCP on a free loopback port, in the current event loop
+    (`config`: uvicorn settings that differ from `serve`'s)."""
     app = create_app(settings)
-    server = GatewayServer(server_config(app, settings, timeout_graceful_shutdown=2), app)
+    options = {"timeout_graceful_shutdown": 2, **config}
+    server = GatewayServer(server_config(app, settings, **options), app)
     task = asyncio.create_task(server.serve(sockets=[bound_socket()]))
     while not server.started:
         if task.done():

@@ -16,8 +16,9 @@ import httpx
 import pytest
 
 from app.core.config import Settings
+from tests.conftest import TEST_ENCRYPTION_KEY, TEST_JWT_SECRET
 from tests.flows import onboard_trader
-from tests.servers import ServeProcess, free_port, start_serve
+from tests.servers import ServeProcess, bound_socket, free_port, start_serve
 from tests.stores import (
     Store,
     create_postgres_database,
@@ -123,6 +124,35 @@ async def test_serve_answers_the_api_and_its_docs(served: ServeProcess) -> None:
         assert registered.status_code == 201
 
 
+async def test_serve_leaves_agent_traffic_out_of_its_access_log(
+    served: ServeProcess, settings: Settings, tmp_path: Path
+) -> None:
+    async with httpx.AsyncClient(base_url=f"{served.base_url}/api/v1", timeout=10) as http:
+        trader = await onboard_trader(http)
+        agent = trader.agent
+        env = mt5gate_env(DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url)
+        on = await asyncio.to_thread(run_mt5gate, ["set-price-source", agent.id], env, tmp_path)
+        assert on.returncode == 0, on.stderr
+        for _ in range(3):
+            pushed = await http.post(
+                agent.path("prices"),
+                json={"LOGTEST": {"bid": 1.1, "ask": 1.2}},
+                headers=agent.headers,
+            )
+            assert pushed.status_code == 202
+            polled = await http.get(agent.path("jobs/next?wait=0"), headers=agent.headers)
+            assert polled.status_code == 204
+        refused = await http.post(agent.path("prices"), json=[], headers=agent.headers)
+        assert refused.status_code == 422
+        assert (await http.get("/me", headers=trader.user.headers)).status_code == 200
+    served.stop()
+    access = [line for line in served.log_path.read_text().splitlines() if "uvicorn.access" in line]
+    assert not [line for line in access if '/prices HTTP/1.1" 202' in line], access
+    assert not [line for line in access if '/jobs/next?wait=0 HTTP/1.1" 204' in line], access
+    assert [line for line in access if '/prices HTTP/1.1" 422' in line], access  # a failure
+    assert [line for line in access if '"GET /api/v1/me HTTP/1.1" 200' in line], access
+
+
 def wait_until_serving(base_url: str, process: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -176,6 +206,24 @@ def test_serve_in_dev_creates_its_secrets_once_and_reuses_them(tmp_path: Path) -
         assert ("dev_secrets_created" in stderr) == (run == 0), stderr
     assert (tmp_path / "var" / "secrets.json").exists()
     assert (tmp_path / "var" / "mt5gate.db").exists()
+
+
+def test_serve_on_a_busy_port_exits_at_once_in_one_line(tmp_path: Path) -> None:
+    database = tmp_path / "mt5gate.db"
+    env = mt5gate_env(
+        DATABASE_URL=f"sqlite:///{database}",
+        JWT_SECRET=TEST_JWT_SECRET,
+        ENCRYPTION_KEY=TEST_ENCRYPTION_KEY,
+    )
+    with bound_socket() as busy:
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_mt5gate(["serve", "--port", str(port)], env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"mt5gate: cannot listen on 127.0.0.1:{port}: Address already in use"
+    ]
+    assert not database.exists()  # the app's startup (which migrates SQLite) never ran
 
 
 def test_an_invalid_setting_is_one_line(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ leaves without the job hands the wake-up on, to another process if none is left 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -17,6 +18,7 @@ from redis.asyncio import Redis
 from app.core.job_events import CREATED_CHANNEL, JobEvents
 from app.core.redis import create_redis
 from tests.stores import Store
+from tests.tcp_proxy import silenceable_proxy
 
 AGENT = "agent-1"
 WAKE_TIMEOUT_SECONDS = 2
@@ -92,3 +94,59 @@ async def test_a_woken_poll_that_leaves_hands_the_job_to_another_process(
             assert not remote_poll.is_set()
         # The local poll left (its client went away, say) without claiming the job.
         await woken(remote_poll)
+
+
+# -- real Redis, over time ----------------------------------------------------------------------
+
+ONLY_REAL_REDIS = pytest.mark.parametrize("store", ["postgres"], indirect=True)
+# Longer than the health-check interval these tests set (1 s), by a margin.
+QUIET_SPELL_SECONDS = 3.0
+
+
+@contextlib.asynccontextmanager
+async def two_processes(
+    first_url: str, second_url: str
+) -> AsyncIterator[tuple[JobEvents, JobEvents]]:
+    """Two processes' wake-ups, on Redis clients with a 1 s health-check interval."""
+    clients = [create_redis(url, health_check_interval=1) for url in (first_url, second_url)]
+    a, b = (JobEvents(client, keepalive=1) for client in clients)
+    await a.start()
+    await b.start()
+    try:
+        yield a, b
+    finally:
+        await a.stop()
+        await b.stop()
+        for client in clients:
+            await client.aclose()
+
+
+@ONLY_REAL_REDIS
+async def test_a_wakeup_reaches_another_process_after_a_quiet_spell(store: Store) -> None:
+    async with two_processes(store.redis_url, store.redis_url) as (a, b):
+        for _spell in range(2):
+            await asyncio.sleep(QUIET_SPELL_SECONDS)  # the quiet spell itself is the test
+            with b.watch_created(AGENT) as remote_poll:
+                await a.job_created(AGENT)
+                await woken(remote_poll)
+
+
+@ONLY_REAL_REDIS
+async def test_wakeups_resume_after_the_subscription_connection_silently_dies(
+    store: Store,
+) -> None:
+    """A connection that a NAT or firewall dropped is never closed: the listener finds it
+    silent, within twice the health-check interval, and subscribes on a new one."""
+    async with (
+        silenceable_proxy(store.redis_url) as (proxy, proxied_url),
+        two_processes(store.redis_url, proxied_url) as (a, b),
+    ):
+        proxy.blackhole()
+        async with asyncio.timeout(10):
+            while True:  # each job wakes b once b listens on a live connection again
+                with b.watch_created(AGENT) as remote_poll:
+                    await a.job_created(AGENT)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(remote_poll.wait(), 0.5)
+                    if remote_poll.is_set():
+                        break

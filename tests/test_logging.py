@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from app.core.logging import RedactSecrets
+from app.core.logging import RedactSecrets, SummariseAgentTraffic
 
 
 @pytest.mark.parametrize(
@@ -30,3 +30,63 @@ def test_tokens_in_logged_urls_are_redacted(path: str, shown: str) -> None:
     finally:
         logger.removeHandler(handler)
     assert stream.getvalue() == f'127.0.0.1:5000 - "WebSocket {shown}" [accepted]\n'
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def access_line(method: str, path: str, status: int) -> logging.LogRecord:
+    """A record as uvicorn's access logger makes it."""
+    return logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        0,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", method, path, "1.1", status),
+        None,
+    )
+
+
+PUSH = "/api/v1/agents/3f2b0c1e-0000-4000-8000-000000000001/prices"
+POLL = "/api/v1/agents/3f2b0c1e-0000-4000-8000-000000000001/jobs/next?wait=25"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "kept"),
+    [
+        ("POST", PUSH, 202, False),
+        ("GET", POLL, 200, False),
+        ("GET", POLL, 204, False),
+        ("POST", PUSH, 403, True),  # failures are still logged
+        ("GET", POLL, 401, True),
+        ("POST", PUSH, 500, True),
+        ("GET", "/api/v1/me", 200, True),
+        ("POST", "/api/v1/agents/x/jobs/1/result", 200, True),
+        ("GET", PUSH, 405, True),
+        ("GET", PUSH + "/../me", 200, True),
+    ],
+)
+def test_agent_traffic_is_left_out_of_the_access_log(
+    method: str, path: str, status: int, kept: bool
+) -> None:
+    assert SummariseAgentTraffic().filter(access_line(method, path, status)) is kept
+
+
+def test_agent_traffic_is_summarised_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    quiet = SummariseAgentTraffic(interval=60, clock=clock)
+    with caplog.at_level(logging.INFO, logger="mt5gate.access"):
+        for second in range(61):  # four pushes and one long-poll a second
+            clock.now = float(second)
+            for _ in range(4):
+                quiet.filter(access_line("POST", PUSH, 202))
+            quiet.filter(access_line("GET", POLL, 204))
+    assert [r.getMessage() for r in caplog.records] == [
+        "event=access_summary seconds=60 price_pushes=241 long_polls=60"
+    ]

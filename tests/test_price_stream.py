@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from tests.flows import TestUser, onboard_trader, register_user
 from tests.private_redis import private_redis
 from tests.servers import RunningApi, run_api, start_serve
 from tests.stores import Store, reset_store
+from tests.tcp_proxy import silenceable_proxy
 from tests.ws_clients import (
     close_code,
     connect,
@@ -219,6 +221,33 @@ async def test_invalid_instrument_in_the_path_closes_with_1008(
         assert ws.close_reason == "invalid_instrument"
 
 
+async def test_every_close_is_logged_with_its_code_and_who_closed(
+    api: RunningApi, user: TestUser, instrument: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = api.resources.ws
+    path = f"/ws/prices/{instrument}"
+    with caplog.at_level(logging.INFO, logger="mt5gate.ws"):
+        async with connect(api, path, "not-a-token") as ws:
+            assert await close_code(ws) == 4001
+        async with connect(api, "/ws/prices/EUR%20USD!", user.token) as ws:
+            assert await close_code(ws) == 1008
+        async with connect(api, path, user.token) as ws:
+            await manager.wait_until(lambda: manager.stats()["sockets"] == 1, 5)
+            await ws.close(4321, "bye")
+        await manager.wait_until(lambda: manager.stats()["sockets"] == 0, 5)
+    closes = [
+        r.getMessage().rsplit(" seconds=", 1)[0]
+        for r in caplog.records
+        if r.getMessage().startswith("event=ws_closed ")
+    ]
+    assert closes == [
+        f"event=ws_closed path='{path}' code=4001 reason=invalid_token by=server close_frame=sent",
+        "event=ws_closed path='/ws/prices/EUR USD!' code=1008 reason=invalid_instrument"
+        " by=server close_frame=sent",
+        f"event=ws_closed path='{path}' code=4321 reason=- by=client",
+    ]
+
+
 # -- the multi-instrument socket ---------------------------------------------------------------
 
 
@@ -366,6 +395,39 @@ async def test_stalled_client_does_not_delay_a_fast_one_and_is_closed_with_1013(
             assert (await recv_tick(fast))["ts"] == sent
 
 
+async def test_a_stalled_client_that_reads_again_later_gets_the_1013_close(
+    store: Store, instrument: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The close frame is queued behind the ticks the client has not read (waiting for room
+    would outlast it), so that a client that reads again later learns why it was closed."""
+    stall_timeout = 0.5
+    async with serve(store, ws_stall_timeout_seconds=stall_timeout) as api:
+        async with httpx.AsyncClient(base_url=f"{api.base_url}/api/v1") as http:
+            user = await register_user(http)
+        manager = api.resources.ws
+        with caplog.at_level(logging.INFO, logger="mt5gate.ws"):
+            async with connect_with_small_buffer(
+                api, SINGLE.format(instrument=instrument), user.token
+            ) as ws:
+                await wait_live(manager, instrument, sockets=1)
+                sent = 0
+                while manager.stats()["sockets"] == 1:
+                    await publish_batch(api, instrument, sent, 100)
+                    sent += 100
+                    assert sent < 200_000, "the stalled client was never closed"
+                # The client stays away longer than the server would wait for room.
+                await asyncio.sleep(2 * stall_timeout)
+                assert await close_code(ws) == 1013
+                assert ws.close_reason == "stalled"
+        lines = [r.getMessage() for r in caplog.records]
+        assert any(line.startswith("event=ws_stalled blocked_seconds=") for line in lines)
+        assert any(
+            line.startswith(f"event=ws_closed path='/ws/prices/{instrument}' code=1013 ")
+            and "reason=stalled by=server close_frame=sent" in line
+            for line in lines
+        ), lines
+
+
 async def test_slow_client_gets_the_newest_tick_of_each_instrument(store: Store) -> None:
     a, b = new_instrument(), new_instrument()
     async with serve(store, ws_stall_timeout_seconds=60.0, ws_queue_size=16) as api:
@@ -502,6 +564,54 @@ async def test_ticks_flow_again_after_redis_restarts(
                 await publish_fresh(redis_server.url, tick(instrument, 1.7, 1.8, 5))
                 assert await recv_tick(single) == tick(instrument, 1.7, 1.8, 5)
                 assert await recv_tick(multi) == tick(instrument, 1.7, 1.8, 5)
+
+
+# Longer than the Redis health-check interval these tests set (1 s), by a margin.
+QUIET_SPELL_SECONDS = 3.0
+
+
+@ONLY_POSTGRES  # needs a real Redis: fakeredis has no health checks
+async def test_a_socket_that_connects_after_a_quiet_spell_gets_live_ticks(
+    store: Store, instrument: str
+) -> None:
+    """No socket for longer than the health-check interval, after start and after the last
+    socket left: the next socket still gets every tick, not only the last-known one."""
+    async with serve(store, redis_health_check_interval_seconds=1) as api:
+        manager = api.resources.ws
+        async with httpx.AsyncClient(base_url=f"{api.base_url}/api/v1") as http:
+            user = await register_user(http)
+        for spell in (1, 2):
+            await manager.wait_until(lambda: manager.stats()["redis_subscriptions"] == 0, 10)
+            await asyncio.sleep(QUIET_SPELL_SECONDS)  # the quiet spell itself is the test
+            async with connect(api, f"/ws/prices/{instrument}", user.token) as ws:
+                if spell > 1:
+                    assert (await recv_tick(ws))["ts"] == spell - 1  # the last-known tick
+                await wait_live(manager, instrument, sockets=1)
+                await publish(api.resources.redis, tick(instrument, ts=spell))
+                assert (await recv_tick(ws))["ts"] == spell
+
+
+@ONLY_POSTGRES  # needs a real Redis
+async def test_ticks_flow_again_after_the_subscription_connection_silently_dies(
+    store: Store, instrument: str
+) -> None:
+    """A connection that a NAT or firewall dropped is never closed: the listener finds it
+    silent, within twice the health-check interval, and subscribes on a new one."""
+    async with silenceable_proxy(store.redis_url) as (proxy, proxied_url):
+        async with serve(
+            store, redis_url=proxied_url, redis_health_check_interval_seconds=1
+        ) as api:
+            manager = api.resources.ws
+            async with httpx.AsyncClient(base_url=f"{api.base_url}/api/v1") as http:
+                user = await register_user(http)
+            async with connect(api, f"/ws/prices/{instrument}", user.token) as ws:
+                await wait_live(manager, instrument, sockets=1)
+                proxy.blackhole()
+                await manager.wait_until(lambda: not manager.is_live(instrument), 10)
+                await wait_live(manager, instrument)
+                # Through a connection of its own: the app's pooled ones are silenced too.
+                await publish_fresh(store.redis_url, tick(instrument, 1.7, 1.8, 5))
+                assert await recv_tick(ws) == tick(instrument, 1.7, 1.8, 5)
 
 
 @ONLY_POSTGRES  # several processes need PostgreSQL and Redis

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 import time
 
 import httpx
+import pytest
 
 from tests.conftest import make_settings
 from tests.flows import register_user
@@ -15,9 +17,12 @@ from tests.servers import run_api
 from tests.stores import Store, reset_store
 
 
-async def test_a_peer_that_never_answers_pings_is_closed(store: Store) -> None:
+async def test_a_peer_that_never_answers_pings_is_closed(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
     await reset_store(store)
     settings = make_settings(store, ws_ping_interval_seconds=0.2, ws_ping_timeout_seconds=0.5)
+    caplog.set_level(logging.INFO, logger="mt5gate.ws")
     async with run_api(settings) as api:
         async with httpx.AsyncClient(base_url=f"{api.base_url}/api/v1") as client:
             user = await register_user(client)
@@ -48,3 +53,6 @@ async def test_a_peer_that_never_answers_pings_is_closed(store: Store) -> None:
         assert b"\x89" in received, "the server never pinged"  # FIN + ping opcode
         assert took < 5
         await manager.wait_until(lambda: manager.stats()["sockets"] == 0, timeout=5)
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(line.startswith("event=ws_ping_timeout client=127.0.0.1:") for line in lines)
+    assert any(line.startswith("event=ws_closed path='/ws/prices/KEEPALIVE'") for line in lines)

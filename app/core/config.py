@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     mt5gate_env: Literal["dev", "production"] = "dev"
     database_url: str = "sqlite+aiosqlite:///./var/mt5gate.db"
     redis_url: str = "memory://"
+    # A Redis connection silent this long is checked with a PING (see app/core/redis.py).
+    redis_health_check_interval_seconds: float = Field(default=15, gt=0)
 
     jwt_secret: str = ""
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
@@ -73,6 +75,8 @@ class Settings(BaseSettings):
     ws_ping_timeout_seconds: float = Field(default=20, gt=0)
     shutdown_timeout_seconds: float = Field(default=5, gt=0)
     log_level: str = "INFO"
+    # Every agent price push and job long-poll in the access log (else a summary a minute).
+    access_log_agent_traffic: bool = False
 
     @field_validator("database_url")
     @classmethod

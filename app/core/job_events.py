@@ -26,11 +26,15 @@ from collections.abc import Iterator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.core.redis import DEFAULT_HEALTH_CHECK_INTERVAL_SECONDS, pubsub_messages
+from app.core.supervisor import stop_tasks, supervise
+
 log = logging.getLogger("mt5gate.job_events")
 
 CREATED_CHANNEL = "mt5gate:jobs:created"
 FINISHED_CHANNEL = "mt5gate:jobs:finished"
 MAX_BACKOFF_SECONDS = 2.0
+STOP_TIMEOUT_SECONDS = 5.0
 
 
 class Wakeup(asyncio.Event):
@@ -43,9 +47,17 @@ class Wakeup(asyncio.Event):
 
 
 class JobEvents:
-    def __init__(self, redis: Redis, *, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        enabled: bool = True,
+        keepalive: float = DEFAULT_HEALTH_CHECK_INTERVAL_SECONDS,
+    ) -> None:
         self.redis = redis
         self.enabled = enabled
+        # A subscription silent this long is checked (see app/core/redis.py).
+        self._keepalive = keepalive
         self._waiters: dict[tuple[str, str], set[Wakeup]] = defaultdict(set)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -57,7 +69,8 @@ class JobEvents:
     async def start(self) -> None:
         if not self.enabled:
             return
-        self._listener = asyncio.create_task(self._listen(), name="job-events-listener")
+        name = "job-events-listener"
+        self._listener = asyncio.create_task(supervise(name, self._listen), name=name)
         # Best effort: a Redis that is down now must not keep the API from starting.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._subscribed.wait(), timeout=2)
@@ -66,9 +79,8 @@ class JobEvents:
         for send in list(self._sends):
             send.cancel()
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            if await stop_tasks([self._listener], timeout=STOP_TIMEOUT_SECONDS):
+                log.warning("event=wakeups_listener_not_stopped")
             self._listener = None
 
     def begin_drain(self) -> None:
@@ -167,7 +179,7 @@ class JobEvents:
                 self._subscribed.set()
                 log.info("event=wakeups_subscribed")
                 backoff = 0.05
-                async for message in pubsub.listen():
+                async for message in pubsub_messages(pubsub, keepalive=self._keepalive):
                     self._on_message(message)
             except asyncio.CancelledError:
                 raise

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
+from collections.abc import Callable
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 # Access tokens travel in WebSocket URLs (`?token=`), which uvicorn logs.
@@ -22,7 +24,58 @@ class RedactSecrets(logging.Filter):
         return True
 
 
-def configure_logging(level: str = "INFO") -> None:
+# What an agent sends all the time: a price push (several a second) and a job long-poll.
+AGENT_TRAFFIC = {
+    "price_pushes": re.compile(r"POST /api/v1/agents/[^/?]+/prices(?:\?.*)?"),
+    "long_polls": re.compile(r"GET /api/v1/agents/[^/?]+/jobs/next(?:\?.*)?"),
+}
+SUMMARY_INTERVAL_SECONDS = 60.0
+
+
+class SummariseAgentTraffic(logging.Filter):
+    """Keeps agents' successful price pushes and job long-polls out of uvicorn's access
+    log (they would drown every other line), and logs how many there were instead, at
+    most once a `interval`. A failed one (4xx, 5xx) is logged as any request is."""
+
+    def __init__(
+        self,
+        interval: float = SUMMARY_INTERVAL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self.interval = interval
+        self.clock = clock
+        self.counts = dict.fromkeys(AGENT_TRAFFIC, 0)
+        self.since = clock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn's access line: '%s - "%s %s HTTP/%s" %d' (client, method, path, ...).
+        args = record.args
+        if not isinstance(args, tuple) or len(args) != 5:
+            return True
+        _, method, path, _, status = args
+        if not isinstance(status, int) or status >= 400:
+            return True
+        request = f"{method} {path}"
+        kind = next((k for k, p in AGENT_TRAFFIC.items() if p.fullmatch(request)), None)
+        if kind is None:
+            return True
+        self.counts[kind] += 1
+        now = self.clock()
+        if now - self.since >= self.interval:
+            logging.getLogger("mt5gate.access").info(
+                "event=access_summary seconds=%.0f %s",
+                now - self.since,
+                " ".join(f"{k}={n}" for k, n in self.counts.items()),
+            )
+            self.counts = dict.fromkeys(AGENT_TRAFFIC, 0)
+            self.since = now
+        return False
+
+
+def configure_logging(level: str = "INFO", *, agent_traffic: bool = False) -> None:
+    """`agent_traffic`: every agent price push and long-poll in the access log, instead
+    of a summary a minute."""
     root = logging.getLogger()
     if not any(getattr(h, "_mt5gate", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
@@ -32,5 +85,10 @@ def configure_logging(level: str = "INFO") -> None:
         root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("mt5gate").setLevel(level.upper())
+    access = logging.getLogger("uvicorn.access")
+    for old in [f for f in access.filters if isinstance(f, SummariseAgentTraffic)]:
+        access.removeFilter(old)
+    if not agent_traffic:
+        access.addFilter(SummariseAgentTraffic())
     # Alembic announces every plugin it loads at INFO; its migration steps stay visible.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

@@ -41,10 +41,16 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         stack.push_async_callback(engine.dispose)
         session_factory = create_session_factory(engine)
         db = single_statement_engine(engine)
-        redis = create_redis(settings.redis_url)
+        redis = create_redis(
+            settings.redis_url, health_check_interval=settings.redis_health_check_interval_seconds
+        )
         stack.push_async_callback(redis.aclose)
 
-        job_events = JobEvents(redis, enabled=settings.job_wakeups_enabled)
+        job_events = JobEvents(
+            redis,
+            enabled=settings.job_wakeups_enabled,
+            keepalive=settings.redis_health_check_interval_seconds,
+        )
         await job_events.start()
         stack.push_async_callback(job_events.stop)
         jobs = JobStore(

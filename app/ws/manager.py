@@ -11,7 +11,7 @@ One `WebSocketManager` per process, created and closed by the lifespan. It keeps
 - the reconciler: sends SUBSCRIBE/UNSUBSCRIBE so that Redis matches the registry, in
   batches (a connect storm on one instrument costs one SUBSCRIBE).
 - the stall watchdog: it closes (1013) a socket whose write has been blocked longer than
-  `ws_stall_timeout_seconds`, i.e. whose client has stopped reading.
+  `ws_stall_timeout_seconds`, i.e. whose client has stopped reading, with a log line.
 
 A socket that keeps up has no task of its own here: its ticks are written from the
 listener as they are broadcast, and a sender task exists only while it is backed up (see
@@ -38,6 +38,8 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
 from app.core.config import Settings
+from app.core.redis import pubsub_messages
+from app.core.supervisor import stop_tasks, supervise
 from app.ws.protocol import FRAME_WRITER, text_frame
 from app.ws.ticks import (
     CHANNEL_PREFIX,
@@ -221,6 +223,7 @@ class WebSocketManager:
         self._stall_timeout = settings.ws_stall_timeout_seconds
         self._shutdown_timeout = settings.shutdown_timeout_seconds
         self._pattern_mode = settings.ws_redis_subscription == "pattern"
+        self._keepalive = settings.redis_health_check_interval_seconds
 
         self._sockets: dict[str, set[PriceSocket]] = {}
         self._all: set[PriceSocket] = set()
@@ -245,9 +248,12 @@ class WebSocketManager:
 
     async def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._listen(), name="ws-redis-listener"),
-            asyncio.create_task(self._reconcile_subscriptions(), name="ws-redis-reconciler"),
-            asyncio.create_task(self._watch_stalls(), name="ws-stall-watchdog"),
+            asyncio.create_task(supervise(name, loop), name=name)
+            for name, loop in (
+                ("ws-redis-listener", self._listen),
+                ("ws-redis-reconciler", self._reconcile_subscriptions),
+                ("ws-stall-watchdog", self._watch_stalls),
+            )
         ]
 
     async def close(self) -> None:
@@ -256,12 +262,8 @@ class WebSocketManager:
         tasks = self._tasks + [sock.sender for sock in self._all if sock.sender is not None]
         for sock in self._all:
             sock.stop()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self._shutdown_timeout)
-            if pending:
-                log.warning("event=ws_shutdown_incomplete tasks=%d", len(pending))
+        if pending := await stop_tasks(tasks, timeout=self._shutdown_timeout):
+            log.warning("event=ws_shutdown_incomplete tasks=%d", pending)
         self._tasks = []
 
     # -- the registry --------------------------------------------------------------------
@@ -401,11 +403,9 @@ class WebSocketManager:
                 self._reconcile.set()
                 self._notify()
                 log.info("event=ws_redis_connected")
-                while True:
-                    message = await pubsub.get_message(timeout=None)
-                    if message is not None:
-                        self._on_redis_message(message)
-                        backoff = RECONNECT_BACKOFF_MIN_SECONDS
+                async for message in pubsub_messages(pubsub, keepalive=self._keepalive):
+                    self._on_redis_message(message)
+                    backoff = RECONNECT_BACKOFF_MIN_SECONDS
             except (RedisError, OSError) as exc:
                 log.warning("event=ws_redis_lost error=%r retry_in=%.1fs", exc, backoff)
             except Exception:
@@ -524,8 +524,14 @@ class WebSocketManager:
                 since = sock.sending_since
                 if since is not None and since < deadline and sock.close_code is None:
                     sock.close_code = CLOSE_STALLED
-                    log.info("event=ws_stalled queued=%d", len(sock.outbox))
+                    log.warning(
+                        "event=ws_stalled blocked_seconds=%.1f queued=%d dropped=%d",
+                        loop.time() - since,
+                        len(sock.outbox),
+                        sock.outbox.dropped,
+                    )
                     sock.stop()
+                    self._notify()
                     if sock.deadline is not None and not sock.deadline.expired():
                         sock.deadline.reschedule(loop.time())  # ends its handler now
 

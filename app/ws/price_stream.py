@@ -11,7 +11,8 @@ each one handled is acknowledged with `{"type": "subscriptions", "instruments": 
 `{"type": "error", "detail": code, "message": sentence}` with the socket left open.
 
 Close codes: 4001 token, 1008 invalid instrument in the path, 1013 a client that stopped
-reading for `ws_stall_timeout_seconds`, 1012 server shutdown (uvicorn).
+reading for `ws_stall_timeout_seconds`, 1012 server shutdown (uvicorn). Every close is
+logged, `event=ws_closed` with its code and who closed.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 from datetime import UTC, datetime
 
 from starlette.routing import Match, WebSocketRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from app.api.deps import authenticate_token, resources_of
@@ -35,6 +36,7 @@ from app.ws.manager import (
     TooManyInstruments,
     WebSocketManager,
 )
+from app.ws.protocol import FRAME_WRITER
 from app.ws.ticks import is_instrument
 
 log = logging.getLogger("mt5gate.ws")
@@ -43,6 +45,9 @@ log = logging.getLogger("mt5gate.ws")
 CLOSE_INVALID_TOKEN = 4001
 CLOSE_POLICY_VIOLATION = 1008
 MAX_CLIENT_MESSAGE_CHARS = 16_384
+# How long a stalled client's connection is kept once its close frame is queued, for it to
+# read up to it (as long as uvicorn waits for a close handshake).
+STALLED_CLOSE_LINGER_SECONDS = 10.0
 
 
 class CommandError(Exception):
@@ -61,7 +66,8 @@ async def instrument_prices(websocket: WebSocket) -> None:
     if expires_at is None:
         return
     if not is_instrument(instrument):
-        await close_quietly(websocket, CLOSE_POLICY_VIOLATION, "invalid_instrument", 1.0)
+        sent = await close_quietly(websocket, CLOSE_POLICY_VIOLATION, "invalid_instrument", 1.0)
+        log_closed(websocket, CLOSE_POLICY_VIOLATION, "invalid_instrument", frame_sent=sent)
         return
     await stream_prices(
         websocket, resources, expires_at=expires_at, instruments=[instrument], commands=False
@@ -94,7 +100,8 @@ async def accept_authenticated(
         )
     except (InvalidTokenError, InvalidToken):
         await websocket.accept()
-        await close_quietly(websocket, CLOSE_INVALID_TOKEN, "invalid_token", 1.0)
+        sent = await close_quietly(websocket, CLOSE_INVALID_TOKEN, "invalid_token", 1.0)
+        log_closed(websocket, CLOSE_INVALID_TOKEN, "invalid_token", frame_sent=sent)
         return None
     await websocket.accept()
     return claims.expires_at
@@ -117,8 +124,10 @@ async def stream_prices(
     """
     manager = resources.ws
     loop = asyncio.get_running_loop()
+    opened_at = loop.time()
     sock = manager.connect(websocket)
     close: tuple[int, str] | None = None
+    peer_code = 1005  # no status
     remaining = (expires_at - datetime.now(UTC)).total_seconds()
     try:
         async with asyncio.timeout_at(loop.time() + remaining) as deadline:
@@ -126,9 +135,9 @@ async def stream_prices(
             if instruments:
                 await manager.subscribe(sock, instruments)
             if commands:
-                await read_commands(websocket, manager, sock)
+                peer_code = await read_commands(websocket, manager, sock)
             else:
-                await read_until_disconnect(websocket)
+                peer_code = await read_until_disconnect(websocket)
     except TimeoutError:
         if not deadline.expired():
             raise
@@ -138,23 +147,34 @@ async def stream_prices(
             close = (CLOSE_INVALID_TOKEN, "token_expired")
     finally:
         manager.disconnect(sock)
-    if close is not None:
+    if close is None:
+        log_closed(websocket, peer_code, opened_at=opened_at)
+        return
+    code, reason = close
+    stall_timeout = resources.settings.ws_stall_timeout_seconds
+    close_stalled = websocket.scope.get("extensions", {}).get(FRAME_WRITER, {}).get("close")
+    if code == CLOSE_STALLED and close_stalled is not None:
+        sent = close_stalled(code, reason, STALLED_CLOSE_LINGER_SECONDS)
+    else:
         # A stalled client may never read the close frame: give up after the same limit.
-        code, reason = close
-        await close_quietly(websocket, code, reason, resources.settings.ws_stall_timeout_seconds)
+        sent = await close_quietly(websocket, code, reason, stall_timeout)
+    log_closed(websocket, code, reason, frame_sent=sent, opened_at=opened_at)
 
 
-async def read_until_disconnect(websocket: WebSocket) -> None:
-    """The per-instrument socket has nothing to say; it is read only to notice it leave."""
-    while (await websocket.receive())["type"] != "websocket.disconnect":
+async def read_until_disconnect(websocket: WebSocket) -> int:
+    """The per-instrument socket has nothing to say; it is read only to notice it leave.
+    Returns the close code."""
+    while (message := await websocket.receive())["type"] != "websocket.disconnect":
         pass
+    return close_code_of(message)
 
 
-async def read_commands(websocket: WebSocket, manager: WebSocketManager, sock: PriceSocket) -> None:
+async def read_commands(websocket: WebSocket, manager: WebSocketManager, sock: PriceSocket) -> int:
+    """Handles the client's commands until it leaves; returns the close code."""
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
-            return
+            return close_code_of(message)
         try:
             kind, instruments = parse_command(message.get("text"))
             if kind == "subscribe":
@@ -237,10 +257,44 @@ def error_frame(code: str, message: str) -> str:
     return json.dumps({"type": "error", "detail": code, "message": message})
 
 
-async def close_quietly(websocket: WebSocket, code: int, reason: str, timeout: float) -> None:
-    """Closes the socket if it still can be, within `timeout` (a stuck client never reads)."""
+async def close_quietly(websocket: WebSocket, code: int, reason: str, timeout: float) -> bool:
+    """Closes the socket if it still can be, within `timeout` (a stuck client never reads);
+    returns whether the close frame was written."""
     try:
         async with asyncio.timeout(timeout):
             await websocket.close(code, reason)
     except Exception as exc:  # already closed, client gone or stuck: nothing left to do
         log.debug("event=ws_close_failed code=%d error=%r", code, exc)
+        return False
+    return True
+
+
+def close_code_of(disconnect: Message) -> int:
+    code = disconnect.get("code", 1005)
+    return code if isinstance(code, int) else 1005
+
+
+# Codes that the server sends, when a disconnect carries one: uvicorn's shutdown (1012).
+SERVER_CLOSE_CODES = {1012}
+
+
+def log_closed(
+    websocket: WebSocket,
+    code: int,
+    reason: str = "",
+    *,
+    frame_sent: bool | None = None,
+    opened_at: float | None = None,
+) -> None:
+    """One line per closed socket: `frame_sent` None for a close the peer started."""
+    by_server = frame_sent is not None or code in SERVER_CLOSE_CODES
+    seconds = asyncio.get_running_loop().time() - opened_at if opened_at is not None else 0.0
+    log.info(
+        "event=ws_closed path=%r code=%d reason=%s by=%s%s seconds=%.1f",
+        websocket.scope.get("path", "")[:80],
+        code,
+        reason or "-",
+        "server" if by_server else "client",
+        "" if frame_sent is None else f" close_frame={'sent' if frame_sent else 'unsent'}",
+        seconds,
+    )
