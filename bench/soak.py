@@ -170,7 +170,8 @@ class SocketLog:
     received: dict[str, set[int]] = field(default_factory=dict)
     duplicates: int = 0
     ended_at: float | None = None  # when it began to leave, or the server closed it
-    closed_by_server: int | None = None
+    closed_by_server: int | None = None  # the close code, when the server closed it first
+    closed_at: float | None = None
 
 
 @dataclass
@@ -313,6 +314,7 @@ class Soak:
         self.instruments = [f"SK{tag}{n}" for n in range(INSTRUMENTS)]
         self.feed = Feed.of(self.instruments)
         self.sockets: list[SocketLog] = []
+        self.drops: list[SocketLog] = []  # closed by the server outside a window
         self.orders: list[OrderLog] = []
         self.errors: list[ServerError] = []
         self.transport_errors: dict[str, int] = {}
@@ -492,9 +494,11 @@ class Soak:
                     if not done:
                         log.ended_at = self.now()
                         done, _ = await asyncio.wait({reader}, timeout=LINGER_SECONDS)
-                    if done:  # the server closed it before the client left
-                        log.ended_at = log.ended_at or self.now()
+                    if done:  # the server closed it before the client did
+                        log.closed_at = self.now()
                         log.closed_by_server = ws.close_code or 1006
+                        if log.ended_at is None:  # before the client began to leave
+                            log.ended_at = log.closed_at - LINGER_SECONDS
                     reader.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await reader
@@ -617,15 +621,17 @@ class Soak:
 
     def phase_results(self) -> list[PhaseResult]:
         results = [PhaseResult(phase) for phase in self.phases]
+        self.drops = []
         feed = self.feed
         rows = {i: (feed.sent_at[i], feed.acked_at[i], feed.ts[i]) for i in self.instruments}
         for sock in self.sockets:
             results[self.phase_of(sock.opened_at)].sockets += 1
+            # Ticks answered after `end` may still be in flight when the socket closes.
             end = sock.ended_at if sock.ended_at is not None else self.now() - LINGER_SECONDS
-            if sock.closed_by_server is not None:
-                end -= LINGER_SECONDS  # ticks in flight when the server closed it
-                if not self.in_window(sock.process, sock.ended_at or end, sock.ended_at or end):
-                    results[self.phase_of(end)].dropped += 1
+            closed_at = sock.closed_at
+            if closed_at is not None and not self.in_window(sock.process, closed_at, closed_at):
+                results[self.phase_of(closed_at)].dropped += 1
+                self.drops.append(sock)
             for instrument in sock.instruments:
                 ready = sock.ready_at.get(instrument)
                 if ready is None:
@@ -929,6 +935,13 @@ class SoakReport:
                     f"{took[len(took) // 2] * 1000:.0f} ms, max {took[-1] * 1000:.0f} ms"
                 )
         lines.append(f"transport errors: {soak.transport_errors or 'none'}")
+        for sock in soak.drops:
+            assert sock.closed_at is not None
+            lines.append(
+                f"closed by the server outside a window: serve {sock.process} at "
+                f"{sock.closed_at - soak.started:.1f}s, code {sock.closed_by_server}, "
+                f"{sock.closed_at - sock.opened_at:.1f}s after it connected"
+            )
         for name, server in soak.servers.items():
             lives = " then ".join(megabytes(r) for r in server.rss_launch)
             lines.append(
