@@ -632,18 +632,18 @@ class Soak:
             if closed_at is not None and not self.in_window(sock.process, closed_at, closed_at):
                 results[self.phase_of(closed_at)].dropped += 1
                 self.drops.append(sock)
+            owed = got = 0
+            silent = False
             for instrument in sock.instruments:
                 ready = sock.ready_at.get(instrument)
                 if ready is None:
                     lived = end - sock.opened_at
-                    if lived > FIRST_TICK_SECONDS and not self.in_window(
+                    silent |= lived > FIRST_TICK_SECONDS and not self.in_window(
                         sock.process, sock.opened_at, end
-                    ):
-                        results[self.phase_of(sock.opened_at)].silent += 1
+                    )
                     continue
                 sent, acked, stamps = rows[instrument]
                 received = sock.received[instrument]
-                owed = got = 0
                 for n in range(bisect.bisect_left(sent, ready), len(sent)):
                     if sent[n] > end:
                         break
@@ -661,8 +661,9 @@ class Soak:
                     if not delivered:
                         lost = result.lost_by_process
                         lost[sock.process] = lost.get(sock.process, 0) + 1
-                if owed and not got:
-                    results[self.phase_of(ready)].stuck += 1
+            results[self.phase_of(sock.opened_at)].silent += silent
+            if owed and not got:
+                results[self.phase_of(sock.opened_at)].stuck += 1
         for order in self.orders:
             result = results[self.phase_of(order.sent_at)]
             result.orders += 1
@@ -734,7 +735,8 @@ class Soak:
                 for server in self.servers.values():
                     server.stop()
         self.feed.sort()
-        return SoakReport(self, self.phase_results(), rss_end, agent_log)
+        logs = [path for server in self.servers.values() for path in server.logs]
+        return SoakReport(self, self.phase_results(), rss_end, count_log_lines(logs, agent_log))
 
     async def cli(self, env: dict[str, str], *args: str) -> None:
         process = await asyncio.create_subprocess_exec(
@@ -805,12 +807,25 @@ def phase_line(result: PhaseResult) -> str:
     )
 
 
+def count_log_lines(serve_logs: list[Path], agent_log: Path) -> dict[str, int]:
+    """What the processes' logs say: lines that a healthy run has none of."""
+    counts = {"ws_subscribe_unconfirmed": 0, "ERROR lines": 0, "5xx in access logs": 0}
+    for path in serve_logs:
+        for line in path.read_text(errors="replace").splitlines():
+            counts["ws_subscribe_unconfirmed"] += "event=ws_subscribe_unconfirmed" in line
+            counts["ERROR lines"] += " ERROR " in line
+            counts["5xx in access logs"] += bool(ACCESS_5XX.search(line))
+    agent_lines = agent_log.read_text(errors="replace").splitlines()
+    counts["agent: HTTP 5xx"] = sum(bool(re.search(r"HTTP 5\d\d", x)) for x in agent_lines)
+    return counts
+
+
 @dataclass
 class SoakReport:
     soak: Soak
     results: list[PhaseResult]
     rss_end: dict[str, int]
-    agent_log: Path
+    log_counts: dict[str, int]
 
     def misses(self) -> list[str]:
         soak = self.soak
@@ -845,19 +860,6 @@ class SoakReport:
             for name, warm in self.soak.rss_warm.items()
             if warm and self.rss_end.get(name)
         }
-
-    def log_counts(self) -> dict[str, int]:
-        """What the processes' logs say: lines that a healthy run has none of."""
-        counts = {"ws_subscribe_unconfirmed": 0, "ERROR lines": 0, "5xx in access logs": 0}
-        for server in self.soak.servers.values():
-            for path in server.logs:
-                for line in path.read_text(errors="replace").splitlines():
-                    counts["ws_subscribe_unconfirmed"] += "event=ws_subscribe_unconfirmed" in line
-                    counts["ERROR lines"] += " ERROR " in line
-                    counts["5xx in access logs"] += bool(ACCESS_5XX.search(line))
-        agent_lines = self.agent_log.read_text(errors="replace").splitlines()
-        counts["agent: HTTP 5xx"] = sum(bool(re.search(r"HTTP 5\d\d", x)) for x in agent_lines)
-        return counts
 
     def render(self) -> str:
         soak = self.soak
@@ -955,7 +957,7 @@ class SoakReport:
             for w in soak.windows
         )
         lines.append(f"restart windows: {windows or 'none'}")
-        lines.append(f"logs: {self.log_counts()}")
+        lines.append(f"logs: {self.log_counts}")
         misses = self.misses()
         lines.append("targets: " + ("all met" if not misses else "MISSED: " + "; ".join(misses)))
         return "\n".join(lines)
