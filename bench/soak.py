@@ -459,7 +459,10 @@ class Soak:
                     params["before"] = before
                 process = self.next_process()
                 url = f"{self.servers[process].base_url}/api/v1/orders"
-                response = await http.get(url, params=params, headers=headers)
+                try:
+                    response = await http.get(url, params=params, headers=headers)
+                except httpx.HTTPError:
+                    break  # try again in a second
                 self.record(process, "GET /orders", response.status_code)
                 page = response.json() if response.status_code == 200 else []
                 for row in page:
@@ -840,7 +843,9 @@ class SoakReport:
                 f"{silent} sockets without a first tick, {dropped} sockets closed by the "
                 "server, outside the restart windows"
             )
-        not_final = [o for o in soak.orders if o.status not in FINAL_STATUSES]
+        not_final = [
+            o for o in soak.orders if o.status not in FINAL_STATUSES and o not in self.unreached
+        ]
         if not_final:
             statuses: dict[str, int] = {}
             for order in not_final:
@@ -853,6 +858,19 @@ class SoakReport:
             if growth >= RSS_GROWTH_LIMIT:
                 misses.append(f"RSS: serve {name} grew {growth:.1%} after the warm-up")
         return misses
+
+    @property
+    def unreached(self) -> list[OrderLog]:
+        """Orders that got no answer, sent to a process in its restart window, and that no
+        process knows of at the end: they were never placed."""
+        soak = self.soak
+        return [
+            o
+            for o in soak.orders
+            if o.answered_at is None
+            and o.status is None
+            and soak.in_window(o.process, o.sent_at, o.sent_at)
+        ]
 
     def rss_growth(self) -> dict[str, float]:
         return {
@@ -919,7 +937,14 @@ class SoakReport:
         statuses: dict[str, int] = {}
         for order in soak.orders:
             statuses[str(order.status)] = statuses.get(str(order.status), 0) + 1
-        lines.append(f"orders: {len(soak.orders)} placed, at the end {statuses}")
+        lines.append(
+            f"orders: {len(soak.orders)} sent, at the end {statuses}"
+            + (
+                f"; {len(self.unreached)} never reached a process that was restarting"
+                if self.unreached
+                else ""
+            )
+        )
         restarts = [r.phase for r in self.results if r.phase.kind.endswith("restart")]
         for name in soak.servers:
             # Outside the restart phases: orders through A reach the agent (on B) by the
