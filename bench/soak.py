@@ -72,8 +72,10 @@ PUSH_INTERVAL_SECONDS = 0.1
 PUSHES_IN_FLIGHT = 32
 ORDER_INTERVAL_SECONDS = 1.0
 WAVE_INTERVAL_SECONDS = 2.5
-# A leaving socket keeps reading this long before it closes: ticks in flight still count.
-LINGER_SECONDS = 1.5
+# A leaving socket reads on until every tick it is owed has come, or for this long.
+DELIVERY_TIMEOUT_SECONDS = 10.0
+# A socket the server closed: ticks answered this long before may have been in flight.
+IN_FLIGHT_SECONDS = 1.5
 # A socket with no first tick this long after connecting (outside a window) is silent.
 FIRST_TICK_SECONDS = 5.0
 REDIS_DOWN_SECONDS = 2.0
@@ -172,6 +174,7 @@ class SocketLog:
     ended_at: float | None = None  # when it began to leave, or the server closed it
     closed_by_server: int | None = None  # the close code, when the server closed it first
     closed_at: float | None = None
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set on every tick
 
 
 @dataclass
@@ -480,7 +483,8 @@ class Soak:
 
     async def run_socket(self, process: str, instruments: tuple[str, ...], leave_at: float) -> None:
         """One client: connects, reads until `leave_at` (reconnecting, as a browser does,
-        when the server closes it first), then reads `LINGER_SECONDS` more and closes."""
+        when the server closes it first), then reads on until it has every tick it is owed
+        (bounded) and closes."""
         while self.now() < leave_at:
             multi = len(instruments) > 1
             path = "/ws/prices" if multi else f"/ws/prices/{instruments[0]}"
@@ -496,12 +500,12 @@ class Soak:
                     done, _ = await asyncio.wait({reader}, timeout=max(0, leave_at - self.now()))
                     if not done:
                         log.ended_at = self.now()
-                        done, _ = await asyncio.wait({reader}, timeout=LINGER_SECONDS)
+                        done = await self.read_owed_ticks(log, reader)
                     if done:  # the server closed it before the client did
                         log.closed_at = self.now()
                         log.closed_by_server = ws.close_code or 1006
                         if log.ended_at is None:  # before the client began to leave
-                            log.ended_at = log.closed_at - LINGER_SECONDS
+                            log.ended_at = log.closed_at - IN_FLIGHT_SECONDS
                     reader.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await reader
@@ -531,6 +535,46 @@ class Soak:
                 if ts in received:
                     log.duplicates += 1
                 received.add(ts)
+                log.arrived.set()
+
+    async def read_owed_ticks(self, log: SocketLog, reader: asyncio.Task[None]) -> bool:
+        """Waits until the socket has every tick it is owed up to `log.ended_at`, for at
+        most `DELIVERY_TIMEOUT_SECONDS`; True if the server closed it meanwhile."""
+        missing = self.owed_ticks(log)
+        deadline = self.now() + DELIVERY_TIMEOUT_SECONDS
+        while True:
+            for instrument, stamps in missing.items():
+                stamps -= log.received[instrument]
+            remaining = deadline - self.now()
+            if not any(missing.values()) or remaining <= 0:
+                return False
+            log.arrived.clear()
+            arrival = asyncio.ensure_future(log.arrived.wait())
+            done, _ = await asyncio.wait(
+                {reader, arrival}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            arrival.cancel()
+            if reader in done:
+                return True
+
+    def owed_ticks(self, log: SocketLog) -> dict[str, set[int]]:
+        """The `ts` of each tick the socket is owed: pushed after its first tick on that
+        instrument, answered by `log.ended_at`, outside the restart windows. (While the
+        soak runs, the feed's lists are in the order the pushes were answered.)"""
+        assert log.ended_at is not None
+        owed: dict[str, set[int]] = {}
+        for instrument in log.instruments:
+            stamps = owed[instrument] = set()
+            ready = log.ready_at.get(instrument)
+            if ready is None:
+                continue
+            sent, acked = self.feed.sent_at[instrument], self.feed.acked_at[instrument]
+            for n in range(bisect.bisect_left(acked, ready), len(acked)):
+                if acked[n] > log.ended_at:
+                    break
+                if sent[n] >= ready and not self.in_window(log.process, sent[n], acked[n]):
+                    stamps.add(self.feed.ts[instrument][n])
+        return owed
 
     async def waves(self, phase: Phase) -> None:
         """Sockets connecting and leaving until the phase's end; two stay all along."""
@@ -630,7 +674,7 @@ class Soak:
         for sock in self.sockets:
             results[self.phase_of(sock.opened_at)].sockets += 1
             # Ticks answered after `end` may still be in flight when the socket closes.
-            end = sock.ended_at if sock.ended_at is not None else self.now() - LINGER_SECONDS
+            end = sock.ended_at if sock.ended_at is not None else self.now() - IN_FLIGHT_SECONDS
             closed_at = sock.closed_at
             if closed_at is not None and not self.in_window(sock.process, closed_at, closed_at):
                 results[self.phase_of(closed_at)].dropped += 1
