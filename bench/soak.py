@@ -802,7 +802,7 @@ class Soak:
 
     @contextlib.asynccontextmanager
     async def stores(self) -> AsyncIterator[dict[str, str]]:
-        """A PostgreSQL database (migrated with `mt5gate migrate`) and a redis-server of the
+        """A PostgreSQL database (migrated as `mt5gate migrate` does) and a redis-server of the
         soak's own; the environment for `mt5gate serve`."""
         name = f"mt5gate_soak_{uuid.uuid4().hex[:10]}"
         await _pg_admin(f'CREATE DATABASE "{name}"')
@@ -817,7 +817,9 @@ class Soak:
                 "ENCRYPTION_KEY": Fernet.generate_key().decode(),
                 "LOG_LEVEL": "INFO",
             }
-            await self.cli(env, "migrate")
+            from app.core.migrate import upgrade_to_head  # what `mt5gate migrate` does
+
+            await asyncio.to_thread(upgrade_to_head, env["DATABASE_URL"])
             yield env
         finally:
             self.redis.stop()
