@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench lint clean
+.PHONY: install run test bench soak lint clean
 
 install: $(STAMP)
 
@@ -23,6 +23,11 @@ test: install
 
 bench: install
 	$(BIN)/python -m bench
+
+# Two `serve` processes on PostgreSQL + a Redis of its own for SOAK_MINUTES (default 10).
+SOAK_MINUTES ?= 10
+soak: install
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
 
 lint: install
 	$(BIN)/ruff check .

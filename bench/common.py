@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 import statistics
+import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +28,78 @@ PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "
 BENCH_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 JWT_SECRET = "bench-secret-" + "b" * 40
 ENCRYPTION_KEY = "0nZ5mGXrXh1qY0Y2aJvHhKq0gQ9r5VVo3yq2s2h9l1E="
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rss_bytes(pid: int) -> int:
+    """A process's resident memory (0 once it is gone)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class RedisServer:
+    """A redis-server of one's own on a free port, to stop and start again for real (the
+    machine's shared Redis is never restarted)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+            + ["--appendonly", "no", "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+def wait_answering(
+    base_url: str, process: subprocess.Popen[bytes], log: Path, timeout: float
+) -> None:
+    """Waits until a `mt5gate serve` just started answers HTTP; raises if it exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"mt5gate serve exited: {log.read_text()[-2000:]}")
+        try:
+            httpx.get(f"{base_url}/openapi.json", timeout=2)
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def services_listening() -> bool:
@@ -104,15 +179,15 @@ class Onboarded:
     token: str
     agent_id: str
     agent_token: str
+    email: str = ""
+    password: str = ""
 
 
 async def onboard(base_url: str) -> Onboarded:
     """A user with a broker connection, an agent and completed onboarding."""
+    email, password = f"bench-{uuid.uuid4().hex[:8]}@example.com", "bench-pass"
     async with httpx.AsyncClient(base_url=f"{base_url}/api/v1") as http:
-        registered = await http.post(
-            "/auth/register",
-            json={"email": f"bench-{uuid.uuid4().hex[:8]}@example.com", "password": "bench-pass"},
-        )
+        registered = await http.post("/auth/register", json={"email": email, "password": password})
         token = registered.json()["access_token"]
         headers = {"Authorization": f"Bearer {token}"}
         connection = await http.post(
@@ -132,7 +207,7 @@ async def onboard(base_url: str) -> Onboarded:
             json={},
             headers={"Authorization": f"Bearer {body['agent_token']}"},
         )
-        return Onboarded(token, body["agent_id"], body["agent_token"])
+        return Onboarded(token, body["agent_id"], body["agent_token"], email, password)
 
 
 def percentile(samples: Sequence[float], q: float) -> float:

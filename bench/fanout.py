@@ -27,7 +27,6 @@ import math
 import multiprocessing
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,16 @@ from typing import Any
 
 import httpx
 
-from bench.common import ENCRYPTION_KEY, JWT_SECRET, Onboarded, onboard, print_table
+from bench.common import (
+    ENCRYPTION_KEY,
+    JWT_SECRET,
+    Onboarded,
+    free_port,
+    onboard,
+    print_table,
+    rss_bytes,
+    wait_answering,
+)
 
 INSTRUMENTS = 10
 CLIENT_PROCESSES = 2
@@ -236,21 +244,11 @@ class Server:
         return f"http://{HOST}:{self.port}"
 
     def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        return 0
+        return rss_bytes(self.process.pid)
 
     def cpu_seconds(self) -> float:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
@@ -266,17 +264,7 @@ def running_server(workdir: Path, env: dict[str, str]) -> Iterator[Server]:
     )
     server = Server(process, port)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"mt5gate serve exited; see {log.name}")
-            try:
-                httpx.get(f"{server.base_url}/openapi.json", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        wait_answering(server.base_url, process, Path(log.name), 30)
         yield server
     finally:
         process.terminate()
