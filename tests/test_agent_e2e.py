@@ -218,7 +218,7 @@ async def test_closing_a_position_returns_the_pnl_the_simulator_computed(
 async def test_candles_are_sane(trading: TraderWithAgent) -> None:
     response = await trading.client.get(
         "/candles/EURUSD",
-        params={"timeframe": "M1", "count": 50},
+        params={"timeframe": "M1", "count": 50, "source": "account"},
         headers=trading.trader.headers,
     )
     assert response.status_code == 200, response.text

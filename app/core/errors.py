@@ -119,6 +119,14 @@ class AgentOffline(DomainError):
     status_code, code, message = 503, "agent_offline", "The agent has not been seen recently."
 
 
+class FeedOffline(DomainError):
+    status_code, code, message = (
+        503,
+        "feed_offline",
+        "No price-source agent is online to serve the platform's price feed.",
+    )
+
+
 class AgentTimeout(DomainError):
     status_code, code, message = 504, "agent_timeout", "The agent did not answer in time."
 

@@ -10,12 +10,12 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import Request
 
@@ -141,6 +141,11 @@ async def require_online_agent(
 ) -> Agent:
     """The agent that serves this user's connection, checked before any job is created."""
     agent = await connection_agent(db, user_id=user_id, connection_id=connection_id)
+    return require_online(agent, settings=settings)
+
+
+def require_online(agent: Agent | None, *, settings: Settings) -> Agent:
+    """The agent, if there is one and it is online: no_agent / agent_offline otherwise."""
     if agent is None:
         raise NoAgent()
     online = agent_is_online(
@@ -149,6 +154,37 @@ async def require_online_agent(
     if not online:
         raise AgentOffline()
     return agent
+
+
+# The price source seen last among those online (the same rule as agent_is_online).
+ONLINE_PRICE_SOURCE = (
+    select(*AGENTS.c)
+    .where(
+        AGENTS.c.is_price_source.is_(True),
+        AGENTS.c.last_heartbeat_at >= bindparam("p_seen_after"),
+        or_(AGENTS.c.terminal_connected.is_(None), AGENTS.c.terminal_connected.is_(True)),
+    )
+    .order_by(AGENTS.c.last_heartbeat_at.desc(), AGENTS.c.id)
+    .limit(1)
+)
+IS_PRICE_SOURCE = select(AGENTS.c.is_price_source).where(AGENTS.c.id == bindparam("p_agent_id"))
+
+
+async def online_price_source(db: AsyncEngine, *, settings: Settings) -> Agent | None:
+    """An online agent marked as a price source (the platform's feed), None when none is."""
+    seen_after = utcnow() - timedelta(seconds=settings.agent_offline_after_seconds)
+    async with db.connect() as conn:
+        row = (await conn.execute(ONLINE_PRICE_SOURCE, {"p_seen_after": seen_after})).first()
+    return detached(Agent, row._mapping) if row is not None else None
+
+
+async def is_price_source(db: AsyncEngine, agent_id: uuid.UUID | None) -> bool:
+    """Whether that agent is (still) marked as a price source."""
+    if agent_id is None:
+        return False
+    async with db.connect() as conn:
+        marked = await conn.scalar(IS_PRICE_SOURCE, {"p_agent_id": agent_id})
+    return bool(marked)
 
 
 @contextlib.asynccontextmanager
