@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -333,3 +334,44 @@ async def test_malformed_connection_id_is_422(client: httpx.AsyncClient, user: T
         response = await client.delete(f"/broker-connections/{connection_id}", headers=user.headers)
         assert response.status_code == 422, connection_id
         assert response.json()["detail"][0]["loc"] == ["path", "connection_id"]
+
+
+RACING_CONNECTIONS = 20
+
+
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+async def test_deletes_racing_rotations_answer_only_contract_statuses(
+    client: httpx.AsyncClient, user: TestUser, api: RunningApi
+) -> None:
+    """DELETE and POST .../agent on the same connections at once (twice each, beside the
+    agent's own calls), on PostgreSQL: they once deadlocked (500). Each answer must be one
+    the contract names, and what is left must be consistent."""
+    connections = [await add_connection(client, user) for _ in range(RACING_CONNECTIONS)]
+    agents = [await provision_agent(client, user, c) for c in connections]
+
+    def race(connection_id: str, agent: AgentHandle) -> list[Any]:
+        path = f"/broker-connections/{connection_id}"
+        return [
+            client.delete(path, headers=user.headers),
+            client.post(f"{path}/agent", headers=user.headers),
+            client.post(f"{path}/agent", headers=user.headers),
+            client.delete(path, headers=user.headers),
+            client.post(agent.path("heartbeat"), json={}, headers=agent.headers),
+            client.get(agent.path("jobs/next"), params={"wait": 0}, headers=agent.headers),
+        ]
+
+    calls = [call for c, a in zip(connections, agents, strict=True) for call in race(c, a)]
+    answers = await asyncio.gather(*calls)
+    errors = [answer.text for answer in answers if answer.status_code >= 500]
+    assert errors == [], f"{len(errors)} of {len(answers)} answered 5xx"
+    for index in range(0, len(answers), 6):
+        delete_1, rotate_1, rotate_2, delete_2, beat, poll = answers[index : index + 6]
+        assert sorted([delete_1.status_code, delete_2.status_code]) == [204, 404]
+        assert {rotate_1.status_code, rotate_2.status_code} <= {201, 404}
+        assert beat.status_code in (200, 401)
+        assert poll.status_code in (204, 401)
+        for answer in (delete_1, delete_2, rotate_1, rotate_2):
+            if answer.status_code == 404:
+                assert answer.json()["detail"] == "not_found"
+    assert await list_connections(client, user) == []
+    assert await raw_rows(api, "SELECT id FROM mt5_agents") == []
