@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from app.core.db import in_transaction
 from tests.flows import (
     AgentHandle,
     TestUser,
@@ -375,3 +376,35 @@ async def test_deletes_racing_rotations_answer_only_contract_statuses(
                 assert answer.json()["detail"] == "not_found"
     assert await list_connections(client, user) == []
     assert await raw_rows(api, "SELECT id FROM mt5_agents") == []
+
+
+LOCK_USER = text("SELECT id FROM users WHERE id = :id FOR UPDATE")
+TOUCH_USER = text("UPDATE users SET email = email WHERE id = :id")
+
+
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+async def test_a_deadlock_is_retried_until_both_transactions_commit(
+    client: httpx.AsyncClient, api: RunningApi
+) -> None:
+    """What stands behind every multi-statement change: two transactions that lock two
+    rows in opposite orders deadlock for real; PostgreSQL aborts one, which runs again."""
+    one, two = [uuid.UUID((await register_user(client)).id) for _ in range(2)]
+    locked = {one: asyncio.Event(), two: asyncio.Event()}
+    attempts = {one: 0, two: 0}
+
+    def lock_then_touch(mine: uuid.UUID, theirs: uuid.UUID) -> Any:
+        async def work(session: Any) -> None:
+            attempts[mine] += 1
+            await session.execute(LOCK_USER, {"id": mine})
+            locked[mine].set()
+            await locked[theirs].wait()  # each holds one row and now wants the other's
+            await session.execute(TOUCH_USER, {"id": theirs})
+
+        return work
+
+    factory = api.resources.session_factory
+    await asyncio.gather(
+        in_transaction(factory, lock_then_touch(one, two)),
+        in_transaction(factory, lock_then_touch(two, one)),
+    )
+    assert sorted(attempts.values()) == [1, 2]
