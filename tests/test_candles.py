@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from app.services.agents import set_price_source
-from tests.flows import Trader, add_connection, heartbeat, onboard_trader, provision_agent
+from tests.flows import TestUser, Trader, add_connection, heartbeat, onboard_trader, provision_agent
 from tests.servers import RunningApi, free_port
 from tests.stores import Store
 from tests.trading_agent import (
@@ -49,6 +49,12 @@ async def feed(api: RunningApi, client: httpx.AsyncClient) -> FakeAgent:
 async def cached(api: RunningApi, key: str) -> object:
     """What Redis holds under `key`, parsed (None when nothing is there)."""
     return json.loads(await api.resources.redis.get(key) or b"null")
+
+
+async def take_feed_offline(api: RunningApi, feed: FakeAgent) -> None:
+    """Makes the price source's last heartbeat an hour old."""
+    operator = Trader(TestUser("", "", ""), "", feed.handle)  # only the agent id is used
+    await age_heartbeat(api, operator, minutes=60)
 
 
 def made_up(n: int) -> list[dict[str, object]]:
@@ -223,8 +229,7 @@ async def test_without_a_price_source_a_users_agent_is_not_asked_for_the_feed(
 async def test_an_offline_price_source_is_feed_offline(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader, feed: FakeAgent
 ) -> None:
-    operator = Trader(trader.user, "", feed.handle)  # only the agent id matters here
-    await age_heartbeat(api, operator, minutes=60)
+    await take_feed_offline(api, feed)
     response = await get_candles(client, trader, count=5)
     assert response.status_code == 503
     assert response.json()["detail"] == "feed_offline"
@@ -340,7 +345,7 @@ async def test_a_feed_hit_needs_no_price_source_but_a_miss_does(
 ) -> None:
     async with feed.running():
         await get_candles(client, trader, count=5)
-    await age_heartbeat(api, Trader(trader.user, "", feed.handle), minutes=60)
+    await take_feed_offline(api, feed)
     assert (await get_candles(client, trader, count=5)).headers["x-cache"] == "hit"
     offline = await get_candles(client, trader, count=6)
     assert offline.status_code == 503
