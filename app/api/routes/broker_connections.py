@@ -23,6 +23,15 @@ router = APIRouter(
 )
 Responses = dict[int | str, dict[str, Any]]
 NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "not_found"}}
+# Racing changes of one connection are ordered by a lock and retried; this is what is left.
+CHANGE_ERRORS: Responses = {
+    **NOT_FOUND,
+    409: {
+        "model": ErrorBody,
+        "description": "`concurrent_change`: the database gave up on a race with another "
+        "change of this connection after three tries; try again.",
+    },
+}
 
 
 def to_read(connection: BrokerConnection, settings: Settings) -> BrokerConnectionRead:
@@ -63,7 +72,7 @@ async def list_connections(
     return [to_read(c, settings) for c in connections]
 
 
-@router.delete("/{connection_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+@router.delete("/{connection_id}", status_code=status.HTTP_204_NO_CONTENT, responses=CHANGE_ERRORS)
 async def delete_connection(
     connection_id: uuid.UUID, user: CurrentUser, factory: SessionFactoryDep, jobs: JobStoreDep
 ) -> Response:
@@ -75,7 +84,7 @@ async def delete_connection(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{connection_id}/agent", status_code=status.HTTP_201_CREATED, responses=NOT_FOUND)
+@router.post("/{connection_id}/agent", status_code=status.HTTP_201_CREATED, responses=CHANGE_ERRORS)
 async def provision_agent(
     connection_id: uuid.UUID, user: CurrentUser, factory: SessionFactoryDep, jobs: JobStoreDep
 ) -> AgentProvisioned:
