@@ -26,7 +26,7 @@ from app.server import GatewayServer, server_config
 from app.services import broker_connections, users
 from app.services.agents import set_price_source
 from mt5gate_agent.config import DEFAULT_PRICE_SYMBOLS, AgentConfig
-from mt5gate_agent.runner import run_agent
+from mt5gate_agent.runner import TokenRefused, run_agent
 
 log = logging.getLogger("mt5gate.demo")
 
@@ -138,7 +138,8 @@ async def run(settings: Settings, host: str, port: int) -> int:
     while not server.should_exit and not serving.done():
         await asyncio.sleep(0.1)
     stop.set()
-    with contextlib.suppress(TimeoutError):
+    # TokenRefused: the demo user rotated the agent's token; the agent stopped then.
+    with contextlib.suppress(TimeoutError, TokenRefused):
         await asyncio.wait_for(agent, AGENT_STOP_TIMEOUT_SECONDS)
     await serving
     log.info("event=demo_stopped")

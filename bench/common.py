@@ -26,7 +26,8 @@ from app.server import GatewayServer, server_config
 
 PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "test"}
 BENCH_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
-JWT_SECRET = "bench-secret-" + "b" * 40
+# Random: the settings refuse patterned secrets.
+JWT_SECRET = "qTCbXTTsxcsQkcZDZV9FyRdPtT0_jAIflmiXpT-iwXq67iGdHvlxSA"
 ENCRYPTION_KEY = "0nZ5mGXrXh1qY0Y2aJvHhKq0gQ9r5VVo3yq2s2h9l1E="
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 

@@ -7,8 +7,9 @@ time, the kinds interleaved so that each sees the same conditions:
 * `GET /me`: authentication and one row read, the floor every route pays;
 * `POST /orders`: a trade job, filled by the agent (201);
 * `GET /account`: a read job;
-* candles hit: `GET /candles/EURUSD?count=200` served from the Redis cache;
-* candles miss: a new instrument every time, so a job fetches 200 candles and caches them;
+* candles hit: `GET /candles/EURUSD?count=200` served from the feed's Redis cache;
+* candles miss: a new instrument every time, so a job for the price source (the same
+  instant agent, marked as one) fetches 200 candles and caches them;
 * job alone: `create_job` + `wait_for_job_result` called in-process (no user request), the
   dispatch round trip that every job-backed route above pays on top of its own work.
 
@@ -30,6 +31,7 @@ import httpx
 
 from app.core.config import Settings
 from app.services import jobs
+from app.services.agents import set_price_source
 from bench.common import (
     bench_settings,
     onboard,
@@ -91,6 +93,10 @@ async def measure(settings: Settings, store: str, rounds: int) -> Samples:
     samples = Samples(store)
     async with serve_in_loop(settings) as api:
         who = await onboard(api.base_url)
+        # Feed candles come from a price source: the bench's one agent is it.
+        await set_price_source(
+            api.resources.session_factory, agent_id=uuid.UUID(who.agent_id), enabled=True
+        )
         headers = {"Authorization": f"Bearer {who.token}"}
         async with httpx.AsyncClient(
             base_url=f"{api.base_url}/api/v1", headers=headers, timeout=30

@@ -1,7 +1,9 @@
-"""``mt5gate agent --api URL --agent-id ID --token T [--backend mt5|sim] [--prices SYMBOLS]``.
+"""``mt5gate agent --api URL --agent-id ID [--token T] [--backend mt5|sim] [--prices SYMBOLS]``.
 
-The first SIGINT/SIGTERM (Ctrl-C, Ctrl-Break on Windows) lets the job in hand finish and
-then exits 0; a second one exits at once with 130.
+The token comes from ``--token`` or, better (a command line shows in ``ps``), from
+``$MT5GATE_AGENT_TOKEN``. The first SIGINT/SIGTERM (Ctrl-C, Ctrl-Break on Windows) lets the
+job in hand finish and then exits 0; a second one exits at once with 130. A token the API
+refuses (401: revoked, rotated or wrong) stops the agent with one line on stderr and exit 3.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from typing import Any
 from mt5gate_agent import __version__
 from mt5gate_agent.backends import BACKENDS
 from mt5gate_agent.config import AgentConfig
-from mt5gate_agent.runner import run_agent
+from mt5gate_agent.runner import TokenRefused, run_agent
 
 TOKEN_ENV = "MT5GATE_AGENT_TOKEN"
+# Not 1 (a startup problem) nor 130 (interrupted): a supervisor can tell that restarting
+# with the same token is pointless.
+TOKEN_REFUSED_EXIT = 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +143,20 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(_run(config))
     except KeyboardInterrupt:
         return 130
+    except TokenRefused as refused:
+        print(token_refused_line(refused), file=sys.stderr)
+        return TOKEN_REFUSED_EXIT
     return 0
+
+
+def token_refused_line(refused: TokenRefused) -> str:
+    cause = refused.cause
+    return (
+        f"mt5gate agent: the API refused the agent token (HTTP {cause.status_code} "
+        f"{cause.detail}): it was revoked, "
+        "rotated or mistyped. Provision a new one (POST /api/v1/broker-connections/"
+        f"{{id}}/agent) and start the agent again with it in ${TOKEN_ENV}."
+    )
 
 
 async def _run(config: AgentConfig) -> None:

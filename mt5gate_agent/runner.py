@@ -36,6 +36,19 @@ SIGN_OFF_TIMEOUT_SECONDS = 2.0
 SIGN_OFF_FAILURES: tuple[type[Exception], ...] = (TimeoutError, *API_FAILURES)
 
 
+class TokenRefused(Exception):
+    """The API answered 401 to the agent's token: revoked (its connection deleted), rotated
+    (provisioned again) or wrong. Retrying cannot help, so the agent stops."""
+
+    def __init__(self, cause: AgentApiError) -> None:
+        super().__init__(describe(cause))
+        self.cause = cause
+
+
+def is_token_refused(exc: BaseException) -> bool:
+    return isinstance(exc, AgentApiError) and exc.status_code == 401
+
+
 def kv(**fields: Any) -> str:
     """``event=job_done job_id=42 ms=3.1``: one greppable, parseable log line."""
     parts = []
@@ -88,7 +101,8 @@ async def run_agent(
     backend: Backend | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> None:
-    """Runs the agent until ``stop`` is set.
+    """Runs the agent until ``stop`` is set; raises :class:`TokenRefused` (after stopping
+    cleanly) when the API refuses the token, which no retry can cure.
 
     ``backend`` overrides ``config.backend`` (the caller then owns it and closes it);
     ``transport`` is handed to httpx (tests).
@@ -114,10 +128,13 @@ async def run_agent(
     try:
         await agent.run()
     finally:
-        await agent.sign_off()
+        if agent.refused is None:  # a refused token cannot sign off either
+            await agent.sign_off()
         await client.aclose()
         await worker.aclose(close_backend=owns_backend)
         log.info(kv(event="agent_stopped", agent_id=config.agent_id))
+    if agent.refused is not None:
+        raise TokenRefused(agent.refused)
 
 
 class _Agent:
@@ -135,6 +152,19 @@ class _Agent:
         self.client = client
         # Server clock minus local clock, from the last heartbeat.
         self.clock_offset = 0.0
+        # The 401 that ended the agent: its token is dead.
+        self.refused: AgentApiError | None = None
+
+    def refuse(self, exc: BaseException) -> bool:
+        """Stops the agent if `exc` is the API refusing its token; True when it was."""
+        if not is_token_refused(exc):
+            return False
+        assert isinstance(exc, AgentApiError)
+        if self.refused is None:
+            self.refused = exc
+            log.error(kv(event="token_refused", reason=describe(exc)))
+        self.stop.set()
+        return True
 
     async def run(self) -> None:
         if not await self.connect():
@@ -190,6 +220,8 @@ class _Agent:
                 )
                 return True
             except (httpx.HTTPError, AgentApiError, BrokerError) as exc:
+                if self.refuse(exc):
+                    return False
                 delay = backoff.next()
                 reason = (
                     f"{exc.code}: {exc.message}" if isinstance(exc, BrokerError) else describe(exc)
@@ -224,6 +256,8 @@ class _Agent:
             try:
                 await self.send_heartbeat()
             except API_FAILURES as exc:
+                if self.refuse(exc):
+                    return
                 log.warning(kv(event="heartbeat_failed", reason=describe(exc)))
             except BrokerError as exc:
                 log.warning(kv(event="heartbeat_failed", reason=exc.code))
@@ -240,6 +274,8 @@ class _Agent:
                 # is known (and logged) now rather than when a long poll ends.
                 job = await self.next_job(0 if backoff.attempt else self.config.poll_wait)
             except API_FAILURES as exc:
+                if self.refuse(exc):
+                    return
                 delay = backoff.next()
                 log.warning(kv(event="api_unavailable", reason=describe(exc), retry_in_s=delay))
                 if not await self.pause(delay):
@@ -329,6 +365,7 @@ class _Agent:
             except AgentApiError as exc:
                 if 400 <= exc.status_code < 500 and exc.status_code not in (408, 429):
                     log.warning(kv(event="result_refused", job_id=job.id, reason=describe(exc)))
+                    self.refuse(exc)
                     return "refused"
                 failure: Exception = exc
             except httpx.HTTPError as exc:
@@ -381,6 +418,8 @@ class _Agent:
                 try:
                     await self.client.push_prices(pending)
                 except AgentApiError as exc:
+                    if self.refuse(exc):
+                        return
                     if exc.status_code == 403 and exc.detail == "not_price_source":
                         log.warning(
                             kv(

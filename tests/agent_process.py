@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -100,11 +101,23 @@ class AgentProcess:
 
 
 async def start_agent(
-    api_url: str, agent: AgentHandle, log_path: Path, *extra_args: str, cwd: Path | None = None
+    api_url: str,
+    agent: AgentHandle,
+    log_path: Path,
+    *extra_args: str,
+    cwd: Path | None = None,
+    token_in_env: bool = False,
 ) -> AgentProcess:
     """Runs ``mt5gate agent --api URL --agent-id ID --token T --backend sim [extra_args]``
-    as a user would, and returns once the process is started (not yet online: await
+    as a user would (with ``token_in_env``, the token in ``$MT5GATE_AGENT_TOKEN`` instead
+    of ``--token``), and returns once the process is started (not yet online: await
     ``event=agent_online``)."""
+    env = {k: v for k, v in os.environ.items() if k != "MT5GATE_AGENT_TOKEN"}
+    # One token in 64 starts with "-", which argparse takes for an option after a
+    # separate "--token": the "=" form is the one that always works.
+    token_args = [f"--token={agent.token}"]
+    if token_in_env:
+        env["MT5GATE_AGENT_TOKEN"], token_args = agent.token, []
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -114,13 +127,12 @@ async def start_agent(
         api_url,
         "--agent-id",
         agent.id,
-        # One token in 64 starts with "-", which argparse takes for an option after a
-        # separate "--token": the "=" form is the one that always works.
-        f"--token={agent.token}",
+        *token_args,
         "--backend",
         "sim",
         *extra_args,
         cwd=cwd,
+        env=env,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,

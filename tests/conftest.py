@@ -21,7 +21,8 @@ from tests.stores import (
     sqlite_store,
 )
 
-TEST_JWT_SECRET = "test-secret-" + "x" * 60  # 64+ bytes: long enough for HS512 too
+# 64 random characters: long enough for HS512, and random enough for the settings check.
+TEST_JWT_SECRET = "88FIeEPKrPbsA99xA6DKg2OevEzc0sKUIXoyR_pYwrtmtB_p6hPHtR76lTP_ANDX"
 TEST_ENCRYPTION_KEY = "0nZ5mGXrXh1qY0Y2aJvHhKq0gQ9r5VVo3yq2s2h9l1E="
 
 

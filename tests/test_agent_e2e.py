@@ -24,7 +24,7 @@ from app.core.db import create_engine
 from app.models import Job
 from tests.agent_process import AgentProcess, start_agent
 from tests.conftest import make_settings
-from tests.flows import Trader, onboard_trader
+from tests.flows import AgentHandle, Trader, onboard_trader, provision_agent
 from tests.servers import ServeProcess, start_serve
 from tests.stores import Store, reset_store
 
@@ -55,12 +55,23 @@ class Launcher:
         self.serves.append(serve)
         return serve
 
-    async def agent(self, serve: ServeProcess, trader: Trader, *args: str) -> AgentProcess:
+    async def agent(
+        self, serve: ServeProcess, trader: Trader, *args: str, token_in_env: bool = False
+    ) -> AgentProcess:
         """An agent for ``trader``'s connection, once it is online."""
-        log_path = self.directory / f"agent-{len(self.agents) + 1}.log"
-        agent = await start_agent(serve.base_url, trader.agent, log_path, *args, cwd=self.directory)
-        self.agents.append(agent)
+        agent = await self.start_agent(serve, trader.agent, *args, token_in_env=token_in_env)
         await agent.wait_for_line("event=agent_online", timeout=20)
+        return agent
+
+    async def start_agent(
+        self, serve: ServeProcess, handle: AgentHandle, *args: str, token_in_env: bool = False
+    ) -> AgentProcess:
+        """An agent process with that id and token, just started."""
+        log_path = self.directory / f"agent-{len(self.agents) + 1}.log"
+        agent = await start_agent(
+            serve.base_url, handle, log_path, *args, cwd=self.directory, token_in_env=token_in_env
+        )
+        self.agents.append(agent)
         return agent
 
     async def close(self) -> None:
@@ -218,7 +229,7 @@ async def test_closing_a_position_returns_the_pnl_the_simulator_computed(
 async def test_candles_are_sane(trading: TraderWithAgent) -> None:
     response = await trading.client.get(
         "/candles/EURUSD",
-        params={"timeframe": "M1", "count": 50},
+        params={"timeframe": "M1", "count": 50, "source": "account"},
         headers=trading.trader.headers,
     )
     assert response.status_code == 200, response.text
@@ -355,3 +366,41 @@ async def test_a_stopped_agent_signs_off_and_orders_are_refused_at_once(
     response = await trading.client.post("/orders", json=BUY, headers=trading.trader.headers)
     assert response.status_code == 503
     assert response.json()["detail"] == "agent_offline"
+
+
+TOKEN_REFUSED_EXIT = 3
+
+
+def assert_stopped_for_its_token(agent: AgentProcess, returncode: int) -> None:
+    assert returncode == TOKEN_REFUSED_EXIT, agent.tail()
+    refused = [line for line in agent.lines if "refused the agent token" in line]
+    assert len(refused) == 1, agent.tail()
+    assert "Provision a new one" in refused[0]
+    assert "MT5GATE_AGENT_TOKEN" in refused[0]
+
+
+async def test_an_agent_whose_token_is_rotated_stops_with_one_line_and_exit_3(
+    launch: Launcher,
+) -> None:
+    serve = await launch.serve()
+    async with api_client(serve) as client:
+        trader = await onboard_trader(client, with_heartbeat=False)
+        agent = await launch.agent(serve, trader, token_in_env=True)
+        with open(f"/proc/{agent.process.pid}/cmdline", "rb") as cmdline:
+            assert trader.agent.token.encode() not in cmdline.read()  # not in `ps`
+        new = await provision_agent(client, trader.user, trader.connection_id)
+        assert new.id == trader.agent.id
+        # Its long-poll ends at once (the rotation), and the next call is refused.
+        assert_stopped_for_its_token(agent, await agent.wait_exit(timeout=15))
+
+
+async def test_an_agent_with_a_wrong_token_stops_at_once_instead_of_retrying(
+    launch: Launcher,
+) -> None:
+    serve = await launch.serve()
+    async with api_client(serve) as client:
+        trader = await onboard_trader(client, with_heartbeat=False)
+    wrong = AgentHandle(trader.agent.id, "mt5a_" + "not-the-token-" + uuid.uuid4().hex)
+    agent = await launch.start_agent(serve, wrong, token_in_env=True)
+    assert_stopped_for_its_token(agent, await agent.wait_exit(timeout=15))
+    assert agent.find("event=connect_failed") is None, agent.tail()  # no retry

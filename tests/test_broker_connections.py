@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -10,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from app.core.db import in_transaction
 from tests.flows import (
     AgentHandle,
     TestUser,
@@ -333,3 +335,76 @@ async def test_malformed_connection_id_is_422(client: httpx.AsyncClient, user: T
         response = await client.delete(f"/broker-connections/{connection_id}", headers=user.headers)
         assert response.status_code == 422, connection_id
         assert response.json()["detail"][0]["loc"] == ["path", "connection_id"]
+
+
+RACING_CONNECTIONS = 20
+
+
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+async def test_deletes_racing_rotations_answer_only_contract_statuses(
+    client: httpx.AsyncClient, user: TestUser, api: RunningApi
+) -> None:
+    """DELETE and POST .../agent on the same connections at once (twice each, beside the
+    agent's own calls), on PostgreSQL: they once deadlocked (500). Each answer must be one
+    the contract names, and what is left must be consistent."""
+    connections = [await add_connection(client, user) for _ in range(RACING_CONNECTIONS)]
+    agents = [await provision_agent(client, user, c) for c in connections]
+
+    def race(connection_id: str, agent: AgentHandle) -> list[Any]:
+        path = f"/broker-connections/{connection_id}"
+        return [
+            client.delete(path, headers=user.headers),
+            client.post(f"{path}/agent", headers=user.headers),
+            client.post(f"{path}/agent", headers=user.headers),
+            client.delete(path, headers=user.headers),
+            client.post(agent.path("heartbeat"), json={}, headers=agent.headers),
+            client.get(agent.path("jobs/next"), params={"wait": 0}, headers=agent.headers),
+        ]
+
+    calls = [call for c, a in zip(connections, agents, strict=True) for call in race(c, a)]
+    answers = await asyncio.gather(*calls)
+    errors = [answer.text for answer in answers if answer.status_code >= 500]
+    assert errors == [], f"{len(errors)} of {len(answers)} answered 5xx"
+    for index in range(0, len(answers), 6):
+        delete_1, rotate_1, rotate_2, delete_2, beat, poll = answers[index : index + 6]
+        assert sorted([delete_1.status_code, delete_2.status_code]) == [204, 404]
+        assert {rotate_1.status_code, rotate_2.status_code} <= {201, 404}
+        assert beat.status_code in (200, 401)
+        assert poll.status_code in (204, 401)
+        for answer in (delete_1, delete_2, rotate_1, rotate_2):
+            if answer.status_code == 404:
+                assert answer.json()["detail"] == "not_found"
+    assert await list_connections(client, user) == []
+    assert await raw_rows(api, "SELECT id FROM mt5_agents") == []
+
+
+LOCK_USER = text("SELECT id FROM users WHERE id = :id FOR UPDATE")
+TOUCH_USER = text("UPDATE users SET email = email WHERE id = :id")
+
+
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+async def test_a_deadlock_is_retried_until_both_transactions_commit(
+    client: httpx.AsyncClient, api: RunningApi
+) -> None:
+    """What stands behind every multi-statement change: two transactions that lock two
+    rows in opposite orders deadlock for real; PostgreSQL aborts one, which runs again."""
+    one, two = [uuid.UUID((await register_user(client)).id) for _ in range(2)]
+    locked = {one: asyncio.Event(), two: asyncio.Event()}
+    attempts = {one: 0, two: 0}
+
+    def lock_then_touch(mine: uuid.UUID, theirs: uuid.UUID) -> Any:
+        async def work(session: Any) -> None:
+            attempts[mine] += 1
+            await session.execute(LOCK_USER, {"id": mine})
+            locked[mine].set()
+            await locked[theirs].wait()  # each holds one row and now wants the other's
+            await session.execute(TOUCH_USER, {"id": theirs})
+
+        return work
+
+    factory = api.resources.session_factory
+    await asyncio.gather(
+        in_transaction(factory, lock_then_touch(one, two)),
+        in_transaction(factory, lock_then_touch(two, one)),
+    )
+    assert sorted(attempts.values()) == [1, 2]

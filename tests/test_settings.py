@@ -6,9 +6,11 @@ import base64
 import json
 import logging
 import os
+import secrets
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -60,6 +62,11 @@ WEAK_JWT_SECRETS = [
     pytest.param("short-but-random-ish", id="too-short"),
     pytest.param("a" * 64, id="one-char-repeated"),
     pytest.param("ab" * 32, id="two-chars-repeated"),
+    # Found from outside: each of these started a production server.
+    pytest.param("abcde" * 7, id="five-chars-repeated"),
+    pytest.param("secret" * 6, id="a-word-repeated"),
+    pytest.param("changethischangethischangethis12", id="placeholder-repeated"),
+    pytest.param("abcdefghijklmnopqrstuvwxyz0123456789", id="counting"),
 ]
 WEAK_ENCRYPTION_KEYS = [
     pytest.param("", id="missing"),
@@ -67,6 +74,18 @@ WEAK_ENCRYPTION_KEYS = [
     pytest.param("not base64 at all!", id="not-base64"),
     pytest.param(base64.urlsafe_b64encode(os.urandom(16)).decode(), id="16-bytes"),
     pytest.param(base64.urlsafe_b64encode(bytes(32)).decode(), id="all-zero"),
+    pytest.param(base64.urlsafe_b64encode(bytes(range(16)) * 2).decode(), id="a-count-twice"),
+    pytest.param(base64.urlsafe_b64encode(bytes(range(32))).decode(), id="counting-bytes"),
+    pytest.param(base64.urlsafe_b64encode(b"0123456789abcdef" * 2).decode(), id="hex-twice"),
+]
+# Secrets as people generate them: each must start a production server, every time.
+STRONG_JWT_SECRETS = [
+    pytest.param(lambda: secrets.token_hex(16), id="token_hex-16"),  # 32 hex digits
+    pytest.param(lambda: secrets.token_hex(32), id="token_hex-32"),
+    pytest.param(lambda: secrets.token_urlsafe(24), id="token_urlsafe-24"),  # 32 chars
+    pytest.param(lambda: secrets.token_urlsafe(48), id="token_urlsafe-48"),
+    pytest.param(lambda: base64.b64encode(os.urandom(32)).decode(), id="openssl-rand-base64-32"),
+    pytest.param(lambda: "prod-secret-" + secrets.token_urlsafe(32), id="a-word-and-randomness"),
 ]
 
 
@@ -88,6 +107,37 @@ def test_production_refuses_a_weak_or_missing_encryption_key(encryption_key: str
     with pytest.raises(ConfigError, match="ENCRYPTION_KEY") as caught:
         candidate.with_secrets()
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "weak",
+    [
+        pytest.param("abcde" * 7, id="abcde-x7"),
+        pytest.param("secret" * 6, id="secret-x6"),
+        pytest.param("changethischangethischangethis12", id="changethis-x3"),
+    ],
+)
+def test_the_refusal_says_why_in_one_line(weak: str) -> None:
+    candidate = settings(
+        mt5gate_env="production", jwt_secret=weak, encryption_key=TEST_ENCRYPTION_KEY
+    )
+    with pytest.raises(ConfigError) as caught:
+        candidate.with_secrets()
+    reason = str(caught.value)
+    assert reason.startswith("JWT_SECRET is ")
+    assert "placeholder" in reason or "repeats or counts" in reason
+    assert "secrets.token_urlsafe" in reason  # and how to make a good one
+    assert weak not in reason  # the secret itself is never printed
+
+
+@pytest.mark.parametrize("make_secret", STRONG_JWT_SECRETS)
+def test_production_accepts_random_secrets_of_every_common_kind(
+    make_secret: Callable[[], str],
+) -> None:
+    for _ in range(200):  # a random secret that fails now and then would stop a deploy
+        secret, key = make_secret(), Fernet.generate_key().decode()
+        strong = settings(mt5gate_env="production", jwt_secret=secret, encryption_key=key)
+        assert strong.with_secrets() is strong, secret
 
 
 def test_production_accepts_strong_secrets(tmp_path: Path) -> None:
@@ -116,6 +166,19 @@ def test_production_does_not_fall_back_to_dev_secrets(tmp_path: Path) -> None:
             {"JWT_SECRET": TEST_JWT_SECRET, "ENCRYPTION_KEY": "nope"},
             "ENCRYPTION_KEY",
             id="bad-encryption-key",
+        ),
+        pytest.param(
+            {"JWT_SECRET": "abcde" * 7, "ENCRYPTION_KEY": TEST_ENCRYPTION_KEY},
+            "JWT_SECRET is not random",
+            id="patterned-secret",
+        ),
+        pytest.param(
+            {
+                "JWT_SECRET": TEST_JWT_SECRET,
+                "ENCRYPTION_KEY": base64.urlsafe_b64encode(bytes(range(16)) * 2).decode(),
+            },
+            "ENCRYPTION_KEY is not random",
+            id="patterned-encryption-key",
         ),
     ],
 )

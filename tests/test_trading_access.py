@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 from hypothesis import given, settings
@@ -33,7 +34,8 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("DELETE", "/positions/50123", None),
     ("PATCH", "/positions/50123", {"sl": 1.05}),
     ("GET", "/account", None),
-    ("GET", "/candles/EURUSD", None),
+    # Candles from the user's own account (the feed's are the platform's: no connection).
+    ("GET", "/candles/EURUSD?source=account", None),
 ]
 # The routes that run a job for an agent, and so take `broker_connection_id`.
 AGENT_ROUTES = [r for r in ROUTES if r[1] not in ("/orders",) and not r[1].startswith("/orders/")]
@@ -47,7 +49,8 @@ def call(
     connection_id: str | None = None,
 ) -> Any:
     method, path, body = route
-    params: dict[str, str] = {}
+    path, _, query = path.partition("?")
+    params = dict(parse_qsl(query))
     if connection_id is not None:
         if method == "POST":
             body = {**(body or {}), "broker_connection_id": connection_id}
@@ -183,7 +186,9 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/candles/EURUSD?count=0", None),
     ("GET", "/candles/EURUSD?count=5001", None),
     ("GET", "/candles/EURUSD?count=abc", None),
-    ("GET", "/candles/EURUSD?broker_connection_id=nope", None),
+    ("GET", "/candles/EURUSD?source=account&broker_connection_id=nope", None),
+    ("GET", f"/candles/EURUSD?broker_connection_id={uuid.uuid4()}", None),  # feed: no connection
+    ("GET", "/candles/EURUSD?source=broker", None),
     ("GET", "/orders?limit=0", None),
     ("GET", "/orders?limit=501", None),
     ("GET", "/orders?before=nope", None),

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -19,10 +21,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 log = logging.getLogger("mt5gate.config")
 
 WEAK_SECRETS = {"", "changethis", "secret", "changeme", "password"}
+# Words of the placeholders people leave in: a secret that is mostly these is one.
+PLACEHOLDER_WORDS = ("changethis", "changeme", "placeholder", "example", "password", "secret")
 MIN_JWT_SECRET_LENGTH = 32
-# A random secret of that length has far more; these catch `aaaa...` and `abab...`.
-MIN_DISTINCT_JWT_SECRET_CHARS = 5
-MIN_DISTINCT_KEY_BYTES = 16
+# The least estimated entropy (`estimated_bits`) a secret may have. Random secrets of the
+# minimum size estimate far above it (32 hex digits: 55 at the lowest of 20,000 draws, 79
+# on average; 32 url-safe characters: 89; a Fernet key's 32 bytes: 119), and strings with
+# structure far below (`abcde` x 7: 9, `secret` x 6: 14, `changethis` x 3 + `12`: 38,
+# bytes 0..15 twice: 16).
+MIN_SECRET_BITS = 48
+GENERATE_JWT_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+GENERATE_ENCRYPTION_KEY = (
+    "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+)
+# The estimate looks at this much of a secret at most (its cost grows with the square).
+ESTIMATE_MAX_SYMBOLS = 512
 ALLOWED_JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
 DEV_SECRETS_FILE = Path("var") / "secrets.json"
 
@@ -116,14 +129,69 @@ class Settings(BaseSettings):
         return filled
 
 
+def lz76_phrases(symbols: Sequence[int]) -> int:
+    """The number of phrases of the Lempel-Ziv (1976) parse of `symbols`: the pieces it
+    takes to write them when each piece may copy a run from earlier (overlapping is
+    allowed) and adds one new symbol. A repeated pattern costs a piece or two."""
+    count, start, length = 0, 0, len(symbols)
+    while start < length:
+        longest = 0
+        for earlier in range(start):
+            run = 0
+            while start + run < length and symbols[earlier + run] == symbols[start + run]:
+                run += 1
+            longest = max(longest, run)
+        start += longest + 1
+        count += 1
+    return count
+
+
+def estimated_bits(symbols: Sequence[int]) -> float:
+    """A conservative estimate of a secret's entropy, in bits: its Lempel-Ziv phrases times
+    log2 of the distinct symbols it uses. Taken also over the differences of neighbours,
+    so that a counting run (`abcd...`, bytes 0, 1, 2, ...) costs as little as a repeat;
+    the smaller estimate counts. Not a proof of strength: a floor that random secrets
+    clear by far and patterned ones do not."""
+    symbols = symbols[:ESTIMATE_MAX_SYMBOLS]
+    distinct = len(set(symbols))
+    if distinct < 2:
+        return 0.0
+    steps = [later - earlier for earlier, later in zip(symbols, symbols[1:], strict=False)]
+    phrases = min(lz76_phrases(symbols), 1 + lz76_phrases(steps))
+    return phrases * math.log2(distinct)
+
+
+def weakness(name: str, symbols: Sequence[int], *, placeholders: bool = False) -> str | None:
+    """Why the secret `name` is weak, in one line; None when it is not. With `placeholders`,
+    the placeholder words in it count for nothing."""
+    kept = symbols
+    found = []
+    if placeholders:
+        text = bytes(symbols).decode("latin-1").lower()
+        found = [word for word in PLACEHOLDER_WORDS if word in text]
+        for word in found:
+            text = text.replace(word, "")
+        kept = list(text.encode("latin-1"))
+    bits = estimated_bits(kept)
+    if bits >= MIN_SECRET_BITS:
+        return None
+    if found:
+        return f"{name} is built on the placeholder {found[0]!r}"
+    return (
+        f"{name} is not random: it repeats or counts (about {bits:.0f} bits by its "
+        f"Lempel-Ziv complexity, {MIN_SECRET_BITS} needed)"
+    )
+
+
 def check_secrets(settings: Settings) -> None:
     secret = settings.jwt_secret
     if secret.strip().lower() in WEAK_SECRETS:
         raise ConfigError("JWT_SECRET is missing or a placeholder; set a random value")
     if len(secret) < MIN_JWT_SECRET_LENGTH:
         raise ConfigError(f"JWT_SECRET is too short; use at least {MIN_JWT_SECRET_LENGTH} chars")
-    if len(set(secret)) < MIN_DISTINCT_JWT_SECRET_CHARS:
-        raise ConfigError("JWT_SECRET repeats a few characters; set a random value")
+    reason = weakness("JWT_SECRET", list(secret.encode()), placeholders=True)
+    if reason is not None:
+        raise ConfigError(f"{reason}; generate one with {GENERATE_JWT_SECRET}")
     try:
         key = base64.urlsafe_b64decode(settings.encryption_key.encode())
         valid = len(key) == 32
@@ -131,11 +199,11 @@ def check_secrets(settings: Settings) -> None:
         valid = False
     if not valid:
         raise ConfigError(
-            "ENCRYPTION_KEY is missing or invalid; generate one with "
-            "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key())'"
+            f"ENCRYPTION_KEY is missing or invalid; generate one with {GENERATE_ENCRYPTION_KEY}"
         )
-    if len(set(key)) < MIN_DISTINCT_KEY_BYTES:
-        raise ConfigError("ENCRYPTION_KEY is not random (too few distinct bytes); generate one")
+    reason = weakness("ENCRYPTION_KEY", list(key))
+    if reason is not None:
+        raise ConfigError(f"{reason}; generate one with {GENERATE_ENCRYPTION_KEY}")
 
 
 def load_or_create_dev_secrets(path: Path = DEV_SECRETS_FILE) -> dict[str, str]:

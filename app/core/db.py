@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -14,7 +19,13 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from app.core.errors import is_concurrency_conflict
+
+log = logging.getLogger("mt5gate.db")
+
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+TRANSACTION_ATTEMPTS = 3
+T = TypeVar("T")
 # Set on the single-statement engine of a SQLite database: no BEGIN IMMEDIATE around it.
 SINGLE_STATEMENTS = "mt5gate_single_statements"
 
@@ -75,3 +86,21 @@ def _begin_immediate(connection: Any) -> None:
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def in_transaction(
+    factory: async_sessionmaker[AsyncSession], work: Callable[[AsyncSession], Awaitable[T]]
+) -> T:
+    """Runs `work` in a transaction of its own and commits it; a deadlock or serialization
+    failure (the database aborted one of two racing transactions) runs it again, up to
+    TRANSACTION_ATTEMPTS times, after a short random pause so the two do not meet again."""
+    for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+        try:
+            async with factory() as session, session.begin():
+                return await work(session)
+        except DBAPIError as exc:
+            if attempt == TRANSACTION_ATTEMPTS or not is_concurrency_conflict(exc):
+                raise
+            log.info("event=transaction_retried attempt=%d reason=%r", attempt, exc.orig)
+        await asyncio.sleep(random.uniform(0, 0.02 * attempt))
+    raise AssertionError("unreachable")

@@ -119,8 +119,24 @@ class AgentOffline(DomainError):
     status_code, code, message = 503, "agent_offline", "The agent has not been seen recently."
 
 
+class FeedOffline(DomainError):
+    status_code, code, message = (
+        503,
+        "feed_offline",
+        "No price-source agent is online to serve the platform's price feed.",
+    )
+
+
 class AgentTimeout(DomainError):
     status_code, code, message = 504, "agent_timeout", "The agent did not answer in time."
+
+
+class ConcurrentChange(DomainError):
+    status_code, code, message = (
+        409,
+        "concurrent_change",
+        "Another request changed the same thing at the same moment; try again.",
+    )
 
 
 class DatabaseUnavailable(DomainError):
@@ -129,6 +145,15 @@ class DatabaseUnavailable(DomainError):
         "database_unavailable",
         "The database cannot be reached right now; try again.",
     )
+
+
+# serialization_failure, deadlock_detected: the database gave up one of two racing
+# transactions; running it again is the cure (see app.core.db.in_transaction).
+CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def is_concurrency_conflict(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) in CONFLICT_SQLSTATES
 
 
 def database_is_away(exc: DBAPIError) -> bool:
@@ -195,6 +220,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def handle_database(request: Request, exc: Exception) -> JSONResponse:
         # The pool does not ping before each checkout; a connection that died since its
         # last use fails here once, and SQLAlchemy then replaces the whole pool.
+        if isinstance(exc, DBAPIError) and is_concurrency_conflict(exc):
+            # Retried where it can happen; one that still escapes is the client's to retry.
+            log.warning("event=concurrent_change path=%s reason=%r", request.url.path, exc)
+            return await handle(request, ConcurrentChange())
         if isinstance(exc, PoolTimeout) or (isinstance(exc, DBAPIError) and database_is_away(exc)):
             log.warning("event=database_unavailable path=%s reason=%r", request.url.path, exc)
             return await handle(request, DatabaseUnavailable())

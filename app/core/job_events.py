@@ -12,6 +12,10 @@ down, a restart) delays an answer but never loses it: every `job_poll_interval_s
 one query per process finds what its waiters wait for (`jobs.recheck_waiters`), however
 many they are. A job finished in this process reaches its local
 waiter with the wake-up itself (no read back).
+
+A third channel, `mt5gate:agents:revoked` (payload: an agent id whose token was rotated
+or deleted with its connection), wakes every long-poll of that agent, here and in every
+other process, to check its token and end.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ log = logging.getLogger("mt5gate.job_events")
 
 CREATED_CHANNEL = "mt5gate:jobs:created"
 FINISHED_CHANNEL = "mt5gate:jobs:finished"
+# Payload: an agent id whose token was rotated or deleted; ends its open long-polls.
+REVOKED_CHANNEL = "mt5gate:agents:revoked"
 MAX_BACKOFF_SECONDS = 2.0
 STOP_TIMEOUT_SECONDS = 5.0
 
@@ -109,6 +115,10 @@ class JobEvents:
         when it finished in this process (None when the news came through Redis)."""
         return self._watch(FINISHED_CHANNEL, job_id)
 
+    def watch_revoked(self, agent_id: str) -> contextlib.AbstractContextManager[Wakeup]:
+        """An event set when this agent's token is rotated or its connection deleted."""
+        return self._watch(REVOKED_CHANNEL, agent_id)
+
     def watched(self, channel: str) -> list[str]:
         """The keys (agent ids, job ids) that have waiters on this channel now."""
         return [key for (watched, key) in self._waiters if watched == channel]
@@ -130,6 +140,10 @@ class JobEvents:
 
     async def job_finished(self, job_id: str, job: object | None = None) -> None:
         await self._publish(FINISHED_CHANNEL, job_id, job)
+
+    async def agent_revoked(self, agent_id: str) -> None:
+        """Tells every process that this agent's token changed (after the commit)."""
+        await self._publish(REVOKED_CHANNEL, agent_id)
 
     async def _publish(self, channel: str, key: str, payload: object | None = None) -> None:
         if not self.enabled:
@@ -175,7 +189,7 @@ class JobEvents:
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(CREATED_CHANNEL, FINISHED_CHANNEL)
+                await pubsub.subscribe(CREATED_CHANNEL, FINISHED_CHANNEL, REVOKED_CHANNEL)
                 self._subscribed.set()
                 log.info("event=wakeups_subscribed")
                 backoff = 0.05

@@ -10,12 +10,12 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import Request
 
@@ -141,6 +141,11 @@ async def require_online_agent(
 ) -> Agent:
     """The agent that serves this user's connection, checked before any job is created."""
     agent = await connection_agent(db, user_id=user_id, connection_id=connection_id)
+    return require_online(agent, settings=settings)
+
+
+def require_online(agent: Agent | None, *, settings: Settings) -> Agent:
+    """The agent, if there is one and it is online: no_agent / agent_offline otherwise."""
     if agent is None:
         raise NoAgent()
     online = agent_is_online(
@@ -149,6 +154,37 @@ async def require_online_agent(
     if not online:
         raise AgentOffline()
     return agent
+
+
+# The price source seen last among those online (the same rule as agent_is_online).
+ONLINE_PRICE_SOURCE = (
+    select(*AGENTS.c)
+    .where(
+        AGENTS.c.is_price_source.is_(True),
+        AGENTS.c.last_heartbeat_at >= bindparam("p_seen_after"),
+        or_(AGENTS.c.terminal_connected.is_(None), AGENTS.c.terminal_connected.is_(True)),
+    )
+    .order_by(AGENTS.c.last_heartbeat_at.desc(), AGENTS.c.id)
+    .limit(1)
+)
+IS_PRICE_SOURCE = select(AGENTS.c.is_price_source).where(AGENTS.c.id == bindparam("p_agent_id"))
+
+
+async def online_price_source(db: AsyncEngine, *, settings: Settings) -> Agent | None:
+    """An online agent marked as a price source (the platform's feed), None when none is."""
+    seen_after = utcnow() - timedelta(seconds=settings.agent_offline_after_seconds)
+    async with db.connect() as conn:
+        row = (await conn.execute(ONLINE_PRICE_SOURCE, {"p_seen_after": seen_after})).first()
+    return detached(Agent, row._mapping) if row is not None else None
+
+
+async def is_price_source(db: AsyncEngine, agent_id: uuid.UUID | None) -> bool:
+    """Whether that agent is (still) marked as a price source."""
+    if agent_id is None:
+        return False
+    async with db.connect() as conn:
+        marked = await conn.scalar(IS_PRICE_SOURCE, {"p_agent_id": agent_id})
+    return bool(marked)
 
 
 @contextlib.asynccontextmanager
@@ -183,24 +219,39 @@ async def next_job(
     """The long-poll: claims this agent's next job as soon as one exists, or None after `wait`.
 
     Claims nothing once the client has disconnected, and puts a claimed job back to
-    pending if the client left before it could be handed over. The agent counts as online
-    for the whole poll (its heartbeat is refreshed while it waits). A graceful shutdown
-    ends the poll with no job, so the agent reconnects to a process that stays.
+    pending if the client left before it could be handed over. A token rotated or deleted
+    (`agent_revoked`, from any process) ends the poll with no job: the claim itself checks
+    the token, and a job claimed just before the rotation goes back to the new token. The
+    agent counts as online for the whole poll (its heartbeat is refreshed while it waits).
+    A graceful shutdown ends the poll with no job, so the agent reconnects to a process
+    that stays.
     """
     deadline = time.monotonic() + wait
     refresh_every = min(10.0, settings.agent_offline_after_seconds / 3)
     next_refresh = time.monotonic() + refresh_every
     agent_key = str(agent.id)
+    events = jobs.events
     async with client_disconnect(request) as gone:
-        with jobs.events.watch_created(agent_key) as created:
-            draining = jobs.events.draining
+        with events.watch_created(agent_key) as created, events.watch_revoked(agent_key) as revoked:
+            draining = events.draining
             while not gone.is_set() and not draining.is_set():
+                announced = created.is_set()
                 created.clear()
-                job = await claim_next_job(jobs, agent_id=agent.id)
+                if revoked.is_set() and not await token_still_current(jobs.db, agent, revoked):
+                    return None
+                job = await claim_next_job(jobs, agent_id=agent.id, token_hash=agent.token_hash)
+                if job is None and announced and not await token_still_current(jobs.db, agent):
+                    return None  # a job is there, but not for this token (a lost revocation)
                 if job is not None:
                     if gone.is_set():
                         await release_job(jobs, job_id=job.id, agent_id=agent.id)
                         log.info("event=job_released job_id=%s reason=client_gone", job.id)
+                        return None
+                    if revoked.is_set() and not await token_still_current(
+                        jobs.db, agent, revoked
+                    ):  # rotated after the claim, before the hand-over: the new token's
+                        await release_job(jobs, job_id=job.id, agent_id=agent.id)
+                        log.info("event=job_released job_id=%s reason=token_revoked", job.id)
                         return None
                     return job
                 remaining = deadline - time.monotonic()
@@ -212,8 +263,28 @@ async def next_job(
                 # No timed re-claim: the process's fallback poll wakes this poll if its
                 # agent has a pending job that no message announced.
                 until_refresh = max(0.0, next_refresh - time.monotonic())
-                await wait_any(created, gone, draining, timeout=min(until_refresh, remaining))
+                await wait_any(
+                    created, gone, draining, revoked, timeout=min(until_refresh, remaining)
+                )
     return None
+
+
+SELECT_TOKEN_HASH = select(AGENTS.c.token_hash).where(AGENTS.c.id == bindparam("p_agent_id"))
+
+
+async def token_still_current(
+    db: AsyncEngine, agent: Agent, revoked: asyncio.Event | None = None
+) -> bool:
+    """Whether the token `agent` was authenticated with is still its own (not rotated, not
+    deleted with its connection); clears `revoked` first, so a later revocation is kept."""
+    if revoked is not None:
+        revoked.clear()
+    async with db.connect() as conn:
+        current = await conn.scalar(SELECT_TOKEN_HASH, {"p_agent_id": agent.id})
+    if current == agent.token_hash:
+        return True
+    log.info("event=long_poll_ended agent_id=%s reason=token_revoked", agent.id)
+    return False
 
 
 def tick_message(instrument: str, tick: TickIn, now_ms: int) -> bytes:

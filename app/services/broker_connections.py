@@ -7,9 +7,11 @@ from datetime import datetime
 
 from cryptography.fernet import Fernet
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.core.db import in_transaction
 from app.core.errors import NotFound
+from app.core.job_events import JobEvents
 from app.core.security import encrypt_secret, hash_agent_token, new_agent_token
 from app.models import Agent, BrokerConnection, utcnow
 from app.schemas.broker_connections import AgentSummary
@@ -67,18 +69,58 @@ async def get_connection(
     return connection
 
 
+# Lock order, everywhere a connection or its agent changes: the connection's row first
+# (FOR UPDATE), then the agent's. A delete that took the agent's row first (the ORM deletes
+# the child before the parent) deadlocked with a rotation that took the connection's.
+
+
 async def delete_connection(
-    session: AsyncSession, *, user_id: uuid.UUID, connection_id: uuid.UUID
+    factory: async_sessionmaker[AsyncSession],
+    events: JobEvents,
+    *,
+    user_id: uuid.UUID,
+    connection_id: uuid.UUID,
 ) -> None:
-    connection = await get_connection(session, user_id=user_id, connection_id=connection_id)
-    await session.delete(connection)  # cascades to the agent, whose token dies with it
-    await session.flush()
+    """Deletes the connection and its agent, committed; then the agent's open long-polls end
+    on every process (its token died with it)."""
+
+    async def delete(session: AsyncSession) -> uuid.UUID | None:
+        connection = await get_connection(
+            session, user_id=user_id, connection_id=connection_id, for_update=True
+        )
+        agent_id = connection.agent.id if connection.agent is not None else None
+        await session.delete(connection)  # cascades to the agent
+        await session.flush()
+        return agent_id
+
+    agent_id = await in_transaction(factory, delete)
+    if agent_id is not None:
+        await events.agent_revoked(str(agent_id))
+
+
+async def issue_agent_token(
+    factory: async_sessionmaker[AsyncSession],
+    events: JobEvents,
+    *,
+    user_id: uuid.UUID,
+    connection_id: uuid.UUID,
+) -> tuple[Agent, str]:
+    """Provisions the connection's agent or rotates its token, committed; then the old
+    token's open long-polls end on every process. Returns the new token once."""
+
+    async def provision(session: AsyncSession) -> tuple[Agent, str]:
+        return await provision_agent(session, user_id=user_id, connection_id=connection_id)
+
+    agent, token = await in_transaction(factory, provision)
+    await events.agent_revoked(str(agent.id))
+    return agent, token
 
 
 async def provision_agent(
     session: AsyncSession, *, user_id: uuid.UUID, connection_id: uuid.UUID
 ) -> tuple[Agent, str]:
-    """Creates the connection's agent, or rotates its token. Returns the token once."""
+    """Creates the connection's agent, or rotates its token, in the caller's transaction.
+    Returns the token once."""
     # Locked: two concurrent first provisionings would both insert an agent (a 500).
     connection = await get_connection(
         session, user_id=user_id, connection_id=connection_id, for_update=True

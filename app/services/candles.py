@@ -1,11 +1,17 @@
 """Candles: served from Redis when a fresh enough list is cached, else fetched by one job.
 
-The cache key is `candles:{instrument}:{timeframe}` (shared by every user, as the contract
-says), holding the JSON list of candles, oldest first, for `candles_cache_ttl_seconds`.
+Two sources, two caches, so that nothing a user controls is ever served to another user:
+- the platform's feed (`source=feed`, the default): the job goes to an online price-source
+  agent, and its answer is cached for everyone under `candles:{instrument}:{timeframe}`.
+  Only a price source's answer is ever written there.
+- the user's own account (`source=account`): the job goes to the connection's agent, and
+  its answer is cached for that connection only, `candles:{connection_id}:{instrument}:
+  {timeframe}`.
+Each key holds the JSON list of candles, oldest first, for `candles_cache_ttl_seconds`.
 Redis is an optimisation here: when it is down or holds garbage the call is a miss.
 
-Concurrent misses for the same agent, instrument and timeframe share one job (a single
-flight per process): the first starts a fetch task, the others await it.
+Concurrent misses for the same cache key share one job (a single flight per process): the
+first starts a fetch task, the others await it.
 """
 
 from __future__ import annotations
@@ -16,16 +22,24 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.core.errors import FeedOffline, NoAgent
+from app.models import Agent
 from app.schemas.trading import Candle
-from app.services.agents import connection_agent
+from app.services.agents import (
+    connection_agent,
+    is_price_source,
+    online_price_source,
+    require_online,
+)
 from app.services.jobs import run_job
 from app.services.orders import Trading
-from app.services.trading import online_agent, read_output
+from app.services.trading import read_output
 
 log = logging.getLogger("mt5gate.candles")
 
@@ -33,11 +47,29 @@ CANDLES = TypeAdapter(list[Candle])
 # A Redis that hangs must not hold a request for long: past this, the cache is skipped.
 CACHE_TIMEOUT_SECONDS = 1.0
 
-FlightKey = tuple[uuid.UUID, str, str]
+# A flight is keyed by the cache key it fills: feed misses of all users share one job.
+FlightKey = str
 
 
-def cache_key(instrument: str, timeframe: str) -> str:
+@dataclass(frozen=True)
+class CandleSource:
+    """Where candles come from: the feed, or the account of one of the caller's
+    connections (None: their oldest one)."""
+
+    kind: Literal["feed", "account"] = "feed"
+    connection_id: uuid.UUID | None = None
+
+
+FEED = CandleSource()
+
+
+def feed_cache_key(instrument: str, timeframe: str) -> str:
     return f"candles:{instrument}:{timeframe}"
+
+
+def account_cache_key(connection_id: uuid.UUID, instrument: str, timeframe: str) -> str:
+    # Symbols have no ':', so this can never be read as a feed key, nor the other way.
+    return f"candles:{connection_id}:{instrument}:{timeframe}"
 
 
 async def read_cache(redis: Redis, key: str) -> list[Candle] | None:
@@ -66,7 +98,7 @@ async def write_cache(redis: Redis, key: str, candles: list[Candle], *, ttl: int
 
 @dataclass
 class CandleFlights:
-    """In-flight candle fetches of this process, by (agent, instrument, timeframe).
+    """In-flight candle fetches of this process, by the cache key they fill.
 
     Owned by the lifespan: `aclose` cancels and awaits whatever is still in flight.
     """
@@ -81,7 +113,7 @@ class CandleFlights:
         one when none is in the air (or the one in the air asks for fewer)."""
         entry = self._flights.get(key)
         if entry is None or entry[0] < count:
-            task = asyncio.create_task(self._run(fetch), name=f"candles-{key[1]}-{key[2]}")
+            task = asyncio.create_task(self._run(fetch), name=f"fetch-{key}")
             self._flights[key] = (count, task)
             task.add_done_callback(lambda done: self._landed(key, done))
         else:
@@ -124,37 +156,104 @@ async def get_candles(
     flights: CandleFlights,
     *,
     user_id: uuid.UUID,
-    connection_id: uuid.UUID | None,
+    source: CandleSource,
     instrument: str,
     timeframe: str,
     count: int,
 ) -> tuple[list[Candle], bool]:
     """The last `count` candles, oldest first, and whether the cache served them.
 
-    A cache hit creates no job and asks no agent, but a named `connection_id` must still
-    be the caller's. On a miss: no_agent / agent_offline / agent_timeout / broker_error.
+    A cache hit creates no job and asks no agent. On a miss: feed_offline (feed), or
+    not_found / no_agent / agent_offline (account); then agent_timeout / broker_error.
     """
-    if connection_id is not None:  # another user's connection is a 404 even on a hit
-        await connection_agent(trading.jobs.db, user_id=user_id, connection_id=connection_id)
-    key = cache_key(instrument, timeframe)
+    if source.kind == "feed":
+        return await feed_candles(
+            trading, redis, flights, instrument=instrument, timeframe=timeframe, count=count
+        )
+    # The connection is resolved even for a hit: it names the cache, and another user's
+    # connection is a 404 whatever is cached.
+    agent = await connection_agent(
+        trading.jobs.db, user_id=user_id, connection_id=source.connection_id
+    )
+    if agent is None:  # no agent: nothing was ever fetched for this connection
+        raise NoAgent()
+    key = account_cache_key(agent.connection_id, instrument, timeframe)
     cached = await read_cache(redis, key)
     if cached is not None and len(cached) >= count:
         return cached[-count:], True
-    agent = await online_agent(trading, user_id=user_id, connection_id=connection_id)
-
-    async def fetch() -> list[Candle]:
-        done = await run_job(
-            trading.jobs,
-            user_id=user_id,
-            agent_id=agent.id,
-            job_type="get_candles",
-            input_data={"symbol": instrument, "timeframe": timeframe, "count": count},
-            ttl_seconds=trading.settings.read_job_ttl_seconds,
-            timeout=trading.settings.candles_wait_seconds,
-        )
-        candles = CANDLES.validate_python(read_output(done)["candles"])
-        await write_cache(redis, key, candles, ttl=trading.settings.candles_cache_ttl_seconds)
-        return candles
-
-    candles = await flights.join((agent.id, instrument, timeframe), count, fetch)
+    require_online(agent, settings=trading.settings)
+    candles = await flights.join(
+        key,
+        count,
+        lambda: fetch_candles(
+            trading, redis, agent, key=key, instrument=instrument, timeframe=timeframe, count=count
+        ),
+    )
     return candles[-count:], False
+
+
+async def feed_candles(
+    trading: Trading,
+    redis: Redis,
+    flights: CandleFlights,
+    *,
+    instrument: str,
+    timeframe: str,
+    count: int,
+) -> tuple[list[Candle], bool]:
+    """Candles from the platform's feed: the shared cache, else an online price source."""
+    key = feed_cache_key(instrument, timeframe)
+    cached = await read_cache(redis, key)
+    if cached is not None and len(cached) >= count:
+        return cached[-count:], True
+    feed = await online_price_source(trading.jobs.db, settings=trading.settings)
+    if feed is None:
+        raise FeedOffline()
+    candles = await flights.join(
+        key,
+        count,
+        lambda: fetch_candles(
+            trading,
+            redis,
+            feed,
+            key=key,
+            instrument=instrument,
+            timeframe=timeframe,
+            count=count,
+            shared=True,
+        ),
+    )
+    return candles[-count:], False
+
+
+async def fetch_candles(
+    trading: Trading,
+    redis: Redis,
+    agent: Agent,
+    *,
+    key: str,
+    instrument: str,
+    timeframe: str,
+    count: int,
+    shared: bool = False,
+) -> list[Candle]:
+    """One `get_candles` job for `agent` (on behalf of its owner), cached under `key`.
+
+    A `shared` (feed) answer is written only if the agent that gave it is still a price
+    source: one unmarked while its job was in flight is no longer trusted for everyone.
+    """
+    done = await run_job(
+        trading.jobs,
+        user_id=agent.user_id,
+        agent_id=agent.id,
+        job_type="get_candles",
+        input_data={"symbol": instrument, "timeframe": timeframe, "count": count},
+        ttl_seconds=trading.settings.read_job_ttl_seconds,
+        timeout=trading.settings.candles_wait_seconds,
+    )
+    candles = CANDLES.validate_python(read_output(done)["candles"])
+    if shared and not await is_price_source(trading.jobs.db, done.agent_id):
+        log.warning("event=feed_answer_refused agent_id=%s reason=not_price_source", agent.id)
+        raise FeedOffline()
+    await write_cache(redis, key, candles, ttl=trading.settings.candles_cache_ttl_seconds)
+    return candles

@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.errors import InvalidResult, JobNotRunning
 from app.core.job_events import CREATED_CHANNEL, FINISHED_CHANNEL, JobEvents, Wakeup
-from app.models import Job, detached, utcnow
+from app.models import Agent, Job, detached, utcnow
 from app.schemas.agents import CompletedResult, FailedResult
 from app.schemas.trading import OUTPUT_MODELS
 
@@ -77,6 +77,7 @@ class JobStore:
 
 
 JOBS = cast(Table, Job.__table__)
+AGENTS = cast(Table, Agent.__table__)
 # The statements of the hot path, built once (building a statement costs more than
 # running a cached one). Bound values are named p_* so that none is mistaken for a column.
 INSERT_JOB = insert(JOBS)
@@ -84,6 +85,19 @@ SELECT_JOB = select(*JOBS.c).where(JOBS.c.id == bindparam("p_job_id"))
 SELECT_BY_CLIENT_ORDER_ID = select(*JOBS.c).where(
     JOBS.c.user_id == bindparam("p_user_id"),
     JOBS.c.client_order_id == bindparam("p_client_order_id"),
+)
+# The claimant's token must still be its agent's. A rotation or a delete changes the agent's
+# row, and a claim holds a share lock on it (FOR SHARE, PostgreSQL): whichever comes first,
+# the other waits, and a claim that waited re-reads the row, finds another token (or none)
+# and claims nothing. SQLite's single writer orders them the same way.
+CURRENT_AGENT = (
+    select(AGENTS.c.id)
+    .where(
+        AGENTS.c.id == bindparam("p_agent_id"),
+        AGENTS.c.token_hash == bindparam("p_token_hash"),
+    )
+    .with_for_update(read=True)
+    .scalar_subquery()
 )
 # PostgreSQL locks the candidate row with SKIP LOCKED, so concurrent claims take different
 # jobs; SQLite serializes writers, and `status = 'pending'` makes a second claim of the
@@ -94,7 +108,7 @@ CLAIM_NEXT = (
         JOBS.c.id
         == select(JOBS.c.id)
         .where(
-            JOBS.c.agent_id == bindparam("p_agent_id"),
+            JOBS.c.agent_id == CURRENT_AGENT,
             JOBS.c.status == PENDING,
             JOBS.c.expires_at > bindparam("p_now"),
         )
@@ -236,13 +250,15 @@ async def find_by_client_order_id(
     return job_from(row) if row is not None else None
 
 
-async def claim_next_job(store: JobStore, *, agent_id: uuid.UUID) -> Job | None:
-    """Atomically moves this agent's oldest live pending job to `running` and returns it.
+async def claim_next_job(store: JobStore, *, agent_id: uuid.UUID, token_hash: str) -> Job | None:
+    """Atomically moves this agent's oldest live pending job to `running` and returns it,
+    if `token_hash` (the claimant's) is still the agent's: a replaced token claims nothing.
 
     Jobs past `expires_at` are skipped here and marked `expired` by the sweeper.
     """
+    keys = {"p_agent_id": agent_id, "p_token_hash": token_hash, "p_now": utcnow()}
     async with store.db.connect() as conn:
-        row = (await conn.execute(CLAIM_NEXT, {"p_agent_id": agent_id, "p_now": utcnow()})).first()
+        row = (await conn.execute(CLAIM_NEXT, keys)).first()
     if row is None:
         return None
     job = job_from(row)

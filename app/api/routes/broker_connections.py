@@ -5,7 +5,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response, status
 
-from app.api.deps import CurrentUser, SessionDep, SettingsDep
+from app.api.deps import CurrentUser, JobStoreDep, SessionDep, SessionFactoryDep, SettingsDep
 from app.core.config import Settings
 from app.models import BrokerConnection
 from app.schemas.broker_connections import (
@@ -23,6 +23,15 @@ router = APIRouter(
 )
 Responses = dict[int | str, dict[str, Any]]
 NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "not_found"}}
+# Racing changes of one connection are ordered by a lock and retried; this is what is left.
+CHANGE_ERRORS: Responses = {
+    **NOT_FOUND,
+    409: {
+        "model": ErrorBody,
+        "description": "`concurrent_change`: the database gave up on a race with another "
+        "change of this connection after three tries; try again.",
+    },
+}
 
 
 def to_read(connection: BrokerConnection, settings: Settings) -> BrokerConnectionRead:
@@ -63,21 +72,25 @@ async def list_connections(
     return [to_read(c, settings) for c in connections]
 
 
-@router.delete("/{connection_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+@router.delete("/{connection_id}", status_code=status.HTTP_204_NO_CONTENT, responses=CHANGE_ERRORS)
 async def delete_connection(
-    connection_id: uuid.UUID, user: CurrentUser, session: SessionDep
+    connection_id: uuid.UUID, user: CurrentUser, factory: SessionFactoryDep, jobs: JobStoreDep
 ) -> Response:
-    """Deletes the connection; its agent's token stops working at once."""
-    await service.delete_connection(session, user_id=user.id, connection_id=connection_id)
+    """Deletes the connection; its agent's token stops working at once, and the agent's
+    open long-polls end (204)."""
+    await service.delete_connection(
+        factory, jobs.events, user_id=user.id, connection_id=connection_id
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{connection_id}/agent", status_code=status.HTTP_201_CREATED, responses=NOT_FOUND)
+@router.post("/{connection_id}/agent", status_code=status.HTTP_201_CREATED, responses=CHANGE_ERRORS)
 async def provision_agent(
-    connection_id: uuid.UUID, user: CurrentUser, session: SessionDep
+    connection_id: uuid.UUID, user: CurrentUser, factory: SessionFactoryDep, jobs: JobStoreDep
 ) -> AgentProvisioned:
-    """Provisions the connection's agent, or rotates its token (the old one stops working)."""
-    agent, token = await service.provision_agent(
-        session, user_id=user.id, connection_id=connection_id
+    """Provisions the connection's agent, or rotates its token: the old one stops working
+    at once, and its open long-polls end (204)."""
+    agent, token = await service.issue_agent_token(
+        factory, jobs.events, user_id=user.id, connection_id=connection_id
     )
     return AgentProvisioned(agent_id=agent.id, agent_token=token)

@@ -8,20 +8,22 @@ route here can be reached without it.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
-from fastapi.responses import JSONResponse
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 
 from app.api.deps import OnboardedUser, RedisDep, ResourcesDep, get_onboarded_user
-from app.core.errors import DomainError, OrderRejected
+from app.core.errors import OrderRejected
 from app.schemas.common import ErrorBody
 from app.schemas.orders import OrderCreate, OrderRead, OrderRejectedBody
 from app.schemas.positions import BrokerErrorBody, JobPending, PositionClosed, PositionUpdate
 from app.schemas.trading import SYMBOL_PATTERN, Account, Candle, Position, Timeframe
 from app.services import orders as order_service
 from app.services import trading as trading_service
-from app.services.candles import CANDLES, CandleFlights, get_candles
+from app.services.candles import CANDLES, CandleFlights, CandleSource, get_candles
 from app.services.orders import Trading
 
 Responses = dict[int | str, dict[str, Any]]
@@ -239,15 +241,85 @@ async def get_account(
     )
 
 
-@router.get(
+class CacheHeaderRoute(APIRoute):
+    """A route whose every response carries `X-Cache`, errors included (the contract): an
+    answer that the route did not mark (an error, a 401, a validation 422) is a miss.
+
+    Exceptions are rendered here, by the app's own handlers, so that the header can be
+    added; what has no handler (a bug) goes on to the server's 500 as everywhere else.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handle = super().get_route_handler()
+
+        async def handle_with_cache_header(request: Request) -> Response:
+            try:
+                response = await handle(request)
+            except Exception as exc:
+                handler = next(
+                    (
+                        request.app.exception_handlers[kind]
+                        for kind in type(exc).__mro__
+                        if kind in request.app.exception_handlers
+                    ),
+                    None,
+                )
+                if handler is None:
+                    raise
+                response = await handler(request, exc)
+            response.headers.setdefault("X-Cache", "miss")
+            return response
+
+        return handle_with_cache_header
+
+
+candles_router = APIRouter(route_class=CacheHeaderRoute)
+
+
+async def get_candle_source(
+    source: Annotated[
+        Literal["feed", "account"],
+        Query(
+            description="`feed`: the platform's price feed, cached for everyone. `account`: "
+            "your own broker through your connection's agent, cached for that connection."
+        ),
+    ] = "feed",
+    broker_connection_id: Annotated[
+        uuid.UUID | None,
+        Query(description="With `source=account` only: the connection; your oldest one."),
+    ] = None,
+) -> CandleSource:
+    if source == "feed" and broker_connection_id is not None:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "broker_connection_id"),
+                    "msg": "broker_connection_id needs source=account: the feed is the "
+                    "platform's, not a connection's",
+                    "input": str(broker_connection_id),
+                }
+            ]
+        )
+    return CandleSource(source, broker_connection_id)
+
+
+CandleSourceDep = Annotated[CandleSource, Depends(get_candle_source)]
+CACHE_HEADER = {"X-Cache": {"description": "`hit` or `miss`", "schema": {"type": "string"}}}
+
+
+@candles_router.get(
     "/candles/{instrument}",
     response_model=list[Candle],
     responses={
-        200: {
-            "headers": {"X-Cache": {"description": "`hit` or `miss`", "schema": {"type": "string"}}}
-        },
+        200: {"headers": CACHE_HEADER},
         **AGENT_ERRORS,
         **BROKER_ERROR,
+        503: error(
+            "feed_offline` or `agent_offline",
+            "no price source is online (`source=feed`), or your agent's last heartbeat is "
+            "too old (`source=account`).",
+        ),
         504: error("agent_timeout", "no answer within 10 s."),
     },
 )
@@ -257,30 +329,32 @@ async def candles(
     trading: TradingDep,
     redis: RedisDep,
     flights: CandleFlightsDep,
+    source: CandleSourceDep,
     timeframe: Timeframe = "H1",
     count: Annotated[int, Query(ge=1, le=5000)] = 200,
-    broker_connection_id: ConnectionQuery = None,
 ) -> Response:
-    """The last `count` bars, oldest first. Served from the Redis cache
-    (`candles:{instrument}:{timeframe}`, 30 s, shared by all users) when it holds at least
-    `count` bars, else fetched by one job (concurrent misses share it; waits up to 10 s).
-    Every answer past authentication and validation carries `X-Cache: hit|miss`; with Redis
-    down every call is a miss."""
-    try:
-        bars, hit = await get_candles(
-            trading,
-            redis,
-            flights,
-            user_id=user.id,
-            connection_id=broker_connection_id,
-            instrument=instrument,
-            timeframe=timeframe,
-            count=count,
-        )
-    except DomainError as exc:
-        return JSONResponse(exc.body(), exc.status_code, headers={"X-Cache": "miss"})
+    """The last `count` bars, oldest first, from the platform's feed (default) or, with
+    `source=account`, from your own broker. Served from the Redis cache (30 s; the feed's
+    `candles:{instrument}:{timeframe}` is shared by all users, an account's
+    `candles:{connection_id}:{instrument}:{timeframe}` is that connection's) when it holds
+    at least `count` bars, else fetched by one job (concurrent misses share it; waits up to
+    10 s). Every answer, errors included, carries `X-Cache: hit|miss`; with Redis down
+    every call is a miss."""
+    bars, hit = await get_candles(
+        trading,
+        redis,
+        flights,
+        user_id=user.id,
+        source=source,
+        instrument=instrument,
+        timeframe=timeframe,
+        count=count,
+    )
     return Response(
         CANDLES.dump_json(bars),
         media_type="application/json",
         headers={"X-Cache": "hit" if hit else "miss"},
     )
+
+
+router.include_router(candles_router)
