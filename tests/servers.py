@@ -78,6 +78,14 @@ class ServeProcess:
     base_url: str
     log_path: Path
 
+    async def wait_for_log(self, text: str, *, timeout: float = 10) -> None:
+        """Until the process has logged a line containing `text` (its log is a file)."""
+        async with asyncio.timeout(timeout):
+            while text not in self.log_path.read_text(errors="replace"):
+                if self.process.poll() is not None:
+                    raise AssertionError(f"mt5gate serve exited before logging {text!r}")
+                await asyncio.sleep(0.01)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -99,6 +107,7 @@ def start_serve(
         **os.environ,
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
+        "REDIS_KEY_PREFIX": settings.redis_key_prefix,
         "JWT_SECRET": settings.jwt_secret,
         "ENCRYPTION_KEY": settings.encryption_key,
         "AGENT_OFFLINE_AFTER_SECONDS": str(settings.agent_offline_after_seconds),
@@ -106,6 +115,7 @@ def start_serve(
         "JOB_WAKEUPS_ENABLED": str(settings.job_wakeups_enabled).lower(),
         "JOB_POLL_INTERVAL_SECONDS": str(settings.job_poll_interval_seconds),
         "JOB_RESULT_TIMEOUT_SECONDS": str(settings.job_result_timeout_seconds),
+        "LOG_LEVEL": settings.log_level,
     }
     log = log_path.open("wb")
     process = subprocess.Popen(

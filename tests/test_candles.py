@@ -7,6 +7,7 @@ import json
 
 import httpx
 
+from app.core.redis import redis_key
 from tests.flows import Trader, onboard_trader
 from tests.servers import RunningApi, free_port
 from tests.stores import Store
@@ -42,8 +43,9 @@ async def test_second_candles_call_is_a_cache_hit(
     await agent.expect_no_job()
 
     redis = api.resources.redis
-    assert json.loads(await redis.get("candles:EURUSD:M5") or b"null") == candles(3)
-    assert 0 < await redis.ttl("candles:EURUSD:M5") <= 30
+    key = redis_key(redis, "candles:EURUSD:M5")
+    assert json.loads(await redis.get(key) or b"null") == candles(3)
+    assert 0 < await redis.ttl(key) <= 30
 
 
 async def test_cache_serves_fewer_candles_from_the_end_and_misses_on_more(
@@ -127,12 +129,13 @@ async def test_candles_answer_as_a_miss_when_redis_is_down(store: Store, trader:
 async def test_garbage_in_the_cache_is_a_miss_and_is_replaced(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader
 ) -> None:
-    await api.resources.redis.set("candles:EURUSD:H1", b"{not json")
+    redis = api.resources.redis
+    await redis.set(redis_key(redis, "candles:EURUSD:H1"), b"{not json")
     agent = fake_agent(client, trader)
     async with agent.running():
         response = await get_candles(client, trader, count=2)
     assert response.headers["x-cache"] == "miss"
-    cached = await api.resources.redis.get("candles:EURUSD:H1")
+    cached = await redis.get(redis_key(redis, "candles:EURUSD:H1"))
     assert json.loads(cached or b"null") == candles(2)
 
 

@@ -13,10 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
+from app.core.config import Settings
+from app.core.redis import redis_key
 from app.services import jobs
 from app.services.agents import set_price_source
 from tests.conftest import make_settings
 from tests.flows import AgentHandle, Trader, onboard_trader
+from tests.log_events import watch_log
 from tests.servers import RunningApi, run_api
 from tests.stores import Store, reset_store
 
@@ -67,12 +70,24 @@ def completed(output: dict[str, Any] = TRADE_OUTPUT) -> dict[str, Any]:
     return {"status": "completed", "output_data": output}
 
 
+# Far longer than any bound in this module: a job or a result that arrives in time was
+# delivered by a wake-up, not by the fallback poll (which has tests of its own below).
+WAKEUP_ONLY_POLL_SECONDS = 60.0
+WAKEUP_BOUND_SECONDS = 2.0
+
+
+@pytest.fixture
+def settings(store: Store) -> Settings:
+    return make_settings(store, job_poll_interval_seconds=WAKEUP_ONLY_POLL_SECONDS)
+
+
 async def test_job_created_during_a_long_poll_is_delivered_at_once(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader
 ) -> None:
-    waiting = asyncio.create_task(poll(client, trader.agent, wait=20))
-    while api.resources.jobs.events.waiter_count == 0:  # the poll is registered
-        await asyncio.sleep(0.001)
+    with watch_log("mt5gate.agents") as log:
+        waiting = asyncio.create_task(poll(client, trader.agent, wait=20))
+        # Past its first claim and waiting: only a wake-up can bring it the job now.
+        await log.wait_for("event=job_poll_waiting")
     started = time.monotonic()
     job_id = await create_job(api, trader)
     response = await waiting
@@ -83,8 +98,9 @@ async def test_job_created_during_a_long_poll_is_delivered_at_once(
     assert body["job_type"] == "trade"
     assert body["input_data"] == TRADE_INPUT
     assert body["expires_at"].endswith("Z")
-    # Well under the 500 ms fallback poll: the wake-up, not the timer, delivered it.
-    assert took < api.settings.job_poll_interval_seconds
+    # The fallback poll runs once a minute here: the wake-up, not the timer, delivered it.
+    assert api.settings.job_poll_interval_seconds == WAKEUP_ONLY_POLL_SECONDS
+    assert took < WAKEUP_BOUND_SECONDS
 
 
 async def test_poll_without_jobs_answers_204_after_wait(
@@ -158,7 +174,7 @@ async def test_result_wakes_the_waiting_caller(
     response = await answer(client, trader.agent, job_id, completed())
     assert response.status_code == 200
     assert response.json() == {"job_id": str(job_id), "status": "completed"}
-    job = await asyncio.wait_for(waiter, 2)
+    job = await asyncio.wait_for(waiter, WAKEUP_BOUND_SECONDS)
     assert job.status == "completed"
     assert job.output_data == TRADE_OUTPUT
 
@@ -281,6 +297,7 @@ async def test_agent_cannot_answer_another_agents_job(
     await poll(client, trader.agent)
     response = await answer(client, other.agent, job_id, completed())
     assert response.status_code == 409
+    assert response.json()["detail"] == "job_not_running"
     job = await jobs.get_job(api.resources.jobs, job_id)
     assert job is not None
     assert job.status == "running"
@@ -341,7 +358,7 @@ async def test_price_source_push_sets_and_publishes_each_tick(
     instrument = f"T{uuid.uuid4().hex[:8].upper()}"
     redis = api.resources.redis
     async with redis.pubsub() as pubsub:
-        await pubsub.subscribe(f"prices:{instrument}")
+        await pubsub.subscribe(redis_key(redis, f"prices:{instrument}"))
         response = await client.post(
             trader.agent.path("prices"),
             json={instrument: {"bid": 1.1, "ask": 1.1002, "ts": 1764000000000}},
@@ -355,7 +372,7 @@ async def test_price_source_push_sets_and_publishes_each_tick(
     )
     assert message is not None
     assert message["data"] == expected
-    assert await redis.get(f"prices:{instrument}") == expected
+    assert await redis.get(redis_key(redis, f"prices:{instrument}")) == expected
 
 
 @pytest.mark.parametrize(
@@ -372,16 +389,32 @@ async def test_price_source_push_sets_and_publishes_each_tick(
         [1, 2],
     ],
 )
-async def test_bad_ticks_are_422(
+async def test_bad_ticks_are_422_and_neither_stored_nor_published(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader, body: object
 ) -> None:
     await set_price_source(
         api.resources.session_factory, agent_id=uuid.UUID(trader.agent.id), enabled=True
     )
+    redis = api.resources.redis
     content = body if isinstance(body, str) else json.dumps(body)
     headers = {**trader.agent.headers, "Content-Type": "application/json"}
-    response = await client.post(trader.agent.path("prices"), content=content, headers=headers)
-    assert response.status_code == 422
+    async with redis.pubsub() as pubsub:
+        await pubsub.psubscribe(redis_key(redis, "prices:*"))
+        response = await client.post(trader.agent.path("prices"), content=content, headers=headers)
+        assert response.status_code == 422
+        detail = response.json()["detail"]
+        assert isinstance(detail, list)
+        assert detail
+        assert all(error["loc"][0] == "body" for error in detail), detail
+        assert await redis.keys(redis_key(redis, "prices:*")) == []
+        # A good tick after it is the first message on the channels: the refused batch
+        # published nothing before it.
+        good = {"EURUSD": {"bid": 1.1, "ask": 1.1002, "ts": 1764000000000}}
+        accepted = await client.post(trader.agent.path("prices"), json=good, headers=headers)
+        assert accepted.status_code == 202
+        message = await next_message(pubsub)
+    assert message is not None
+    assert json.loads(message["data"]) == {"instrument": "EURUSD", **good["EURUSD"]}
 
 
 async def test_long_poll_whose_client_left_claims_nothing(

@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection
 
 from app.core.security import create_access_token
 from app.services.agents import set_price_source
+from app.ws.ticks import channel_for
 from tests.conftest import TEST_JWT_SECRET, make_settings
 from tests.flows import TestUser, onboard_trader, register_user
 from tests.private_redis import private_redis
@@ -334,7 +335,10 @@ async def test_malformed_last_tick_is_not_sent_on_connect(
 async def publish_batch(api: RunningApi, instrument: str, start: int, count: int) -> None:
     async with api.resources.redis.pipeline(transaction=False) as pipe:
         for ts in range(start, start + count):
-            pipe.publish(f"prices:{instrument}", json.dumps(tick(instrument, 1.1, 1.2, ts)))
+            pipe.publish(
+                channel_for(api.resources.redis, instrument),
+                json.dumps(tick(instrument, 1.1, 1.2, ts)),
+            )
         await pipe.execute()
 
 

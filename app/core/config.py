@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     mt5gate_env: Literal["dev", "production"] = "dev"
     database_url: str = "sqlite+aiosqlite:///./var/mt5gate.db"
     redis_url: str = "memory://"
+    # Put before every Redis key and channel (`prices:…`, `candles:…`, `mt5gate:jobs:…`):
+    # empty, the contract's names, unchanged; set, deployments sharing a Redis are apart.
+    redis_key_prefix: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")
 
     jwt_secret: str = ""
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"

@@ -26,10 +26,13 @@ from collections.abc import Iterator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.core.redis import redis_key
+
 log = logging.getLogger("mt5gate.job_events")
 
 CREATED_CHANNEL = "mt5gate:jobs:created"
 FINISHED_CHANNEL = "mt5gate:jobs:finished"
+CHANNELS = (CREATED_CHANNEL, FINISHED_CHANNEL)
 MAX_BACKOFF_SECONDS = 2.0
 
 
@@ -46,6 +49,8 @@ class JobEvents:
     def __init__(self, redis: Redis, *, enabled: bool = True) -> None:
         self.redis = redis
         self.enabled = enabled
+        # The channels as named on this Redis (behind its key prefix) -> as named here.
+        self._channels = {redis_key(redis, name): name for name in CHANNELS}
         self._waiters: dict[tuple[str, str], set[Wakeup]] = defaultdict(set)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -130,7 +135,7 @@ class JobEvents:
 
     async def _send(self, channel: str, key: str) -> None:
         try:
-            await self.redis.publish(channel, f"{self._origin}:{key}")
+            await self.redis.publish(redis_key(self.redis, channel), f"{self._origin}:{key}")
         except (RedisError, OSError) as exc:
             log.warning("event=wakeup_publish_failed channel=%s reason=%r", channel, exc)
 
@@ -163,7 +168,7 @@ class JobEvents:
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(CREATED_CHANNEL, FINISHED_CHANNEL)
+                await pubsub.subscribe(*self._channels)
                 self._subscribed.set()
                 log.info("event=wakeups_subscribed")
                 backoff = 0.05
@@ -186,8 +191,10 @@ class JobEvents:
         channel, data = message.get("channel"), message.get("data")
         if not isinstance(channel, bytes | str) or not isinstance(data, bytes | str):
             return
-        channel = channel.decode() if isinstance(channel, bytes) else channel
+        named = self._channels.get(channel.decode() if isinstance(channel, bytes) else channel)
+        if named is None:
+            return
         payload = data.decode(errors="replace") if isinstance(data, bytes) else data
         origin, _, key = payload.partition(":")
         if origin != self._origin and key:
-            self._dispatch(channel, key[:64])
+            self._dispatch(named, key[:64])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from weakref import WeakKeyDictionary
+
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -12,8 +14,26 @@ MAX_CONNECTIONS = 256
 # How long a command waits for a free pooled connection before it fails.
 POOL_TIMEOUT_SECONDS = 5
 
+# Each client's REDIS_KEY_PREFIX, kept beside it (redis-py has no such option).
+_KEY_PREFIXES: WeakKeyDictionary[Redis, str] = WeakKeyDictionary()
 
-def create_redis(url: str) -> Redis:
+
+def redis_key(redis: Redis, name: str) -> str:
+    """The key or channel `name` (as the contract spells it: `prices:EURUSD`) as it is
+    named on `redis`: behind the client's REDIS_KEY_PREFIX. Every key, channel and
+    pattern the app uses is named through here, so deployments (or test runs) sharing one
+    Redis see nothing of each other's."""
+    return _KEY_PREFIXES.get(redis, "") + name
+
+
+def create_redis(url: str, *, key_prefix: str = "") -> Redis:
+    client = _create_client(url)
+    if key_prefix:
+        _KEY_PREFIXES[client] = key_prefix
+    return client
+
+
+def _create_client(url: str) -> Redis:
     if url == MEMORY_URL:
         # One in-process server per app: an embedded stand-in for a single process.
         from fakeredis import FakeAsyncRedis, FakeServer

@@ -41,7 +41,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         stack.push_async_callback(engine.dispose)
         session_factory = create_session_factory(engine)
         db = single_statement_engine(engine)
-        redis = create_redis(settings.redis_url)
+        redis = create_redis(settings.redis_url, key_prefix=settings.redis_key_prefix)
         stack.push_async_callback(redis.aclose)
 
         job_events = JobEvents(redis, enabled=settings.job_wakeups_enabled)

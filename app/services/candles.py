@@ -21,6 +21,7 @@ from pydantic import TypeAdapter, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.core.redis import redis_key
 from app.schemas.trading import Candle
 from app.services.agents import connection_agent
 from app.services.jobs import run_job
@@ -136,7 +137,7 @@ async def get_candles(
     """
     if connection_id is not None:  # another user's connection is a 404 even on a hit
         await connection_agent(trading.jobs.db, user_id=user_id, connection_id=connection_id)
-    key = cache_key(instrument, timeframe)
+    key = redis_key(redis, cache_key(instrument, timeframe))
     cached = await read_cache(redis, key)
     if cached is not None and len(cached) >= count:
         return cached[-count:], True
