@@ -103,19 +103,10 @@ def start_serve(
 
     On a free port unless ``port`` is given (a restart on the port clients already use)."""
     port = port or free_port()
+    # Every setting, so that the process runs with exactly these (not only some of them).
     env = {
         **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "REDIS_KEY_PREFIX": settings.redis_key_prefix,
-        "JWT_SECRET": settings.jwt_secret,
-        "ENCRYPTION_KEY": settings.encryption_key,
-        "AGENT_OFFLINE_AFTER_SECONDS": str(settings.agent_offline_after_seconds),
-        "TRADE_JOB_TTL_SECONDS": str(settings.trade_job_ttl_seconds),
-        "JOB_WAKEUPS_ENABLED": str(settings.job_wakeups_enabled).lower(),
-        "JOB_POLL_INTERVAL_SECONDS": str(settings.job_poll_interval_seconds),
-        "JOB_RESULT_TIMEOUT_SECONDS": str(settings.job_result_timeout_seconds),
-        "LOG_LEVEL": settings.log_level,
+        **{name.upper(): str(value) for name, value in settings.model_dump().items()},
     }
     log = log_path.open("wb")
     process = subprocess.Popen(

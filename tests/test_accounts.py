@@ -63,11 +63,20 @@ async def test_login_with_wrong_credentials_is_401(
     assert response.json()["detail"] == "invalid_credentials"
 
 
-async def test_short_password_is_rejected(client: httpx.AsyncClient) -> None:
+async def test_short_password_is_refused_and_creates_no_user(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/auth/register", json={"email": "c@example.com", "password": "short"}
     )
     assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert [error["loc"] for error in detail] == [["body", "password"]]
+    # No user came of it: the address is free, and the short password logs nobody in.
+    login = await client.post("/auth/login", json={"email": "c@example.com", "password": "short"})
+    assert login.status_code == 401
+    again = await client.post(
+        "/auth/register", json={"email": "c@example.com", "password": DEFAULT_PASSWORD}
+    )
+    assert again.status_code == 201, again.text
 
 
 def forge(claims: dict[str, object], secret: str, algorithm: str = "HS256") -> str:

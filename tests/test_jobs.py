@@ -460,3 +460,36 @@ async def test_claimed_job_never_answered_ends_lost_and_accepts_a_late_answer(
         late = await answer(client, trader.agent, job_id, completed())
         assert late.status_code == 200
         assert late.json()["status"] == "completed"
+
+
+async def test_redis_key_prefix_is_put_before_price_keys_and_job_channels(store: Store) -> None:
+    await reset_store(store)
+    settings = make_settings(store, redis_key_prefix="deployment-b:")
+    async with (
+        run_api(settings) as api,
+        httpx.AsyncClient(base_url=f"{api.base_url}/api/v1", timeout=30) as http,
+    ):
+        trader = await onboard_trader(http)
+        await set_price_source(
+            api.resources.session_factory, agent_id=uuid.UUID(trader.agent.id), enabled=True
+        )
+        redis = api.resources.redis
+        async with redis.pubsub() as pubsub:
+            await pubsub.subscribe(
+                "deployment-b:prices:EURUSD", "deployment-b:mt5gate:jobs:created"
+            )
+            pushed = await http.post(
+                trader.agent.path("prices"),
+                json={"EURUSD": {"bid": 1.1, "ask": 1.2, "ts": 5}},
+                headers=trader.agent.headers,
+            )
+            assert pushed.status_code == 202
+            tick = await next_message(pubsub)
+            await create_job(api, trader)  # no poll waits here: the news goes through Redis
+            created = await next_message(pubsub)
+        assert tick is not None
+        assert tick["channel"] == b"deployment-b:prices:EURUSD"
+        assert created is not None
+        assert created["channel"] == b"deployment-b:mt5gate:jobs:created"
+        assert await redis.get("deployment-b:prices:EURUSD") is not None
+        assert await redis.get("prices:EURUSD") is None
