@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
+from app.core.config import Settings
+from app.core.redis import create_redis
 from app.core.security import create_access_token
 from app.services.agents import set_price_source
 from app.ws.ticks import channel_for
@@ -503,7 +504,7 @@ async def test_ticks_flow_again_after_redis_restarts(
 
                 redis_server.start()
                 await wait_live(manager, instrument)
-                await publish_fresh(redis_server.url, tick(instrument, 1.7, 1.8, 5))
+                await publish_fresh(api.settings, tick(instrument, 1.7, 1.8, 5))
                 assert await recv_tick(single) == tick(instrument, 1.7, 1.8, 5)
                 assert await recv_tick(multi) == tick(instrument, 1.7, 1.8, 5)
 
@@ -562,13 +563,13 @@ async def test_an_unreachable_redis_does_not_refuse_sockets(
                 await manager.wait_until(lambda: manager.stats()["sockets"] == 1, 10)
                 redis_server.start()
                 await wait_live(manager, instrument)
-                await publish_fresh(redis_server.url, tick(instrument, 1.7, 1.8, 5))
+                await publish_fresh(api.settings, tick(instrument, 1.7, 1.8, 5))
                 assert await recv_tick(ws) == tick(instrument, 1.7, 1.8, 5)
 
 
-async def publish_fresh(redis_url: str, body: dict[str, Any]) -> None:
+async def publish_fresh(settings: Settings, body: dict[str, Any]) -> None:
     """Publishes over a new connection (the app's pooled ones died with the old server)."""
-    redis = Redis.from_url(redis_url)
+    redis = create_redis(settings.redis_url, key_prefix=settings.redis_key_prefix)
     try:
         await publish(redis, body)
     finally:
