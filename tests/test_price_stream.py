@@ -203,14 +203,19 @@ async def test_bad_token_closes_the_socket_with_4001(
 async def test_token_that_expires_while_open_closes_the_socket_with_4001(
     api: RunningApi, user: TestUser, instrument: str
 ) -> None:
-    # `exp` is whole seconds: a 2 s TTL leaves at least 1 s, enough to connect first.
+    manager = api.resources.ws
     short = create_access_token(
-        uuid.UUID(user.id), secret=TEST_JWT_SECRET, algorithm="HS256", ttl_seconds=2
+        uuid.UUID(user.id), secret=TEST_JWT_SECRET, algorithm="HS256", ttl_seconds=3
     )
+    expires_at = jwt.decode(short.token, options={"verify_signature": False})["exp"]
     async with connect(api, f"/ws/prices/{instrument}", short.token) as ws:
+        # The socket is authenticated and registered: from here on, only expiry closes it.
+        await manager.wait_until(lambda: manager.stats()["sockets"] == 1, 5)
+        assert time.time() < expires_at, "the socket opened after its token had expired"
         assert await close_code(ws) == 4001
         assert ws.close_reason == "token_expired"
-    await api.resources.ws.wait_until(lambda: api.resources.ws.stats()["sockets"] == 0, 5)
+        assert time.time() >= expires_at - 0.05  # at the expiry, not before it
+    await manager.wait_until(lambda: manager.stats()["sockets"] == 0, 5)
 
 
 async def test_invalid_instrument_in_the_path_closes_with_1008(
