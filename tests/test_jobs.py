@@ -22,6 +22,7 @@ from tests.flows import AgentHandle, Trader, onboard_trader
 from tests.log_events import watch_log
 from tests.servers import RunningApi, run_api
 from tests.stores import Store, reset_store
+from tests.trading_agent import ACCOUNT, CLOSED, POSITION, age_heartbeat
 
 TRADE_INPUT = {"symbol": "EURUSD", "side": "buy", "volume": 0.1, "sl": None, "tp": None}
 TRADE_OUTPUT = {
@@ -493,3 +494,166 @@ async def test_redis_key_prefix_is_put_before_price_keys_and_job_channels(store:
         assert created["channel"] == b"deployment-b:mt5gate:jobs:created"
         assert await redis.get("deployment-b:prices:EURUSD") is not None
         assert await redis.get("prices:EURUSD") is None
+
+
+# -- paths of the agent protocol ----------------------------------------------------------
+
+
+async def agent_status(client: httpx.AsyncClient, trader: Trader) -> str:
+    listing = await client.get("/broker-connections", headers=trader.headers)
+    status: str = listing.json()[0]["agent"]["status"]
+    return status
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix", "body"),
+    [
+        ("GET", "credentials", None),
+        ("GET", "jobs/next?wait=0", None),
+        ("POST", f"jobs/{uuid.uuid4()}/result", completed()),
+        ("POST", "prices", {"EURUSD": {"bid": 1.1, "ask": 1.2}}),
+    ],
+)
+async def test_every_authenticated_agent_call_counts_as_a_heartbeat(
+    api: RunningApi,
+    client: httpx.AsyncClient,
+    trader: Trader,
+    method: str,
+    suffix: str,
+    body: dict[str, Any] | None,
+) -> None:
+    await age_heartbeat(api, trader, minutes=30)
+    assert await agent_status(client, trader) == "offline"
+    response = await client.request(
+        method, trader.agent.path(suffix), json=body, headers=trader.agent.headers
+    )
+    # Whatever the call answers (a 409 for a job it does not hold, a 403 from no price
+    # source), the agent showed it is alive.
+    assert response.status_code in (200, 202, 204, 403, 409), response.text
+    assert await agent_status(client, trader) == "online"
+
+
+async def test_a_bad_agent_token_is_no_heartbeat(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    await age_heartbeat(api, trader, minutes=30)
+    impostor = {"Authorization": "Bearer not-the-token"}
+    response = await client.get(trader.agent.path("credentials"), headers=impostor)
+    assert response.status_code == 401
+    assert await agent_status(client, trader) == "offline"
+
+
+async def test_jobs_are_handed_out_oldest_first(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    created = [await create_job(api, trader, symbol=f"SYM{i}") for i in range(5)]
+    handed_out = [(await poll(client, trader.agent, wait=0)).json()["id"] for _ in created]
+    assert handed_out == [str(job_id) for job_id in created]
+
+
+async def test_a_tick_without_ts_gets_the_servers_time(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    await set_price_source(
+        api.resources.session_factory, agent_id=uuid.UUID(trader.agent.id), enabled=True
+    )
+    before = int(time.time() * 1000)
+    response = await client.post(
+        trader.agent.path("prices"),
+        json={"EURUSD": {"bid": 1.1, "ask": 1.1002}},
+        headers=trader.agent.headers,
+    )
+    after = int(time.time() * 1000)
+    assert response.status_code == 202
+    redis = api.resources.redis
+    stored = json.loads(await redis.get(redis_key(redis, "prices:EURUSD")) or b"null")
+    assert stored["instrument"] == "EURUSD"
+    assert before <= stored["ts"] <= after
+
+
+@pytest.mark.parametrize("wait", ["-0.1", "30.01", "31", "nan", "inf", "soon"])
+async def test_a_long_poll_wait_outside_0_to_30_seconds_is_422(
+    client: httpx.AsyncClient, trader: Trader, wait: str
+) -> None:
+    response = await client.get(
+        trader.agent.path("jobs/next"), params={"wait": wait}, headers=trader.agent.headers
+    )
+    assert response.status_code == 422
+    assert [error["loc"] for error in response.json()["detail"]] == [["query", "wait"]]
+
+
+async def test_a_long_poll_may_wait_up_to_30_seconds(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    job_id = await create_job(api, trader)
+    response = await poll(client, trader.agent, wait=30)
+    assert response.json()["id"] == str(job_id)
+
+
+async def test_a_long_poll_without_wait_waits_25_seconds(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    """Without `wait` the poll is a long one (the contract's default is 25 s): still
+    waiting when a job arrives seconds later, it gets it at once."""
+    with watch_log("mt5gate.agents") as log:
+        waiting = asyncio.create_task(
+            client.get(trader.agent.path("jobs/next"), headers=trader.agent.headers)
+        )
+        await log.wait_for("event=job_poll_waiting")
+    # A poll with wait=0 would have answered 204 by now; this one is still open.
+    done, _ = await asyncio.wait({waiting}, timeout=1.0)
+    assert not done
+    job_id = await create_job(api, trader)
+    response = await asyncio.wait_for(waiting, WAKEUP_BOUND_SECONDS)
+    assert response.json()["id"] == str(job_id)
+    parameter = next(
+        p
+        for p in api.app.openapi()["paths"]["/api/v1/agents/{agent_id}/jobs/next"]["get"][
+            "parameters"
+        ]
+        if p["name"] == "wait"
+    )
+    assert parameter["schema"]["default"] == 25
+
+
+MALFORMED_OUTPUTS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("get_positions", {}, {}),
+    ("get_positions", {}, {"positions": [{"position_id": 1}]}),
+    ("get_positions", {}, {"positions": [{**POSITION, "volume": -1}]}),
+    ("get_account", {}, {"balance": 1.0}),
+    ("get_account", {}, {**ACCOUNT, "leverage": 0}),
+    ("get_account", {}, {**ACCOUNT, "equity": "lots"}),
+    ("get_candles", {"symbol": "EURUSD", "timeframe": "H1", "count": 1}, {"candles": "none"}),
+    (
+        "get_candles",
+        {"symbol": "EURUSD", "timeframe": "H1", "count": 1},
+        {"candles": [{"time": -1, "open": 1, "high": 1, "low": 1, "close": 1, "volume": 1}]},
+    ),
+    ("close_position", {"ticket": 50123}, {"closed_price": 1.1}),
+    ("close_position", {"ticket": 50123}, {**CLOSED, "pnl": float("inf")}),
+    ("modify_position", {"ticket": 50123, "sl": 1.05}, {"position": {"position_id": "x"}}),
+    ("modify_position", {"ticket": 50123, "sl": 1.05}, {}),
+]
+
+
+@pytest.mark.parametrize(("job_type", "input_data", "output"), MALFORMED_OUTPUTS)
+async def test_a_malformed_result_of_any_job_type_is_422_and_leaves_it_running(
+    api: RunningApi,
+    client: httpx.AsyncClient,
+    trader: Trader,
+    job_type: str,
+    input_data: dict[str, Any],
+    output: dict[str, Any],
+) -> None:
+    job_id = await create_job(api, trader, job_type, **input_data)
+    assert (await poll(client, trader.agent)).json()["id"] == str(job_id)
+    response = await client.post(
+        trader.agent.path(f"jobs/{job_id}/result"),
+        content=json.dumps({"status": "completed", "output_data": output}),
+        headers={**trader.agent.headers, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == "invalid_result"
+    job = await jobs.get_job(api.resources.jobs, job_id)
+    assert job is not None
+    assert (job.status, job.output_data) == ("running", None)
