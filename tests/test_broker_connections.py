@@ -10,15 +10,19 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from tests.conftest import make_settings
 from tests.flows import (
     AgentHandle,
     TestUser,
     add_connection,
     heartbeat,
+    onboard_trader,
     provision_agent,
     register_user,
 )
-from tests.servers import RunningApi
+from tests.servers import RunningApi, run_api
+from tests.stores import Store, reset_store
+from tests.trading_agent import age_heartbeat
 
 MT5_PASSWORD = "mt5-Pa55word-that-must-stay-secret"
 CONNECTION_FIELDS = {"id", "server", "login", "label", "created_at", "agent"}
@@ -333,3 +337,26 @@ async def test_malformed_connection_id_is_422(client: httpx.AsyncClient, user: T
         response = await client.delete(f"/broker-connections/{connection_id}", headers=user.headers)
         assert response.status_code == 422, connection_id
         assert response.json()["detail"][0]["loc"] == ["path", "connection_id"]
+
+
+async def test_an_agent_turns_offline_once_silent_for_agent_offline_after_seconds(
+    store: Store,
+) -> None:
+    await reset_store(store)
+    async with (
+        run_api(make_settings(store, agent_offline_after_seconds=30)) as api,
+        httpx.AsyncClient(base_url=f"{api.base_url}/api/v1", timeout=30) as client,
+    ):
+        trader = await onboard_trader(client)
+
+        async def status_after(seconds: float) -> str:
+            await age_heartbeat(api, trader, minutes=seconds / 60)
+            listing = await client.get("/broker-connections", headers=trader.headers)
+            status: str = listing.json()[0]["agent"]["status"]
+            return status
+
+        assert await status_after(25) == "online"
+        assert await status_after(35) == "offline"
+        positions = await client.get("/positions", headers=trader.headers)
+        assert positions.status_code == 503
+        assert positions.json()["detail"] == "agent_offline"
