@@ -578,3 +578,15 @@ def test_fake_positions_get_ignores_the_ticket_when_a_symbol_is_given(
     assert [p.ticket for p in fake_mt5.positions_get(ticket=usdjpy)] == [usdjpy]
     assert [p.ticket for p in fake_mt5.positions_get(symbol="EURUSD", ticket=usdjpy)] == [eurusd]
     assert [p.ticket for p in fake_mt5.positions_get(group="*JPY*")] == [usdjpy]
+
+
+def test_fake_initialize_with_an_account_logs_in_and_version_needs_the_link(
+    fake_mt5: Any,
+) -> None:
+    assert fake_mt5.version() is None
+    assert fake_mt5.last_error()[0] == fake_mt5.RES_E_INTERNAL_FAIL_CONNECT
+    assert not fake_mt5.initialize(login=12345678, password="wrong", server="Demo-Server")
+    assert fake_mt5.last_error()[0] == fake_mt5.RES_E_AUTH_FAILED
+    assert fake_mt5.initialize(login=12345678, password="secret", server="Demo-Server")
+    assert fake_mt5.terminal.logged_in == 12345678
+    assert fake_mt5.version() is not None

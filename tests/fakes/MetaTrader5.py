@@ -306,11 +306,22 @@ def _link_ok() -> bool:
 # -- the package's functions -----------------------------------------------------------
 
 
-def initialize(path: str | None = None, **kwargs: Any) -> bool:
+def initialize(
+    path: str | None = None,
+    *,
+    login: int | None = None,
+    password: str = "",
+    server: str = "",
+    timeout: int = 60_000,
+    portable: bool = False,
+) -> bool:
+    """As documented: with ``login`` (and password, server) it also logs in."""
     if _fail("initialize"):
         return False
     terminal.initialized = True
     _ok()
+    if login is not None:
+        return _login(login, password=password, server=server, timeout=timeout)
     return True
 
 
@@ -325,6 +336,9 @@ def login(login: int, password: str = "", server: str = "", timeout: int = 60_00
     return True
 
 
+_login = login
+
+
 def shutdown() -> None:
     terminal.initialized = False
 
@@ -333,7 +347,9 @@ def last_error() -> tuple[int, str]:
     return terminal.error
 
 
-def version() -> tuple[int, int, str]:
+def version() -> tuple[int, int, str] | None:
+    if not _link_ok():
+        return None
     return (500, 4424, "01 Jun 2024")
 
 
