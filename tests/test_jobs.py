@@ -475,13 +475,14 @@ async def test_redis_key_prefix_is_put_before_price_keys_and_job_channels(store:
             api.resources.session_factory, agent_id=uuid.UUID(trader.agent.id), enabled=True
         )
         redis = api.resources.redis
+        instrument = f"P{uuid.uuid4().hex[:8].upper()}"  # nobody else's key on a shared Redis
         async with redis.pubsub() as pubsub:
             await pubsub.subscribe(
-                "deployment-b:prices:EURUSD", "deployment-b:mt5gate:jobs:created"
+                f"deployment-b:prices:{instrument}", "deployment-b:mt5gate:jobs:created"
             )
             pushed = await http.post(
                 trader.agent.path("prices"),
-                json={"EURUSD": {"bid": 1.1, "ask": 1.2, "ts": 5}},
+                json={instrument: {"bid": 1.1, "ask": 1.2, "ts": 5}},
                 headers=trader.agent.headers,
             )
             assert pushed.status_code == 202
@@ -489,11 +490,11 @@ async def test_redis_key_prefix_is_put_before_price_keys_and_job_channels(store:
             await create_job(api, trader)  # no poll waits here: the news goes through Redis
             created = await next_message(pubsub)
         assert tick is not None
-        assert tick["channel"] == b"deployment-b:prices:EURUSD"
+        assert tick["channel"] == f"deployment-b:prices:{instrument}".encode()
         assert created is not None
         assert created["channel"] == b"deployment-b:mt5gate:jobs:created"
-        assert await redis.get("deployment-b:prices:EURUSD") is not None
-        assert await redis.get("prices:EURUSD") is None
+        assert await redis.get(f"deployment-b:prices:{instrument}") is not None
+        assert await redis.get(f"prices:{instrument}") is None
 
 
 # -- paths of the agent protocol ----------------------------------------------------------
