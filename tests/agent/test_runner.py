@@ -4,7 +4,6 @@ where they cannot be produced for real)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,49 +18,13 @@ from mt5gate_agent.backends.sim import SimBackend
 from mt5gate_agent.client import AgentApiError, AgentClient, api_root, parse_time
 from mt5gate_agent.config import AgentConfig
 from mt5gate_agent.runner import Backoff, kv, run_agent
-
-
-class LogWatcher(logging.Handler):
-    """Collects the agent's log lines and lets a test await one (from any thread)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(logging.DEBUG)
-        self.loop = loop
-        self.lines: list[str] = []
-        self._events: list[asyncio.Event] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-        self.loop.call_soon_threadsafe(self._wake)
-
-    def _wake(self) -> None:
-        for event in self._events:
-            event.set()
-
-    def count(self, text: str) -> int:
-        return sum(text in line for line in self.lines)
-
-    async def wait_for(self, text: str, times: int = 1, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while self.count(text) < times:
-                event = asyncio.Event()
-                self._events.append(event)
-                try:
-                    await event.wait()
-                finally:
-                    self._events.remove(event)
+from tests.log_events import LogEvents, watch_log
 
 
 @pytest.fixture
-async def logs() -> AsyncIterator[LogWatcher]:
-    watcher = LogWatcher(asyncio.get_running_loop())
-    logger = logging.getLogger("mt5gate_agent")
-    previous = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(watcher)
-    yield watcher
-    logger.removeHandler(watcher)
-    logger.setLevel(previous)
+async def logs() -> AsyncIterator[LogEvents]:
+    with watch_log("mt5gate_agent") as watcher:
+        yield watcher
 
 
 def config_for(api: RealAgentApi, **overrides: Any) -> AgentConfig:
@@ -162,7 +125,7 @@ class ScriptedBackend:
 
 
 async def test_a_job_is_executed_and_its_result_posted(
-    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
     start_agent()
     job_id = await api.add_job("trade", order())
@@ -183,7 +146,7 @@ async def test_the_agent_logs_in_with_the_fetched_credentials_and_heartbeats(
 
 
 async def test_a_broker_rejection_is_posted_as_a_failed_result(
-    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
     start_agent()
     job_id = await api.add_job("trade", order(volume=0.001))
@@ -206,7 +169,7 @@ async def test_jobs_are_executed_one_after_the_other(
 
 
 async def test_a_job_expired_by_the_server_clock_is_not_executed(
-    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
     # The server's clock is a minute ahead of the agent's, and the job spends a second on
     # the wire: it expired by the server's clock on the way, although by the agent's own
@@ -301,7 +264,7 @@ async def test_a_stopped_agent_leaves_no_poll_behind_to_take_a_new_job(
 
 
 async def test_the_agent_backs_off_on_5xx_and_then_takes_jobs(
-    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
     api.faults.fail["poll"] = 3
     start_agent()
@@ -313,7 +276,7 @@ async def test_the_agent_backs_off_on_5xx_and_then_takes_jobs(
 
 
 async def test_getting_through_again_is_logged_at_once_not_after_a_long_poll(
-    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
     api.faults.fail["poll"] = 1
     start_agent(poll_wait=25)
@@ -325,7 +288,7 @@ async def test_getting_through_again_is_logged_at_once_not_after_a_long_poll(
 
 
 async def test_the_agent_retries_credentials_until_the_api_answers(
-    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
     api.faults.fail["credentials"] = 2
     start_agent()
@@ -336,7 +299,7 @@ async def test_the_agent_retries_credentials_until_the_api_answers(
 
 
 async def test_a_result_is_retried_until_the_api_takes_it(
-    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
     api.faults.fail["result"] = 2
     start_agent()
@@ -347,7 +310,7 @@ async def test_a_result_is_retried_until_the_api_takes_it(
 
 
 async def test_a_result_the_server_refuses_is_logged_and_not_retried(
-    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
     """A backend answering a trade with the wrong shape: the server says 422
     invalid_result; the agent reports it as refused (no retry loop) and takes more jobs."""
@@ -366,7 +329,7 @@ async def test_a_result_the_server_refuses_is_logged_and_not_retried(
 
 
 async def test_the_agent_survives_the_api_restarting_under_it(
-    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
     start_agent()
     first = await api.add_job("get_positions", {})
@@ -418,7 +381,7 @@ async def test_only_changed_ticks_are_pushed_in_batches(
 
 
 async def test_ticks_that_failed_to_send_go_out_with_the_next_push(
-    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
     api.faults.fail["prices"] = 1
     backend = ScriptedBackend([{"EURUSD": tick(1.1, 1)}])
@@ -429,7 +392,7 @@ async def test_ticks_that_failed_to_send_go_out_with_the_next_push(
 
 
 async def test_a_refused_price_source_stops_pushing_but_keeps_taking_jobs(
-    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
     await api.set_price_source(False)
     start_agent(price_symbols=("EURUSD",))
