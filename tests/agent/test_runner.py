@@ -171,15 +171,15 @@ async def test_jobs_are_executed_one_after_the_other(
 async def test_a_job_expired_by_the_server_clock_is_not_executed(
     api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
-    # The server's clock is a minute ahead of the agent's, and the job spends a second on
-    # the wire: it expired by the server's clock on the way, although by the agent's own
-    # clock it still has a minute to go.
+    # The server's clock is a minute ahead of the agent's, and the job spends longer on the
+    # wire than it had to live: it expired by the server's clock on the way, although by
+    # the agent's own clock it still has a minute to go.
     api.faults.clock_skew = 60.0
-    api.faults.delivery_delay = 1.0
+    api.faults.delivery_delay = 3.0
     sim = SimBackend(seed=1)
     start_agent(backend=sim)
     await api.wait_for(lambda: len(api.heartbeats) >= 1)
-    job_id = await api.add_job("trade", order(), expires_in=0.5)
+    job_id = await api.add_job("trade", order(), expires_in=2)
     result = await api.wait_result(job_id)
     assert result["status"] == "failed"
     assert result["error"]["code"] == "expired"
