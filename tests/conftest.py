@@ -49,6 +49,7 @@ def make_settings(store: Store, **overrides: object) -> Settings:
         "mt5gate_env": "dev",
         "database_url": store.database_url,
         "redis_url": store.redis_url,
+        "redis_key_prefix": store.redis_key_prefix,
         "jwt_secret": TEST_JWT_SECRET,
         "encryption_key": TEST_ENCRYPTION_KEY,
         **overrides,

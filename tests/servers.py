@@ -60,12 +60,12 @@ async def run_api(settings: Settings, **config: Any) -> AsyncIterator[RunningApi
         await task
 
 
-def bound_socket() -> socket.socket:
+def bound_socket(port: int = 0) -> socket.socket:
     # IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on sockets whose proto
     # says TCP, and without it every response waits ~40 ms for a delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     return sock
 
 
@@ -80,6 +80,14 @@ class ServeProcess:
     process: subprocess.Popen[bytes]
     base_url: str
     log_path: Path
+
+    async def wait_for_log(self, text: str, *, timeout: float = 10) -> None:
+        """Until the process has logged a line containing `text` (its log is a file)."""
+        async with asyncio.timeout(timeout):
+            while text not in self.log_path.read_text(errors="replace"):
+                if self.process.poll() is not None:
+                    raise AssertionError(f"mt5gate serve exited before logging {text!r}")
+                await asyncio.sleep(0.01)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -98,17 +106,10 @@ def start_serve(
 
     On a free port unless ``port`` is given (a restart on the port clients already use)."""
     port = port or free_port()
+    # Every setting, so that the process runs with exactly these (not only some of them).
     env = {
         **os.environ,
-        "DATABASE_URL": settings.database_url,
-        "REDIS_URL": settings.redis_url,
-        "JWT_SECRET": settings.jwt_secret,
-        "ENCRYPTION_KEY": settings.encryption_key,
-        "AGENT_OFFLINE_AFTER_SECONDS": str(settings.agent_offline_after_seconds),
-        "TRADE_JOB_TTL_SECONDS": str(settings.trade_job_ttl_seconds),
-        "JOB_WAKEUPS_ENABLED": str(settings.job_wakeups_enabled).lower(),
-        "JOB_POLL_INTERVAL_SECONDS": str(settings.job_poll_interval_seconds),
-        "JOB_RESULT_TIMEOUT_SECONDS": str(settings.job_result_timeout_seconds),
+        **{name.upper(): str(value) for name, value in settings.model_dump().items()},
     }
     log = log_path.open("wb")
     process = subprocess.Popen(

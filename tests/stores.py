@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import socket
 import uuid
 from dataclasses import dataclass
@@ -25,6 +24,9 @@ class Store:
     name: str
     database_url: str
     redis_url: str
+    # Before every key and channel of this run: runs sharing one Redis see nothing of
+    # each other's (channels are not per db, and FLUSHDB would empty the neighbour's keys).
+    redis_key_prefix: str = ""
 
     @property
     def is_postgres(self) -> bool:
@@ -99,13 +101,12 @@ def sqlite_store(directory: Path) -> Store:
 
 
 def postgres_store(database_url: str) -> Store:
-    # A db index of its own, so concurrent runs on this machine do not flush each other.
-    db_index = random.randint(1, 15)
-    return Store("postgres", database_url, f"redis://{REDIS_HOST}:{REDIS_PORT}/{db_index}")
+    prefix = f"mt5gate-test-{uuid.uuid4().hex[:12]}:"
+    return Store("postgres", database_url, f"redis://{REDIS_HOST}:{REDIS_PORT}/0", prefix)
 
 
 async def reset_store(store: Store) -> None:
-    """Empties every table and the Redis db before a test."""
+    """Empties every table and deletes the run's Redis keys before a test."""
     from sqlalchemy import text
 
     from app.core.db import create_engine
@@ -124,6 +125,8 @@ async def reset_store(store: Store) -> None:
     if store.redis_url != "memory://":
         redis = create_redis(store.redis_url)
         try:
-            await redis.flushdb()
+            keys = [key async for key in redis.scan_iter(match=f"{store.redis_key_prefix}*")]
+            if keys:
+                await redis.delete(*keys)
         finally:
             await redis.aclose()

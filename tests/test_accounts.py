@@ -12,7 +12,11 @@ import jwt
 import pytest
 
 from app.core.config import Settings
+from tests.conftest import make_settings
 from tests.flows import DEFAULT_PASSWORD, TestUser, register_user
+from tests.servers import run_api
+from tests.stores import Store, reset_store
+from tests.ws_clients import close_code, connect
 
 
 async def test_register_returns_a_token_and_the_user(client: httpx.AsyncClient) -> None:
@@ -63,11 +67,20 @@ async def test_login_with_wrong_credentials_is_401(
     assert response.json()["detail"] == "invalid_credentials"
 
 
-async def test_short_password_is_rejected(client: httpx.AsyncClient) -> None:
+async def test_short_password_is_refused_and_creates_no_user(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/auth/register", json={"email": "c@example.com", "password": "short"}
     )
     assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert [error["loc"] for error in detail] == [["body", "password"]]
+    # No user came of it: the address is free, and the short password logs nobody in.
+    login = await client.post("/auth/login", json={"email": "c@example.com", "password": "short"})
+    assert login.status_code == 401
+    again = await client.post(
+        "/auth/register", json={"email": "c@example.com", "password": DEFAULT_PASSWORD}
+    )
+    assert again.status_code == 201, again.text
 
 
 def forge(claims: dict[str, object], secret: str, algorithm: str = "HS256") -> str:
@@ -155,3 +168,33 @@ async def test_token_with_an_exp_beyond_any_date_is_rejected(
     response = await client.get("/me", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 401
     assert response.json()["detail"] == "invalid_token"
+
+
+@pytest.mark.parametrize("algorithm", ["HS384", "HS512"])
+async def test_jwt_algorithm_signs_and_alone_verifies_every_token(
+    store: Store, algorithm: str
+) -> None:
+    await reset_store(store)
+    settings = make_settings(store, jwt_algorithm=algorithm)
+    async with (
+        run_api(settings) as api,
+        httpx.AsyncClient(base_url=f"{api.base_url}/api/v1", timeout=30) as client,
+    ):
+        user = await register_user(client)
+        assert jwt.get_unverified_header(user.token)["alg"] == algorithm
+        assert (await client.get("/me", headers=user.headers)).status_code == 200
+        login = await client.post(
+            "/auth/login", json={"email": user.email, "password": DEFAULT_PASSWORD}
+        )
+        assert jwt.get_unverified_header(login.json()["access_token"])["alg"] == algorithm
+        # The same claims and secret under another HMAC: refused, on HTTP and on a socket.
+        claims = jwt.decode(user.token, settings.jwt_secret, algorithms=[algorithm])
+        other = jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+        refused = await client.get("/me", headers={"Authorization": f"Bearer {other}"})
+        assert refused.status_code == 401
+        assert refused.json()["detail"] == "invalid_token"
+        async with connect(api, "/ws/prices/EURUSD", other) as ws:
+            assert await close_code(ws) == 4001
+        async with connect(api, "/ws/prices/EURUSD", user.token) as ws:
+            await api.resources.ws.wait_until(lambda: api.resources.ws.stats()["sockets"] == 1, 5)
+            await ws.close()

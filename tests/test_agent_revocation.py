@@ -17,13 +17,15 @@ from app.services import jobs
 from tests.flows import AgentHandle, Trader, heartbeat, onboard_trader, provision_agent
 from tests.servers import RunningApi, start_serve
 from tests.stores import Store
-from tests.test_dispatch_processes import POLL_SETTLE_SECONDS, SLOW_POLL_SECONDS
+from tests.test_dispatch_processes import SLOW_POLL_SECONDS
 from tests.test_jobs import TRADE_INPUT
 from tests.trading_agent import ORDER, second_api
 
 # Far below the poll's own wait: a poll that ends within this was ended, not timed out.
 ENDED_AT_ONCE_SECONDS = 5.0
 POLL_WAIT_SECONDS = 20
+# Time for a poll on another process (whose log this test cannot watch) to reach its wait.
+POLL_SETTLE_SECONDS = 0.5
 
 
 def long_poll(client: httpx.AsyncClient, agent: AgentHandle) -> asyncio.Task[httpx.Response]:

@@ -12,15 +12,19 @@ import pytest
 from sqlalchemy import text
 
 from app.core.db import in_transaction
+from tests.conftest import make_settings
 from tests.flows import (
     AgentHandle,
     TestUser,
     add_connection,
     heartbeat,
+    onboard_trader,
     provision_agent,
     register_user,
 )
-from tests.servers import RunningApi
+from tests.servers import RunningApi, run_api
+from tests.stores import Store, reset_store
+from tests.trading_agent import age_heartbeat
 
 MT5_PASSWORD = "mt5-Pa55word-that-must-stay-secret"
 CONNECTION_FIELDS = {"id", "server", "login", "label", "created_at", "agent"}
@@ -408,3 +412,26 @@ async def test_a_deadlock_is_retried_until_both_transactions_commit(
         in_transaction(factory, lock_then_touch(two, one)),
     )
     assert sorted(attempts.values()) == [1, 2]
+
+
+async def test_an_agent_turns_offline_once_silent_for_agent_offline_after_seconds(
+    store: Store,
+) -> None:
+    await reset_store(store)
+    async with (
+        run_api(make_settings(store, agent_offline_after_seconds=30)) as api,
+        httpx.AsyncClient(base_url=f"{api.base_url}/api/v1", timeout=30) as client,
+    ):
+        trader = await onboard_trader(client)
+
+        async def status_after(seconds: float) -> str:
+            await age_heartbeat(api, trader, minutes=seconds / 60)
+            listing = await client.get("/broker-connections", headers=trader.headers)
+            status: str = listing.json()[0]["agent"]["status"]
+            return status
+
+        assert await status_after(25) == "online"
+        assert await status_after(35) == "offline"
+        positions = await client.get("/positions", headers=trader.headers)
+        assert positions.status_code == 503
+        assert positions.json()["detail"] == "agent_offline"

@@ -10,6 +10,7 @@ import uuid
 import httpx
 import pytest
 
+from app.core.redis import redis_key
 from app.services.agents import set_price_source
 from tests.flows import TestUser, Trader, add_connection, heartbeat, onboard_trader, provision_agent
 from tests.servers import RunningApi, free_port
@@ -47,8 +48,10 @@ async def feed(api: RunningApi, client: httpx.AsyncClient) -> FakeAgent:
 
 
 async def cached(api: RunningApi, key: str) -> object:
-    """What Redis holds under `key`, parsed (None when nothing is there)."""
-    return json.loads(await api.resources.redis.get(key) or b"null")
+    """What Redis holds under `key` (as the contract names it), parsed (None when nothing
+    is there)."""
+    redis = api.resources.redis
+    return json.loads(await redis.get(redis_key(redis, key)) or b"null")
 
 
 async def take_feed_offline(api: RunningApi, feed: FakeAgent) -> None:
@@ -85,8 +88,9 @@ async def test_second_candles_call_is_a_cache_hit(
     await fake_agent(client, trader).expect_no_job()  # the feed is not the user's agent
 
     redis = api.resources.redis
-    assert json.loads(await redis.get("candles:EURUSD:M5") or b"null") == candles(3)
-    assert 0 < await redis.ttl("candles:EURUSD:M5") <= 30
+    key = redis_key(redis, "candles:EURUSD:M5")
+    assert json.loads(await redis.get(key) or b"null") == candles(3)
+    assert 0 < await redis.ttl(key) <= 30
 
 
 async def test_cache_serves_fewer_candles_from_the_end_and_misses_on_more(
@@ -169,11 +173,12 @@ async def test_candles_answer_as_a_miss_when_redis_is_down(
 async def test_garbage_in_the_cache_is_a_miss_and_is_replaced(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader, feed: FakeAgent
 ) -> None:
-    await api.resources.redis.set("candles:EURUSD:H1", b"{not json")
+    redis = api.resources.redis
+    await redis.set(redis_key(redis, "candles:EURUSD:H1"), b"{not json")
     async with feed.running():
         response = await get_candles(client, trader, count=2)
     assert response.headers["x-cache"] == "miss"
-    cached = await api.resources.redis.get("candles:EURUSD:H1")
+    cached = await redis.get(redis_key(redis, "candles:EURUSD:H1"))
     assert json.loads(cached or b"null") == candles(2)
 
 
@@ -248,7 +253,8 @@ async def test_a_feed_answer_from_an_agent_unmarked_in_flight_is_not_cached(
     response = await asking
     assert response.status_code == 503
     assert response.json()["detail"] == "feed_offline"
-    assert await api.resources.redis.get("candles:EURUSD:H1") is None
+    redis = api.resources.redis
+    assert await redis.get(redis_key(redis, "candles:EURUSD:H1")) is None
 
 
 async def test_a_connection_id_with_the_feed_source_is_422(

@@ -252,7 +252,11 @@ async def test_set_price_source_turns_an_agents_price_pushes_on_and_off(
 ) -> None:
     trader = await onboard_trader(client)
     agent = trader.agent
-    env = mt5gate_env(DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url)
+    env = mt5gate_env(
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=settings.redis_url,
+        REDIS_KEY_PREFIX=settings.redis_key_prefix,
+    )
 
     async def push() -> int:
         response = await client.post(

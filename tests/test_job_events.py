@@ -16,7 +16,7 @@ from fakeredis import FakeAsyncRedis, FakeServer
 from redis.asyncio import Redis
 
 from app.core.job_events import CREATED_CHANNEL, JobEvents
-from app.core.redis import create_redis
+from app.core.redis import create_redis, redis_key
 from tests.stores import Store
 from tests.tcp_proxy import silenceable_proxy
 
@@ -31,7 +31,8 @@ async def redis_clients(store: Store) -> AsyncIterator[tuple[Redis, Redis]]:
         server = FakeServer()
         first, second = FakeAsyncRedis(server=server), FakeAsyncRedis(server=server)
     else:
-        first, second = create_redis(store.redis_url), create_redis(store.redis_url)
+        first = create_redis(store.redis_url, key_prefix=store.redis_key_prefix)
+        second = create_redis(store.redis_url, key_prefix=store.redis_key_prefix)
     yield first, second
     await first.aclose()
     await second.aclose()
@@ -58,14 +59,14 @@ async def test_a_new_job_wakes_a_local_poll_and_publishes_nothing(
 ) -> None:
     a, _ = processes
     listener = redis_clients[0].pubsub(ignore_subscribe_messages=True)
-    await listener.subscribe(CREATED_CHANNEL)
+    await listener.subscribe(redis_key(redis_clients[0], CREATED_CHANNEL))
     try:
         with a.watch_created(AGENT) as poll:
             await a.job_created(AGENT)
             assert poll.is_set()
         # Redis keeps the order of publishes: had job_created published, its message
         # would come before this marker.
-        await redis_clients[0].publish(CREATED_CHANNEL, "marker")
+        await redis_clients[0].publish(redis_key(redis_clients[0], CREATED_CHANNEL), "marker")
         message = await listener.get_message(timeout=WAKE_TIMEOUT_SECONDS)
         while message is None:
             message = await listener.get_message(timeout=WAKE_TIMEOUT_SECONDS)

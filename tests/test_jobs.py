@@ -13,12 +13,16 @@ from typing import Any
 import httpx
 import pytest
 
+from app.core.config import Settings
+from app.core.redis import redis_key
 from app.services import jobs
 from app.services.agents import set_price_source
 from tests.conftest import make_settings
 from tests.flows import AgentHandle, Trader, onboard_trader
+from tests.log_events import watch_log
 from tests.servers import RunningApi, run_api
 from tests.stores import Store, reset_store
+from tests.trading_agent import ACCOUNT, CLOSED, POSITION, age_heartbeat
 
 TRADE_INPUT = {"symbol": "EURUSD", "side": "buy", "volume": 0.1, "sl": None, "tp": None}
 TRADE_OUTPUT = {
@@ -67,12 +71,24 @@ def completed(output: dict[str, Any] = TRADE_OUTPUT) -> dict[str, Any]:
     return {"status": "completed", "output_data": output}
 
 
+# Far longer than any bound in this module: a job or a result that arrives in time was
+# delivered by a wake-up, not by the fallback poll (which has tests of its own below).
+WAKEUP_ONLY_POLL_SECONDS = 60.0
+WAKEUP_BOUND_SECONDS = 2.0
+
+
+@pytest.fixture
+def settings(store: Store) -> Settings:
+    return make_settings(store, job_poll_interval_seconds=WAKEUP_ONLY_POLL_SECONDS)
+
+
 async def test_job_created_during_a_long_poll_is_delivered_at_once(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader
 ) -> None:
-    waiting = asyncio.create_task(poll(client, trader.agent, wait=20))
-    while api.resources.jobs.events.waiter_count == 0:  # the poll is registered
-        await asyncio.sleep(0.001)
+    with watch_log("mt5gate.agents") as log:
+        waiting = asyncio.create_task(poll(client, trader.agent, wait=20))
+        # Past its first claim and waiting: only a wake-up can bring it the job now.
+        await log.wait_for("event=job_poll_waiting")
     started = time.monotonic()
     job_id = await create_job(api, trader)
     response = await waiting
@@ -83,8 +99,9 @@ async def test_job_created_during_a_long_poll_is_delivered_at_once(
     assert body["job_type"] == "trade"
     assert body["input_data"] == TRADE_INPUT
     assert body["expires_at"].endswith("Z")
-    # Well under the 500 ms fallback poll: the wake-up, not the timer, delivered it.
-    assert took < api.settings.job_poll_interval_seconds
+    # The fallback poll runs once a minute here: the wake-up, not the timer, delivered it.
+    assert api.settings.job_poll_interval_seconds == WAKEUP_ONLY_POLL_SECONDS
+    assert took < WAKEUP_BOUND_SECONDS
 
 
 async def test_poll_without_jobs_answers_204_after_wait(
@@ -158,7 +175,7 @@ async def test_result_wakes_the_waiting_caller(
     response = await answer(client, trader.agent, job_id, completed())
     assert response.status_code == 200
     assert response.json() == {"job_id": str(job_id), "status": "completed"}
-    job = await asyncio.wait_for(waiter, 2)
+    job = await asyncio.wait_for(waiter, WAKEUP_BOUND_SECONDS)
     assert job.status == "completed"
     assert job.output_data == TRADE_OUTPUT
 
@@ -281,6 +298,7 @@ async def test_agent_cannot_answer_another_agents_job(
     await poll(client, trader.agent)
     response = await answer(client, other.agent, job_id, completed())
     assert response.status_code == 409
+    assert response.json()["detail"] == "job_not_running"
     job = await jobs.get_job(api.resources.jobs, job_id)
     assert job is not None
     assert job.status == "running"
@@ -341,7 +359,7 @@ async def test_price_source_push_sets_and_publishes_each_tick(
     instrument = f"T{uuid.uuid4().hex[:8].upper()}"
     redis = api.resources.redis
     async with redis.pubsub() as pubsub:
-        await pubsub.subscribe(f"prices:{instrument}")
+        await pubsub.subscribe(redis_key(redis, f"prices:{instrument}"))
         response = await client.post(
             trader.agent.path("prices"),
             json={instrument: {"bid": 1.1, "ask": 1.1002, "ts": 1764000000000}},
@@ -355,7 +373,7 @@ async def test_price_source_push_sets_and_publishes_each_tick(
     )
     assert message is not None
     assert message["data"] == expected
-    assert await redis.get(f"prices:{instrument}") == expected
+    assert await redis.get(redis_key(redis, f"prices:{instrument}")) == expected
 
 
 @pytest.mark.parametrize(
@@ -372,16 +390,32 @@ async def test_price_source_push_sets_and_publishes_each_tick(
         [1, 2],
     ],
 )
-async def test_bad_ticks_are_422(
+async def test_bad_ticks_are_422_and_neither_stored_nor_published(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader, body: object
 ) -> None:
     await set_price_source(
         api.resources.session_factory, agent_id=uuid.UUID(trader.agent.id), enabled=True
     )
+    redis = api.resources.redis
     content = body if isinstance(body, str) else json.dumps(body)
     headers = {**trader.agent.headers, "Content-Type": "application/json"}
-    response = await client.post(trader.agent.path("prices"), content=content, headers=headers)
-    assert response.status_code == 422
+    async with redis.pubsub() as pubsub:
+        await pubsub.psubscribe(redis_key(redis, "prices:*"))
+        response = await client.post(trader.agent.path("prices"), content=content, headers=headers)
+        assert response.status_code == 422
+        detail = response.json()["detail"]
+        assert isinstance(detail, list)
+        assert detail
+        assert all(error["loc"][0] == "body" for error in detail), detail
+        assert await redis.keys(redis_key(redis, "prices:*")) == []
+        # A good tick after it is the first message on the channels: the refused batch
+        # published nothing before it.
+        good = {"EURUSD": {"bid": 1.1, "ask": 1.1002, "ts": 1764000000000}}
+        accepted = await client.post(trader.agent.path("prices"), json=good, headers=headers)
+        assert accepted.status_code == 202
+        message = await next_message(pubsub)
+    assert message is not None
+    assert json.loads(message["data"]) == {"instrument": "EURUSD", **good["EURUSD"]}
 
 
 async def test_long_poll_whose_client_left_claims_nothing(
@@ -427,3 +461,200 @@ async def test_claimed_job_never_answered_ends_lost_and_accepts_a_late_answer(
         late = await answer(client, trader.agent, job_id, completed())
         assert late.status_code == 200
         assert late.json()["status"] == "completed"
+
+
+async def test_redis_key_prefix_is_put_before_price_keys_and_job_channels(store: Store) -> None:
+    await reset_store(store)
+    settings = make_settings(store, redis_key_prefix="deployment-b:")
+    async with (
+        run_api(settings) as api,
+        httpx.AsyncClient(base_url=f"{api.base_url}/api/v1", timeout=30) as http,
+    ):
+        trader = await onboard_trader(http)
+        await set_price_source(
+            api.resources.session_factory, agent_id=uuid.UUID(trader.agent.id), enabled=True
+        )
+        redis = api.resources.redis
+        instrument = f"P{uuid.uuid4().hex[:8].upper()}"  # nobody else's key on a shared Redis
+        async with redis.pubsub() as pubsub:
+            await pubsub.subscribe(
+                f"deployment-b:prices:{instrument}", "deployment-b:mt5gate:jobs:created"
+            )
+            pushed = await http.post(
+                trader.agent.path("prices"),
+                json={instrument: {"bid": 1.1, "ask": 1.2, "ts": 5}},
+                headers=trader.agent.headers,
+            )
+            assert pushed.status_code == 202
+            tick = await next_message(pubsub)
+            await create_job(api, trader)  # no poll waits here: the news goes through Redis
+            created = await next_message(pubsub)
+        assert tick is not None
+        assert tick["channel"] == f"deployment-b:prices:{instrument}".encode()
+        assert created is not None
+        assert created["channel"] == b"deployment-b:mt5gate:jobs:created"
+        assert await redis.get(f"deployment-b:prices:{instrument}") is not None
+        assert await redis.get(f"prices:{instrument}") is None
+
+
+# -- paths of the agent protocol ----------------------------------------------------------
+
+
+async def agent_status(client: httpx.AsyncClient, trader: Trader) -> str:
+    listing = await client.get("/broker-connections", headers=trader.headers)
+    status: str = listing.json()[0]["agent"]["status"]
+    return status
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix", "body"),
+    [
+        ("GET", "credentials", None),
+        ("GET", "jobs/next?wait=0", None),
+        ("POST", f"jobs/{uuid.uuid4()}/result", completed()),
+        ("POST", "prices", {"EURUSD": {"bid": 1.1, "ask": 1.2}}),
+    ],
+)
+async def test_every_authenticated_agent_call_counts_as_a_heartbeat(
+    api: RunningApi,
+    client: httpx.AsyncClient,
+    trader: Trader,
+    method: str,
+    suffix: str,
+    body: dict[str, Any] | None,
+) -> None:
+    await age_heartbeat(api, trader, minutes=30)
+    assert await agent_status(client, trader) == "offline"
+    response = await client.request(
+        method, trader.agent.path(suffix), json=body, headers=trader.agent.headers
+    )
+    # Whatever the call answers (a 409 for a job it does not hold, a 403 from no price
+    # source), the agent showed it is alive.
+    assert response.status_code in (200, 202, 204, 403, 409), response.text
+    assert await agent_status(client, trader) == "online"
+
+
+async def test_a_bad_agent_token_is_no_heartbeat(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    await age_heartbeat(api, trader, minutes=30)
+    impostor = {"Authorization": "Bearer not-the-token"}
+    response = await client.get(trader.agent.path("credentials"), headers=impostor)
+    assert response.status_code == 401
+    assert await agent_status(client, trader) == "offline"
+
+
+async def test_jobs_are_handed_out_oldest_first(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    created = [await create_job(api, trader, symbol=f"SYM{i}") for i in range(5)]
+    handed_out = [(await poll(client, trader.agent, wait=0)).json()["id"] for _ in created]
+    assert handed_out == [str(job_id) for job_id in created]
+
+
+async def test_a_tick_without_ts_gets_the_servers_time(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    await set_price_source(
+        api.resources.session_factory, agent_id=uuid.UUID(trader.agent.id), enabled=True
+    )
+    before = int(time.time() * 1000)
+    response = await client.post(
+        trader.agent.path("prices"),
+        json={"EURUSD": {"bid": 1.1, "ask": 1.1002}},
+        headers=trader.agent.headers,
+    )
+    after = int(time.time() * 1000)
+    assert response.status_code == 202
+    redis = api.resources.redis
+    stored = json.loads(await redis.get(redis_key(redis, "prices:EURUSD")) or b"null")
+    assert stored["instrument"] == "EURUSD"
+    assert before <= stored["ts"] <= after
+
+
+@pytest.mark.parametrize("wait", ["-0.1", "30.01", "31", "nan", "inf", "soon"])
+async def test_a_long_poll_wait_outside_0_to_30_seconds_is_422(
+    client: httpx.AsyncClient, trader: Trader, wait: str
+) -> None:
+    response = await client.get(
+        trader.agent.path("jobs/next"), params={"wait": wait}, headers=trader.agent.headers
+    )
+    assert response.status_code == 422
+    assert [error["loc"] for error in response.json()["detail"]] == [["query", "wait"]]
+
+
+async def test_a_long_poll_may_wait_up_to_30_seconds(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    job_id = await create_job(api, trader)
+    response = await poll(client, trader.agent, wait=30)
+    assert response.json()["id"] == str(job_id)
+
+
+async def test_a_long_poll_without_wait_waits_25_seconds(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    """Without `wait` the poll is a long one (the contract's default is 25 s): still
+    waiting when a job arrives seconds later, it gets it at once."""
+    with watch_log("mt5gate.agents") as log:
+        waiting = asyncio.create_task(
+            client.get(trader.agent.path("jobs/next"), headers=trader.agent.headers)
+        )
+        await log.wait_for("event=job_poll_waiting")
+    # A poll with wait=0 would have answered 204 by now; this one is still open.
+    done, _ = await asyncio.wait({waiting}, timeout=1.0)
+    assert not done
+    job_id = await create_job(api, trader)
+    response = await asyncio.wait_for(waiting, WAKEUP_BOUND_SECONDS)
+    assert response.json()["id"] == str(job_id)
+    parameter = next(
+        p
+        for p in api.app.openapi()["paths"]["/api/v1/agents/{agent_id}/jobs/next"]["get"][
+            "parameters"
+        ]
+        if p["name"] == "wait"
+    )
+    assert parameter["schema"]["default"] == 25
+
+
+MALFORMED_OUTPUTS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("get_positions", {}, {}),
+    ("get_positions", {}, {"positions": [{"position_id": 1}]}),
+    ("get_positions", {}, {"positions": [{**POSITION, "volume": -1}]}),
+    ("get_account", {}, {"balance": 1.0}),
+    ("get_account", {}, {**ACCOUNT, "leverage": 0}),
+    ("get_account", {}, {**ACCOUNT, "equity": "lots"}),
+    ("get_candles", {"symbol": "EURUSD", "timeframe": "H1", "count": 1}, {"candles": "none"}),
+    (
+        "get_candles",
+        {"symbol": "EURUSD", "timeframe": "H1", "count": 1},
+        {"candles": [{"time": -1, "open": 1, "high": 1, "low": 1, "close": 1, "volume": 1}]},
+    ),
+    ("close_position", {"ticket": 50123}, {"closed_price": 1.1}),
+    ("close_position", {"ticket": 50123}, {**CLOSED, "pnl": float("inf")}),
+    ("modify_position", {"ticket": 50123, "sl": 1.05}, {"position": {"position_id": "x"}}),
+    ("modify_position", {"ticket": 50123, "sl": 1.05}, {}),
+]
+
+
+@pytest.mark.parametrize(("job_type", "input_data", "output"), MALFORMED_OUTPUTS)
+async def test_a_malformed_result_of_any_job_type_is_422_and_leaves_it_running(
+    api: RunningApi,
+    client: httpx.AsyncClient,
+    trader: Trader,
+    job_type: str,
+    input_data: dict[str, Any],
+    output: dict[str, Any],
+) -> None:
+    job_id = await create_job(api, trader, job_type, **input_data)
+    assert (await poll(client, trader.agent)).json()["id"] == str(job_id)
+    response = await client.post(
+        trader.agent.path(f"jobs/{job_id}/result"),
+        content=json.dumps({"status": "completed", "output_data": output}),
+        headers={**trader.agent.headers, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == "invalid_result"
+    job = await jobs.get_job(api.resources.jobs, job_id)
+    assert job is not None
+    assert (job.status, job.output_data) == ("running", None)

@@ -10,18 +10,21 @@ from typing import Any
 import httpx
 
 from app.models import Job, utcnow
+from app.services import jobs
 from app.services.jobs import sweep_jobs
 from app.services.orders import order_from_job
-from tests.flows import Trader, add_connection, onboard_trader, provision_agent
+from tests.flows import Trader, add_connection, heartbeat, onboard_trader, provision_agent
 from tests.servers import RunningApi
 from tests.stores import Store
 from tests.trading_agent import (
     FILL,
     ORDER,
     SHORT_BUDGETS,
+    FakeAgent,
     age_heartbeat,
     failed,
     fake_agent,
+    instant,
     job_count,
     second_api,
 )
@@ -308,3 +311,43 @@ async def test_order_whose_agent_died_mid_job_reads_as_unknown(
         order = response.json()
         assert order["status"] == "unknown"
         assert order["error"]["code"] == "agent_lost"
+
+
+async def test_an_order_without_a_connection_goes_to_the_users_oldest_of_two(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    second_connection = await add_connection(client, trader.user, login=7007007)
+    second_agent = await provision_agent(client, trader.user, second_connection)
+    await heartbeat(client, second_agent)
+    oldest, newest = fake_agent(client, trader), FakeAgent(client, second_agent)
+    placing = asyncio.create_task(place(client, trader))
+    job = await oldest.take()
+    await newest.expect_no_job()
+    await oldest.answer(job, instant(job))
+    assert (await placing).status_code == 201
+    # Named, the newer connection is used.
+    placing = asyncio.create_task(place(client, trader, broker_connection_id=second_connection))
+    job = await newest.take()
+    await oldest.expect_no_job()
+    await newest.answer(job, instant(job))
+    assert (await placing).status_code == 201
+
+
+async def test_order_history_lists_50_orders_unless_told_otherwise(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    for i in range(53):
+        await jobs.create_job(
+            api.resources.jobs,
+            user_id=uuid.UUID(trader.user.id),
+            agent_id=uuid.UUID(trader.agent.id),
+            job_type="trade",
+            input_data={**ORDER, "sl": None, "tp": None, "client_order_id": f"c-{i}"},
+            ttl_seconds=30,
+            client_order_id=f"c-{i}",
+        )
+    listed = await client.get("/orders", headers=trader.headers)
+    assert listed.status_code == 200
+    assert [o["client_order_id"] for o in listed.json()] == [f"c-{i}" for i in range(52, 2, -1)]
+    everything = await client.get("/orders", params={"limit": 500}, headers=trader.headers)
+    assert len(everything.json()) == 53

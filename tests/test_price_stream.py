@@ -16,11 +16,13 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection
 
+from app.core.config import Settings
+from app.core.redis import create_redis
 from app.core.security import create_access_token
 from app.services.agents import set_price_source
+from app.ws.ticks import channel_for
 from tests.conftest import TEST_JWT_SECRET, make_settings
 from tests.flows import TestUser, onboard_trader, register_user
 from tests.private_redis import private_redis
@@ -203,14 +205,19 @@ async def test_bad_token_closes_the_socket_with_4001(
 async def test_token_that_expires_while_open_closes_the_socket_with_4001(
     api: RunningApi, user: TestUser, instrument: str
 ) -> None:
-    # `exp` is whole seconds: a 2 s TTL leaves at least 1 s, enough to connect first.
+    manager = api.resources.ws
     short = create_access_token(
-        uuid.UUID(user.id), secret=TEST_JWT_SECRET, algorithm="HS256", ttl_seconds=2
+        uuid.UUID(user.id), secret=TEST_JWT_SECRET, algorithm="HS256", ttl_seconds=3
     )
+    expires_at = jwt.decode(short.token, options={"verify_signature": False})["exp"]
     async with connect(api, f"/ws/prices/{instrument}", short.token) as ws:
+        # The socket is authenticated and registered: from here on, only expiry closes it.
+        await manager.wait_until(lambda: manager.stats()["sockets"] == 1, 5)
+        assert time.time() < expires_at, "the socket opened after its token had expired"
         assert await close_code(ws) == 4001
         assert ws.close_reason == "token_expired"
-    await api.resources.ws.wait_until(lambda: api.resources.ws.stats()["sockets"] == 0, 5)
+        assert time.time() >= expires_at - 0.05  # at the expiry, not before it
+    await manager.wait_until(lambda: manager.stats()["sockets"] == 0, 5)
 
 
 async def test_invalid_instrument_in_the_path_closes_with_1008(
@@ -363,7 +370,10 @@ async def test_malformed_last_tick_is_not_sent_on_connect(
 async def publish_batch(api: RunningApi, instrument: str, start: int, count: int) -> None:
     async with api.resources.redis.pipeline(transaction=False) as pipe:
         for ts in range(start, start + count):
-            pipe.publish(f"prices:{instrument}", json.dumps(tick(instrument, 1.1, 1.2, ts)))
+            pipe.publish(
+                channel_for(api.resources.redis, instrument),
+                json.dumps(tick(instrument, 1.1, 1.2, ts)),
+            )
         await pipe.execute()
 
 
@@ -561,7 +571,7 @@ async def test_ticks_flow_again_after_redis_restarts(
 
                 redis_server.start()
                 await wait_live(manager, instrument)
-                await publish_fresh(redis_server.url, tick(instrument, 1.7, 1.8, 5))
+                await publish_fresh(api.settings, tick(instrument, 1.7, 1.8, 5))
                 assert await recv_tick(single) == tick(instrument, 1.7, 1.8, 5)
                 assert await recv_tick(multi) == tick(instrument, 1.7, 1.8, 5)
 
@@ -668,13 +678,13 @@ async def test_an_unreachable_redis_does_not_refuse_sockets(
                 await manager.wait_until(lambda: manager.stats()["sockets"] == 1, 10)
                 redis_server.start()
                 await wait_live(manager, instrument)
-                await publish_fresh(redis_server.url, tick(instrument, 1.7, 1.8, 5))
+                await publish_fresh(api.settings, tick(instrument, 1.7, 1.8, 5))
                 assert await recv_tick(ws) == tick(instrument, 1.7, 1.8, 5)
 
 
-async def publish_fresh(redis_url: str, body: dict[str, Any]) -> None:
+async def publish_fresh(settings: Settings, body: dict[str, Any]) -> None:
     """Publishes over a new connection (the app's pooled ones died with the old server)."""
-    redis = Redis.from_url(redis_url)
+    redis = create_redis(settings.redis_url, key_prefix=settings.redis_key_prefix)
     try:
         await publish(redis, body)
     finally:

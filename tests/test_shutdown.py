@@ -18,7 +18,8 @@ async def test_sigterm_answers_an_open_long_poll_with_204_and_exits_promptly(
     settings: Settings, tmp_path: Path
 ) -> None:
     # SHUTDOWN_TIMEOUT_SECONDS is 5 s: a poll cut off at that limit would answer 500.
-    serve = await asyncio.to_thread(start_serve, settings, tmp_path / "serve.log")
+    debug = settings.model_copy(update={"log_level": "DEBUG"})  # logs job_poll_waiting
+    serve = await asyncio.to_thread(start_serve, debug, tmp_path / "serve.log")
     try:
         async with httpx.AsyncClient(base_url=f"{serve.base_url}/api/v1", timeout=30) as client:
             trader = await onboard_trader(client)
@@ -26,7 +27,7 @@ async def test_sigterm_answers_an_open_long_poll_with_204_and_exits_promptly(
             poll = asyncio.create_task(
                 client.get(agent.path("jobs/next"), params={"wait": 25}, headers=agent.headers)
             )
-            await asyncio.sleep(0.3)  # the poll reaches its wait: the precondition
+            await serve.wait_for_log("event=job_poll_waiting")  # the precondition
             started = time.monotonic()
             serve.process.send_signal(signal.SIGTERM)
             response = await poll

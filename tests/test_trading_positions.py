@@ -9,15 +9,18 @@ import httpx
 import pytest
 
 from tests.flows import Trader
+from tests.servers import RunningApi
 from tests.stores import Store
 from tests.trading_agent import (
     ACCOUNT,
     CLOSED,
     POSITION,
     SHORT_BUDGETS,
+    age_heartbeat,
     completed,
     failed,
     fake_agent,
+    job_count,
     second_api,
 )
 
@@ -215,3 +218,27 @@ async def test_position_routes_ask_only_the_callers_own_agent(
     await mine.expect_no_job()
     await theirs.answer(job, failed("position_not_found", "not on this account"))
     assert (await closing).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/positions", None),
+        ("GET", "/account", None),
+        ("DELETE", "/positions/50123", None),
+        ("PATCH", "/positions/50123", {"sl": 1.05}),
+    ],
+)
+async def test_an_agent_silent_past_the_offline_limit_is_503_agent_offline_and_no_job(
+    api: RunningApi,
+    client: httpx.AsyncClient,
+    trader: Trader,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+) -> None:
+    await age_heartbeat(api, trader, minutes=10.5)  # AGENT_OFFLINE_AFTER_SECONDS is 600
+    response = await client.request(method, path, json=body, headers=trader.headers)
+    assert response.status_code == 503, response.text
+    assert response.json()["detail"] == "agent_offline"
+    assert await job_count(api) == 0

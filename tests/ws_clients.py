@@ -17,6 +17,7 @@ from websockets.asyncio.client import ClientConnection
 
 from app.core.config import Settings
 from app.ws.manager import WebSocketManager
+from app.ws.ticks import channel_for
 from tests.conftest import make_settings
 from tests.servers import RunningApi, run_api
 from tests.stores import Store, reset_store
@@ -41,8 +42,8 @@ async def publish(redis: Redis, body: dict[str, Any] | str | bytes, *, channel: 
     else:
         raw = body
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.set(f"prices:{channel}", raw)
-        pipe.publish(f"prices:{channel}", raw)
+        pipe.set(channel_for(redis, channel), raw)
+        pipe.publish(channel_for(redis, channel), raw)
         await pipe.execute()
 
 

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     redis_url: str = "memory://"
     # A Redis connection silent this long is checked with a PING (see app/core/redis.py).
     redis_health_check_interval_seconds: float = Field(default=15, gt=0)
+    # Put before every Redis key and channel (`prices:…`, `candles:…`, `mt5gate:jobs:…`):
+    # empty, the contract's names, unchanged; set, deployments sharing a Redis are apart.
+    redis_key_prefix: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")
 
     jwt_secret: str = ""
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"

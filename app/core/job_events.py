@@ -30,7 +30,7 @@ from collections.abc import Iterator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.core.redis import DEFAULT_HEALTH_CHECK_INTERVAL_SECONDS, pubsub_messages
+from app.core.redis import DEFAULT_HEALTH_CHECK_INTERVAL_SECONDS, pubsub_messages, redis_key
 from app.core.supervisor import stop_tasks, supervise
 
 log = logging.getLogger("mt5gate.job_events")
@@ -39,6 +39,7 @@ CREATED_CHANNEL = "mt5gate:jobs:created"
 FINISHED_CHANNEL = "mt5gate:jobs:finished"
 # Payload: an agent id whose token was rotated or deleted; ends its open long-polls.
 REVOKED_CHANNEL = "mt5gate:agents:revoked"
+CHANNELS = (CREATED_CHANNEL, FINISHED_CHANNEL, REVOKED_CHANNEL)
 MAX_BACKOFF_SECONDS = 2.0
 STOP_TIMEOUT_SECONDS = 5.0
 
@@ -64,6 +65,8 @@ class JobEvents:
         self.enabled = enabled
         # A subscription silent this long is checked (see app/core/redis.py).
         self._keepalive = keepalive
+        # The channels as named on this Redis (behind its key prefix) -> as named here.
+        self._channels = {redis_key(redis, name): name for name in CHANNELS}
         self._waiters: dict[tuple[str, str], set[Wakeup]] = defaultdict(set)
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -156,7 +159,7 @@ class JobEvents:
 
     async def _send(self, channel: str, key: str) -> None:
         try:
-            await self.redis.publish(channel, f"{self._origin}:{key}")
+            await self.redis.publish(redis_key(self.redis, channel), f"{self._origin}:{key}")
         except (RedisError, OSError) as exc:
             log.warning("event=wakeup_publish_failed channel=%s reason=%r", channel, exc)
 
@@ -189,7 +192,7 @@ class JobEvents:
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
-                await pubsub.subscribe(CREATED_CHANNEL, FINISHED_CHANNEL, REVOKED_CHANNEL)
+                await pubsub.subscribe(*self._channels)
                 self._subscribed.set()
                 log.info("event=wakeups_subscribed")
                 backoff = 0.05
@@ -212,8 +215,10 @@ class JobEvents:
         channel, data = message.get("channel"), message.get("data")
         if not isinstance(channel, bytes | str) or not isinstance(data, bytes | str):
             return
-        channel = channel.decode() if isinstance(channel, bytes) else channel
+        named = self._channels.get(channel.decode() if isinstance(channel, bytes) else channel)
+        if named is None:
+            return
         payload = data.decode(errors="replace") if isinstance(data, bytes) else data
         origin, _, key = payload.partition(":")
         if origin != self._origin and key:
-            self._dispatch(channel, key[:64])
+            self._dispatch(named, key[:64])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.client import PubSub
@@ -31,6 +32,17 @@ MAX_CONNECTIONS = 256
 POOL_TIMEOUT_SECONDS = 5
 CONNECT_TIMEOUT_SECONDS = 2
 DEFAULT_HEALTH_CHECK_INTERVAL_SECONDS = 15.0
+
+# Each client's REDIS_KEY_PREFIX, kept beside it (redis-py has no such option).
+_KEY_PREFIXES: WeakKeyDictionary[Redis, str] = WeakKeyDictionary()
+
+
+def redis_key(redis: Redis, name: str) -> str:
+    """The key or channel `name` (as the contract spells it: `prices:EURUSD`) as it is
+    named on `redis`: behind the client's REDIS_KEY_PREFIX. Every key, channel and
+    pattern the app uses is named through here, so deployments (or test runs) sharing one
+    Redis see nothing of each other's."""
+    return _KEY_PREFIXES.get(redis, "") + name
 
 
 class GatewayRedis(Redis):
@@ -50,8 +62,18 @@ class GatewayRedis(Redis):
 
 
 def create_redis(
-    url: str, *, health_check_interval: float = DEFAULT_HEALTH_CHECK_INTERVAL_SECONDS
+    url: str,
+    *,
+    health_check_interval: float = DEFAULT_HEALTH_CHECK_INTERVAL_SECONDS,
+    key_prefix: str = "",
 ) -> Redis:
+    client = _create_client(url, health_check_interval=health_check_interval)
+    if key_prefix:
+        _KEY_PREFIXES[client] = key_prefix
+    return client
+
+
+def _create_client(url: str, *, health_check_interval: float) -> Redis:
     if url == MEMORY_URL:
         # One in-process server per app: an embedded stand-in for a single process.
         from fakeredis import FakeAsyncRedis, FakeServer

@@ -42,7 +42,9 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         session_factory = create_session_factory(engine)
         db = single_statement_engine(engine)
         redis = create_redis(
-            settings.redis_url, health_check_interval=settings.redis_health_check_interval_seconds
+            settings.redis_url,
+            health_check_interval=settings.redis_health_check_interval_seconds,
+            key_prefix=settings.redis_key_prefix,
         )
         stack.push_async_callback(redis.aclose)
 

@@ -33,6 +33,7 @@ from app.models import Agent, BrokerConnection, Job, detached, utcnow
 from app.schemas.agents import TickIn
 from app.services.broker_connections import agent_is_online
 from app.services.jobs import JobStore, claim_next_job, release_job, wait_any
+from app.ws.ticks import channel_for
 
 log = logging.getLogger("mt5gate.agents")
 
@@ -263,6 +264,8 @@ async def next_job(
                 # No timed re-claim: the process's fallback poll wakes this poll if its
                 # agent has a pending job that no message announced.
                 until_refresh = max(0.0, next_refresh - time.monotonic())
+                # What tests await as "the poll is waiting" (a job created now needs a wake-up).
+                log.debug("event=job_poll_waiting agent_id=%s", agent.id)
                 await wait_any(
                     created, gone, draining, revoked, timeout=min(until_refresh, remaining)
                 )
@@ -307,8 +310,9 @@ async def push_prices(redis: Redis, *, agent: Agent, ticks: dict[str, TickIn]) -
     async with redis.pipeline(transaction=False) as pipe:
         for instrument, tick in ticks.items():
             message = tick_message(instrument, tick, now_ms)
-            pipe.set(f"prices:{instrument}", message)
-            pipe.publish(f"prices:{instrument}", message)
+            key = channel_for(redis, instrument)
+            pipe.set(key, message)
+            pipe.publish(key, message)
         try:
             await pipe.execute()
         except (RedisError, OSError) as exc:

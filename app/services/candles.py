@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.core.errors import FeedOffline, NoAgent
+from app.core.redis import redis_key
 from app.models import Agent
 from app.schemas.trading import Candle
 from app.services.agents import (
@@ -177,7 +178,7 @@ async def get_candles(
     )
     if agent is None:  # no agent: nothing was ever fetched for this connection
         raise NoAgent()
-    key = account_cache_key(agent.connection_id, instrument, timeframe)
+    key = redis_key(redis, account_cache_key(agent.connection_id, instrument, timeframe))
     cached = await read_cache(redis, key)
     if cached is not None and len(cached) >= count:
         return cached[-count:], True
@@ -202,7 +203,7 @@ async def feed_candles(
     count: int,
 ) -> tuple[list[Candle], bool]:
     """Candles from the platform's feed: the shared cache, else an online price source."""
-    key = feed_cache_key(instrument, timeframe)
+    key = redis_key(redis, feed_cache_key(instrument, timeframe))
     cached = await read_cache(redis, key)
     if cached is not None and len(cached) >= count:
         return cached[-count:], True

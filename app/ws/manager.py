@@ -42,7 +42,6 @@ from app.core.redis import pubsub_messages
 from app.core.supervisor import stop_tasks, supervise
 from app.ws.protocol import FRAME_WRITER, text_frame
 from app.ws.ticks import (
-    CHANNEL_PREFIX,
     MalformedTick,
     Tick,
     channel_for,
@@ -52,7 +51,6 @@ from app.ws.ticks import (
 
 log = logging.getLogger("mt5gate.ws")
 
-PATTERN = CHANNEL_PREFIX + "*"
 SEND = "websocket.send"
 # How long a new subscriber waits for Redis to confirm its subscription (longer only
 # while Redis is away; then it gets no snapshot and the ticks once Redis is back).
@@ -218,6 +216,7 @@ class PriceSocket:
 class WebSocketManager:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self._redis = redis
+        self._channel_prefix = channel_for(redis, "")
         self._queue_size = settings.ws_queue_size
         self.max_instruments = settings.ws_max_instruments_per_socket
         self._stall_timeout = settings.ws_stall_timeout_seconds
@@ -377,7 +376,7 @@ class WebSocketManager:
     async def _send_last_ticks(self, sock: PriceSocket, instruments: list[str]) -> None:
         try:
             async with self._last_tick_reads:
-                values = await self._redis.mget([channel_for(i) for i in instruments])
+                values = await self._redis.mget([channel_for(self._redis, i) for i in instruments])
         except (RedisError, OSError) as exc:
             log.warning("event=ws_last_tick_unavailable error=%r", exc)
             return
@@ -434,7 +433,7 @@ class WebSocketManager:
             self._on_tick(message["channel"], message["data"])
             return
         if kind == "subscribe":
-            instrument = _instrument_of(message["channel"])
+            instrument = self._instrument_of(message["channel"])
             left = self._unconfirmed.get(instrument, 0) - 1
             if left > 0:
                 self._unconfirmed[instrument] = left
@@ -451,8 +450,13 @@ class WebSocketManager:
         elif kind == "unsubscribe":
             self._notify()
 
+    def _instrument_of(self, channel: bytes | str) -> str:
+        name = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
+        prefix = self._channel_prefix
+        return name[len(prefix) :] if name.startswith(prefix) else name
+
     def _on_tick(self, channel: bytes | str, data: bytes | str) -> None:
-        instrument = _instrument_of(channel)
+        instrument = self._instrument_of(channel)
         if instrument not in self._sockets:
             return  # pattern mode: nobody here watches it; don't even parse it
         try:
@@ -494,8 +498,9 @@ class WebSocketManager:
     async def _apply_subscriptions(self, pubsub: PubSub) -> None:
         if self._pattern_mode:
             if not self._requested:
-                self._requested.add(PATTERN)
-                await pubsub.psubscribe(PATTERN)
+                pattern = channel_for(self._redis, "*")
+                self._requested.add(pattern)
+                await pubsub.psubscribe(pattern)
             return
         wanted = set(self._sockets)
         added = wanted - self._requested
@@ -507,12 +512,12 @@ class WebSocketManager:
                 event = self._ready.pop(instrument, None)
                 if event is not None:
                     event.set()  # nobody here wants it any more: release late waiters
-            await pubsub.unsubscribe(*(channel_for(i) for i in removed))
+            await pubsub.unsubscribe(*(channel_for(self._redis, i) for i in removed))
         if added:
             self._requested |= added
             for instrument in added:
                 self._unconfirmed[instrument] = self._unconfirmed.get(instrument, 0) + 1
-            await pubsub.subscribe(*(channel_for(i) for i in added))
+            await pubsub.subscribe(*(channel_for(self._redis, i) for i in added))
 
     async def _watch_stalls(self) -> None:
         loop = asyncio.get_running_loop()
@@ -534,8 +539,3 @@ class WebSocketManager:
                     self._notify()
                     if sock.deadline is not None and not sock.deadline.expired():
                         sock.deadline.reschedule(loop.time())  # ends its handler now
-
-
-def _instrument_of(channel: bytes | str) -> str:
-    name = channel.decode("utf-8", "replace") if isinstance(channel, bytes) else channel
-    return name[len(CHANNEL_PREFIX) :] if name.startswith(CHANNEL_PREFIX) else name

@@ -8,6 +8,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from redis.asyncio import Redis
+
+from app.core.redis import redis_key
 from app.schemas.trading import SYMBOL_PATTERN
 
 CHANNEL_PREFIX = "prices:"
@@ -32,8 +35,9 @@ def is_instrument(value: object) -> bool:
     return isinstance(value, str) and INSTRUMENT_RE.fullmatch(value) is not None
 
 
-def channel_for(instrument: str) -> str:
-    return CHANNEL_PREFIX + instrument
+def channel_for(redis: Redis, instrument: str) -> str:
+    """`prices:{instrument}` on `redis`: the instrument's last-tick key and its channel."""
+    return redis_key(redis, CHANNEL_PREFIX + instrument)
 
 
 def _price(body: dict[str, Any], field: str) -> float:

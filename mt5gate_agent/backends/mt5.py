@@ -162,10 +162,10 @@ class Mt5Backend:
             "type_time": mt5.ORDER_TIME_GTC,
         }
         result = self._send_market(request, info, side)
-        deal = self._deal(result.deal)
-        ticket = int(deal.position_id) if deal is not None and deal.position_id else result.order
-        price = _first_price(result.price, deal.price if deal is not None else 0, request["price"])
-        filled_at = _deal_time(deal) if deal is not None else self._clock()
+        deals = self._order_deals(result.order)
+        ticket = int(deals[0].position_id) if deals and deals[0].position_id else result.order
+        price = _first_price(result.price, _average_price(deals), request["price"])
+        filled_at = _deal_time(deals[-1]) if deals else self._clock()
         return {
             "ticket": int(ticket),
             "fill_price": price,
@@ -211,21 +211,20 @@ class Mt5Backend:
         }
         result = self._send_market(request, info, closing_side)
         closed_volume = float(result.volume or volume)
-        deal = self._deal(result.deal)
-        if deal is not None:
+        deals = self._order_deals(result.order)
+        if deals:
             pnl = sum(
                 float(getattr(deal, name, 0.0) or 0.0)
+                for deal in deals
                 for name in ("profit", "swap", "commission", "fee")
             )
-            closed_at = _deal_time(deal)
+            closed_at = _deal_time(deals[-1])
         else:
-            # The deal is not in the history yet: the position's share of its floating P&L.
+            # The deals are not in the history yet: the position's share of its floating P&L.
             pnl = float(position.profit) * closed_volume / float(position.volume)
             closed_at = self._clock()
         return {
-            "closed_price": _first_price(
-                result.price, deal.price if deal is not None else 0, request["price"]
-            ),
+            "closed_price": _first_price(result.price, _average_price(deals), request["price"]),
             "volume": closed_volume,
             "pnl": round(pnl, 2),
             "closed_at": iso_utc(closed_at),
@@ -340,12 +339,23 @@ class Mt5Backend:
             raise BrokerError("position_not_found", f"no open position with ticket {ticket}")
         return positions[0]
 
-    def _deal(self, deal_ticket: int) -> Any:
-        """The deal an order produced, or None if the history does not show it (yet)."""
-        if not deal_ticket:
-            return None
-        deals = self._module().history_deals_get(ticket=deal_ticket)
-        return deals[0] if deals else None
+    def _order_deals(self, order_ticket: int) -> tuple[Any, ...]:
+        """The deals an order produced (several on a partial fill), oldest first; empty if
+        the history does not show them (yet). ``history_deals_get(ticket=)`` selects by the
+        ORDER's ticket (``DEAL_ORDER``), not by a deal's own ticket."""
+        if not order_ticket:
+            return ()
+        deals = self._module().history_deals_get(ticket=order_ticket)
+        if deals is None:
+            code, description = self._module().last_error()
+            log.warning(
+                "event=deals_unavailable order=%s code=%s reason=%r",
+                order_ticket,
+                code,
+                description,
+            )
+            return ()
+        return tuple(sorted(deals, key=_deal_time))
 
     @staticmethod
     def _normalize_volume(info: Any, volume: float) -> float:
@@ -429,6 +439,16 @@ def _first_price(*candidates: Any) -> float:
         if candidate:
             return float(candidate)
     return 0.0
+
+
+def _average_price(deals: tuple[Any, ...]) -> float:
+    """The volume-weighted price of an order's deals; 0.0 without any."""
+    if len(deals) == 1:
+        return float(deals[0].price)
+    volume = sum(float(deal.volume) for deal in deals)
+    if not volume:
+        return 0.0
+    return round(sum(float(deal.price) * float(deal.volume) for deal in deals) / volume, 8)
 
 
 def _deal_time(deal: Any) -> float:

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from agent_support import ApiServer
-from fake_agent_api import AGENT_ID, TOKEN, FakeAgentApi
+from real_api import RealAgentApi
 
 from mt5gate_agent.cli import main, parse_config
 
@@ -67,18 +66,17 @@ def test_an_unknown_backend_is_a_usage_error() -> None:
     assert exited.value.code == 2
 
 
-async def spawn_agent(server: ApiServer) -> asyncio.subprocess.Process:
+async def spawn_agent(api: RealAgentApi) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "mt5gate_agent",
         "agent",
         "--api",
-        server.url,
+        api.url,
         "--agent-id",
-        AGENT_ID,
-        "--token",
-        TOKEN,
+        api.agent_id,
+        f"--token={api.token}",
         "--backend",
         "sim",
         "--prices",
@@ -91,9 +89,9 @@ async def spawn_agent(server: ApiServer) -> asyncio.subprocess.Process:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_a_signal_stops_the_agent_with_exit_code_0(
-    api_server: ApiServer, api: FakeAgentApi, sig: signal.Signals
+    api: RealAgentApi, sig: signal.Signals
 ) -> None:
-    process = await spawn_agent(api_server)
+    process = await spawn_agent(api)
     try:
         await api.wait_for(lambda: api.polls >= 1, timeout=20)
         job_id = await api.add_job("get_account", {})

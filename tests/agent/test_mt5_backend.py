@@ -352,6 +352,63 @@ def test_close_pnl_without_the_deal_is_the_positions_share(
     assert closed["closed_price"] == 1.085
 
 
+def test_a_close_reports_its_own_orders_deal_when_a_deal_ticket_is_another_orders_number(
+    backend: Mt5Backend, fake_mt5: Any
+) -> None:
+    """Order and deal tickets are separate sequences: the close's deal may carry the number
+    of the opening ORDER. history_deals_get(ticket=) selects by order, so asking with the
+    deal's ticket would read the opening deal (no profit, the open's time)."""
+    terminal = fake_mt5.terminal
+    ticket = trade(backend, volume=1.0)["ticket"]
+    terminal.next_deal_ticket = ticket  # the close's deal gets the opening order's number
+    terminal.now += 90
+    terminal.symbols["EURUSD"].bid = 1.08600
+    closed = backend.execute("close_position", {"ticket": ticket})
+    (close_deal,) = fake_mt5.history_deals_get(ticket=terminal.next_ticket - 1)  # the close order
+    assert close_deal.ticket == ticket  # the trap is set: a deal numbered like the open order
+    assert closed == {
+        "closed_price": 1.086,
+        "volume": 1.0,
+        "pnl": 89.5,  # the close deal's profit and commission, not the open's -0.5
+        "closed_at": "2025-11-24T16:01:30.000Z",  # the close deal's time, not the open's
+    }
+
+
+def test_a_close_filled_in_several_deals_sums_them(backend: Mt5Backend, fake_mt5: Any) -> None:
+    ticket = trade(backend, volume=1.0)["ticket"]
+    fake_mt5.terminal.symbols["EURUSD"].bid = 1.08600
+    original = fake_mt5.order_send
+
+    def split_fill(request: dict[str, Any]) -> Any:
+        """The broker fills the close in two deals: 0.6 lots, then 0.4 a second later."""
+        result = original(request)
+        terminal = fake_mt5.terminal
+        (deal,) = [d for d in terminal.deals.values() if d.order == result.order]
+        second = terminal.deal_ticket()
+        terminal.deals[deal.ticket] = deal._replace(volume=0.6, profit=54.0)
+        terminal.deals[second] = deal._replace(
+            ticket=second,
+            time=deal.time + 1,
+            time_msc=deal.time_msc + 1000,
+            volume=0.4,
+            price=1.08610,
+            profit=40.0,
+        )
+        return result._replace(price=0.0)  # some brokers answer no price for a market fill
+
+    fake_mt5.order_send = split_fill
+    try:
+        closed = backend.execute("close_position", {"ticket": ticket})
+    finally:
+        fake_mt5.order_send = original
+    assert closed == {
+        "closed_price": 1.08604,  # 0.6 at 1.08600 and 0.4 at 1.08610
+        "volume": 1.0,
+        "pnl": 93.0,  # 54 + 40 and both deals' commission (-0.5 each)
+        "closed_at": "2025-11-24T16:00:01.000Z",  # the last deal's time
+    }
+
+
 def test_modify_sends_sltp_and_returns_the_position(backend: Mt5Backend, fake_mt5: Any) -> None:
     ticket = trade(backend, volume=0.1, sl=1.08)["ticket"]
     result = backend.execute("modify_position", {"ticket": ticket, "tp": 1.095})
@@ -479,3 +536,57 @@ def test_close_shuts_the_terminal_link(backend: Mt5Backend, fake_mt5: Any) -> No
     backend.close()
     assert not fake_mt5.terminal.initialized
     assert not backend.is_connected()
+
+
+# -- the fake module follows the package's documentation ------------------------------------
+
+
+def test_fake_history_deals_get_selects_by_order_by_position_or_by_dates(
+    backend: Mt5Backend, fake_mt5: Any
+) -> None:
+    from datetime import UTC, datetime
+
+    position = trade(backend, volume=1.0)["ticket"]
+    backend.execute("close_position", {"ticket": position})
+    opening, closing = sorted(fake_mt5.terminal.deals.values(), key=lambda d: d.entry)
+    assert fake_mt5.history_deals_get(ticket=opening.order) == (opening,)
+    assert fake_mt5.history_deals_get(ticket=closing.order) == (closing,)
+    assert fake_mt5.history_deals_get(ticket=closing.ticket) == ()  # a deal's ticket: no order
+    assert fake_mt5.history_deals_get(position=position) == (opening, closing)
+    now = fake_mt5.terminal.now
+    assert fake_mt5.history_deals_get(now - 1, now + 1) == (opening, closing)
+    assert fake_mt5.history_deals_get(now - 1, now + 1, group="*,!EUR*") == ()
+    since = datetime.fromtimestamp(now + 1, UTC)
+    assert fake_mt5.history_deals_get(since, datetime.fromtimestamp(now + 60, UTC)) == ()
+    assert fake_mt5.history_deals_get() is None
+    assert fake_mt5.last_error()[0] == fake_mt5.RES_E_INVALID_PARAMS
+
+
+def test_fake_symbol_select_selects_unless_told_false(fake_mt5: Any) -> None:
+    fake_mt5.initialize()
+    assert fake_mt5.symbol_select("GBPUSD")
+    assert fake_mt5.symbol_info("GBPUSD").visible
+    assert fake_mt5.symbol_select("GBPUSD", False)
+    assert not fake_mt5.symbol_info("GBPUSD").visible
+
+
+def test_fake_positions_get_ignores_the_ticket_when_a_symbol_is_given(
+    backend: Mt5Backend, fake_mt5: Any
+) -> None:
+    eurusd = trade(backend)["ticket"]
+    usdjpy = trade(backend, "USDJPY")["ticket"]
+    assert [p.ticket for p in fake_mt5.positions_get(ticket=usdjpy)] == [usdjpy]
+    assert [p.ticket for p in fake_mt5.positions_get(symbol="EURUSD", ticket=usdjpy)] == [eurusd]
+    assert [p.ticket for p in fake_mt5.positions_get(group="*JPY*")] == [usdjpy]
+
+
+def test_fake_initialize_with_an_account_logs_in_and_version_needs_the_link(
+    fake_mt5: Any,
+) -> None:
+    assert fake_mt5.version() is None
+    assert fake_mt5.last_error()[0] == fake_mt5.RES_E_INTERNAL_FAIL_CONNECT
+    assert not fake_mt5.initialize(login=12345678, password="wrong", server="Demo-Server")
+    assert fake_mt5.last_error()[0] == fake_mt5.RES_E_AUTH_FAILED
+    assert fake_mt5.initialize(login=12345678, password="secret", server="Demo-Server")
+    assert fake_mt5.terminal.logged_in == 12345678
+    assert fake_mt5.version() is not None

@@ -1,9 +1,9 @@
-"""The agent loop against a fake agent API served by uvicorn on a real socket."""
+"""The agent loop against the real API (in-process, over real TCP; faults injected only
+where they cannot be produced for real)."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -12,63 +12,26 @@ from typing import Any
 
 import httpx
 import pytest
-from agent_support import ApiServer
-from fake_agent_api import AGENT_ID, TOKEN, FakeAgentApi
+from real_api import RealAgentApi
 
 from mt5gate_agent.backends.sim import SimBackend
 from mt5gate_agent.client import AgentApiError, AgentClient, api_root, parse_time
 from mt5gate_agent.config import AgentConfig
 from mt5gate_agent.runner import Backoff, kv, run_agent
-
-
-class LogWatcher(logging.Handler):
-    """Collects the agent's log lines and lets a test await one (from any thread)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(logging.DEBUG)
-        self.loop = loop
-        self.lines: list[str] = []
-        self._events: list[asyncio.Event] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-        self.loop.call_soon_threadsafe(self._wake)
-
-    def _wake(self) -> None:
-        for event in self._events:
-            event.set()
-
-    def count(self, text: str) -> int:
-        return sum(text in line for line in self.lines)
-
-    async def wait_for(self, text: str, times: int = 1, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while self.count(text) < times:
-                event = asyncio.Event()
-                self._events.append(event)
-                try:
-                    await event.wait()
-                finally:
-                    self._events.remove(event)
+from tests.log_events import LogEvents, watch_log
 
 
 @pytest.fixture
-async def logs() -> AsyncIterator[LogWatcher]:
-    watcher = LogWatcher(asyncio.get_running_loop())
-    logger = logging.getLogger("mt5gate_agent")
-    previous = logger.level
-    logger.setLevel(logging.DEBUG)
-    logger.addHandler(watcher)
-    yield watcher
-    logger.removeHandler(watcher)
-    logger.setLevel(previous)
+async def logs() -> AsyncIterator[LogEvents]:
+    with watch_log("mt5gate_agent") as watcher:
+        yield watcher
 
 
-def config_for(server: ApiServer, **overrides: Any) -> AgentConfig:
+def config_for(api: RealAgentApi, **overrides: Any) -> AgentConfig:
     options: dict[str, Any] = {
-        "api_url": server.url,
-        "agent_id": AGENT_ID,
-        "token": TOKEN,
+        "api_url": api.url,
+        "agent_id": api.agent_id,
+        "token": api.token,
         "backend": "sim",
         "poll_wait": 1,
         "heartbeat_interval": 0.2,
@@ -91,14 +54,12 @@ class RunningAgent:
 
 
 @pytest.fixture
-async def start_agent(
-    api_server: ApiServer,
-) -> AsyncIterator[Callable[..., RunningAgent]]:
+async def start_agent(api: RealAgentApi) -> AsyncIterator[Callable[..., RunningAgent]]:
     agents: list[RunningAgent] = []
 
     def start(backend: Any = None, **overrides: Any) -> RunningAgent:
         stop = asyncio.Event()
-        config = config_for(api_server, **overrides)
+        config = config_for(api, **overrides)
         task = asyncio.create_task(run_agent(config, stop, backend=backend))
         agent = RunningAgent(task, stop)
         agents.append(agent)
@@ -164,7 +125,7 @@ class ScriptedBackend:
 
 
 async def test_a_job_is_executed_and_its_result_posted(
-    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
     start_agent()
     job_id = await api.add_job("trade", order())
@@ -175,17 +136,17 @@ async def test_a_job_is_executed_and_its_result_posted(
 
 
 async def test_the_agent_logs_in_with_the_fetched_credentials_and_heartbeats(
-    api: FakeAgentApi, start_agent: Callable[..., RunningAgent]
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent]
 ) -> None:
     sim = SimBackend(seed=1)
     start_agent(backend=sim)
     await api.wait_for(lambda: len(api.heartbeats) >= 2)
-    assert sim.logged_in_as == 12345678
+    assert sim.logged_in_as == 5001234  # the connection's login
     assert api.heartbeats[0] == {"version": "0.1.0", "terminal_connected": True}
 
 
 async def test_a_broker_rejection_is_posted_as_a_failed_result(
-    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
     start_agent()
     job_id = await api.add_job("trade", order(volume=0.001))
@@ -197,7 +158,7 @@ async def test_a_broker_rejection_is_posted_as_a_failed_result(
 
 
 async def test_jobs_are_executed_one_after_the_other(
-    api: FakeAgentApi, start_agent: Callable[..., RunningAgent]
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent]
 ) -> None:
     start_agent()
     trade_id = await api.add_job("trade", order(volume=0.2))
@@ -208,15 +169,17 @@ async def test_jobs_are_executed_one_after_the_other(
 
 
 async def test_a_job_expired_by_the_server_clock_is_not_executed(
-    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
-    # The server's clock is a minute ahead: the job expired 10 s ago by the server's clock,
-    # although by the agent's own clock it still has 50 s to go.
-    api.skew = 60.0
+    # The server's clock is a minute ahead of the agent's, and the job spends longer on the
+    # wire than it had to live: it expired by the server's clock on the way, although by
+    # the agent's own clock it still has a minute to go.
+    api.faults.clock_skew = 60.0
+    api.faults.delivery_delay = 3.0
     sim = SimBackend(seed=1)
     start_agent(backend=sim)
     await api.wait_for(lambda: len(api.heartbeats) >= 1)
-    job_id = await api.add_job("trade", order(), expires_in=-10)
+    job_id = await api.add_job("trade", order(), expires_in=2)
     result = await api.wait_result(job_id)
     assert result["status"] == "failed"
     assert result["error"]["code"] == "expired"
@@ -225,9 +188,11 @@ async def test_a_job_expired_by_the_server_clock_is_not_executed(
 
 
 async def test_a_job_valid_by_the_server_clock_runs_although_the_agent_clock_is_ahead(
-    api: FakeAgentApi, start_agent: Callable[..., RunningAgent]
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent]
 ) -> None:
-    api.skew = -60.0
+    # The server's clock is a minute behind: the job's expires_at is 40 s in the agent's
+    # past, 20 s in the server's future.
+    api.faults.clock_skew = -60.0
     sim = SimBackend(seed=1)
     start_agent(backend=sim)
     await api.wait_for(lambda: len(api.heartbeats) >= 1)
@@ -240,7 +205,7 @@ async def test_a_job_valid_by_the_server_clock_runs_although_the_agent_clock_is_
 
 
 async def test_stop_interrupts_an_idle_long_poll(
-    api: FakeAgentApi, start_agent: Callable[..., RunningAgent]
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent]
 ) -> None:
     backend = ScriptedBackend()
     agent = start_agent(backend=backend, poll_wait=25)
@@ -253,7 +218,7 @@ async def test_stop_interrupts_an_idle_long_poll(
 
 
 async def test_stop_finishes_the_job_in_hand_and_posts_its_result(
-    api: FakeAgentApi, start_agent: Callable[..., RunningAgent]
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent]
 ) -> None:
     backend = ScriptedBackend()
     backend.loop = asyncio.get_running_loop()
@@ -265,27 +230,43 @@ async def test_stop_finishes_the_job_in_hand_and_posts_its_result(
     agent.stop.set()
     backend.gate.set()
     await asyncio.wait_for(agent.task, 5)
-    assert api.results[job_id] == {"status": "completed", "output_data": {"positions": []}}
+    # Reported before the agent returned: the server holds the result already.
+    job = await api.job(job_id)
+    assert (job.status, job.output_data) == ("completed", {"positions": []})
     assert backend.executed == ["get_positions"]
 
 
-async def test_a_job_queued_after_stop_is_left_for_later(
-    api: FakeAgentApi, start_agent: Callable[..., RunningAgent]
+async def test_a_stopped_agent_leaves_no_poll_behind_to_take_a_new_job(
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent]
 ) -> None:
-    agent = start_agent(backend=ScriptedBackend())
+    """An agent stopped while its long poll waits ends that poll: a job created afterwards
+    is not handed to a poll nobody reads, and the next agent to ask gets it."""
+    events = api.job_store.events
+    agent = start_agent(backend=ScriptedBackend(), poll_wait=25)
     await api.wait_for(lambda: api.polls >= 1)
     await agent.stopped()
-    await api.add_job("get_positions", {})
-    assert len(api.pending) == 1
+    async with asyncio.timeout(5):  # the server saw the poll's connection close
+        while events.waiter_count:
+            await asyncio.sleep(0.005)
+    job_id = await api.add_job("get_positions", {})
+    assert (await api.job(job_id)).status == "pending"
+    async with httpx.AsyncClient(base_url=f"{api.url}/api/v1", timeout=30) as client:
+        response = await client.get(
+            f"/agents/{api.agent_id}/jobs/next",
+            params={"wait": 5},
+            headers={"Authorization": f"Bearer {api.token}"},
+        )
+    assert response.status_code == 200
+    assert response.json()["id"] == job_id
 
 
 # -- failures ---------------------------------------------------------------------------------
 
 
 async def test_the_agent_backs_off_on_5xx_and_then_takes_jobs(
-    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
-    api.fail["poll"] = 3
+    api.faults.fail["poll"] = 3
     start_agent()
     await logs.wait_for("event=api_unavailable", times=3)
     job_id = await api.add_job("get_account", {})
@@ -295,9 +276,9 @@ async def test_the_agent_backs_off_on_5xx_and_then_takes_jobs(
 
 
 async def test_getting_through_again_is_logged_at_once_not_after_a_long_poll(
-    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
-    api.fail["poll"] = 1
+    api.faults.fail["poll"] = 1
     start_agent(poll_wait=25)
     await logs.wait_for("event=api_unavailable")
     started = time.monotonic()
@@ -307,9 +288,9 @@ async def test_getting_through_again_is_logged_at_once_not_after_a_long_poll(
 
 
 async def test_the_agent_retries_credentials_until_the_api_answers(
-    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
-    api.fail["credentials"] = 2
+    api.faults.fail["credentials"] = 2
     start_agent()
     await logs.wait_for("event=connect_failed", times=2)
     await logs.wait_for("event=agent_online")
@@ -318,9 +299,9 @@ async def test_the_agent_retries_credentials_until_the_api_answers(
 
 
 async def test_a_result_is_retried_until_the_api_takes_it(
-    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
-    api.fail["result"] = 2
+    api.faults.fail["result"] = 2
     start_agent()
     job_id = await api.add_job("get_positions", {})
     assert (await api.wait_result(job_id))["status"] == "completed"
@@ -328,18 +309,34 @@ async def test_a_result_is_retried_until_the_api_takes_it(
     await logs.wait_for("reported=yes")
 
 
+async def test_a_result_the_server_refuses_is_logged_and_not_retried(
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
+) -> None:
+    """A backend answering a trade with the wrong shape: the server says 422
+    invalid_result; the agent reports it as refused (no retry loop) and takes more jobs."""
+    start_agent(backend=ScriptedBackend())  # answers every job with {"positions": []}
+    job_id = await api.add_job("trade", order())
+    await logs.wait_for(f"event=result_refused job_id={job_id}")
+    await logs.wait_for(f"event=job_done job_id={job_id} job_type=trade outcome=completed")
+    assert "invalid_result (HTTP 422)" in next(
+        line for line in logs.lines if "result_refused" in line
+    )
+    assert logs.count("reported=refused") == 1
+    assert logs.count("event=result_retry") == 0
+    assert (await api.job(job_id)).status == "running"  # nothing was recorded
+    second = await api.add_job("get_positions", {})
+    assert (await api.wait_result(second))["status"] == "completed"
+
+
 async def test_the_agent_survives_the_api_restarting_under_it(
-    api_server: ApiServer,
-    api: FakeAgentApi,
-    start_agent: Callable[..., RunningAgent],
-    logs: LogWatcher,
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
     start_agent()
     first = await api.add_job("get_positions", {})
     await api.wait_result(first)
-    await api_server.stop()
+    await api.stop()
     await logs.wait_for("event=api_unavailable", times=2)
-    api_server.start()
+    await api.start()
     second = await api.add_job("get_account", {})
     assert (await api.wait_result(second))["status"] == "completed"
     assert any("ConnectError" in line for line in logs.lines)
@@ -362,7 +359,7 @@ def tick(bid: float, ts: int) -> dict[str, Any]:
 
 
 async def test_only_changed_ticks_are_pushed_in_batches(
-    api: FakeAgentApi, start_agent: Callable[..., RunningAgent]
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent]
 ) -> None:
     backend = ScriptedBackend(
         [
@@ -384,9 +381,9 @@ async def test_only_changed_ticks_are_pushed_in_batches(
 
 
 async def test_ticks_that_failed_to_send_go_out_with_the_next_push(
-    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
-    api.fail["prices"] = 1
+    api.faults.fail["prices"] = 1
     backend = ScriptedBackend([{"EURUSD": tick(1.1, 1)}])
     start_agent(backend=backend, price_symbols=("EURUSD",))
     await api.wait_for(lambda: len(api.price_batches) >= 1)
@@ -395,9 +392,9 @@ async def test_ticks_that_failed_to_send_go_out_with_the_next_push(
 
 
 async def test_a_refused_price_source_stops_pushing_but_keeps_taking_jobs(
-    api: FakeAgentApi, start_agent: Callable[..., RunningAgent], logs: LogWatcher
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent], logs: LogEvents
 ) -> None:
-    api.price_source = False
+    await api.set_price_source(False)
     start_agent(price_symbols=("EURUSD",))
     await logs.wait_for("event=price_source_refused")
     job_id = await api.add_job("get_positions", {})
@@ -406,7 +403,7 @@ async def test_a_refused_price_source_stops_pushing_but_keeps_taking_jobs(
 
 
 async def test_the_sim_pushes_live_prices(
-    api: FakeAgentApi, start_agent: Callable[..., RunningAgent]
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent]
 ) -> None:
     start_agent(price_symbols=("EURUSD", "XAUUSD"), price_interval=0.05)
     await api.wait_for(lambda: len(api.price_batches) >= 3)

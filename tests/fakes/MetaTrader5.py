@@ -18,8 +18,10 @@ Call :func:`reset` between tests.
 
 from __future__ import annotations
 
+import fnmatch
 from collections import namedtuple
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 __version__ = "5.0.4424"
@@ -224,6 +226,8 @@ class FakeTerminal:
     deals: dict[int, Any] = field(default_factory=dict)
     balance: float = 10_000.0
     next_ticket: int = 1_000_001
+    # Deals have tickets of their own, from another sequence (as on a real server).
+    next_deal_ticket: int = 7_000_001
     error: tuple[int, str] = (RES_S_OK, "Success")
     script_retcodes: list[int] = field(default_factory=list)
     fail_next: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -236,6 +240,11 @@ class FakeTerminal:
     def ticket(self) -> int:
         ticket = self.next_ticket
         self.next_ticket += 1
+        return ticket
+
+    def deal_ticket(self) -> int:
+        ticket = self.next_deal_ticket
+        self.next_deal_ticket += 1
         return ticket
 
 
@@ -297,11 +306,22 @@ def _link_ok() -> bool:
 # -- the package's functions -----------------------------------------------------------
 
 
-def initialize(path: str | None = None, **kwargs: Any) -> bool:
+def initialize(
+    path: str | None = None,
+    *,
+    login: int | None = None,
+    password: str = "",
+    server: str = "",
+    timeout: int = 60_000,
+    portable: bool = False,
+) -> bool:
+    """As documented: with ``login`` (and password, server) it also logs in."""
     if _fail("initialize"):
         return False
     terminal.initialized = True
     _ok()
+    if login is not None:
+        return _login(login, password=password, server=server, timeout=timeout)
     return True
 
 
@@ -316,6 +336,9 @@ def login(login: int, password: str = "", server: str = "", timeout: int = 60_00
     return True
 
 
+_login = login
+
+
 def shutdown() -> None:
     terminal.initialized = False
 
@@ -324,7 +347,9 @@ def last_error() -> tuple[int, str]:
     return terminal.error
 
 
-def version() -> tuple[int, int, str]:
+def version() -> tuple[int, int, str] | None:
+    if not _link_ok():
+        return None
     return (500, 4424, "01 Jun 2024")
 
 
@@ -418,14 +443,14 @@ def symbol_info_tick(symbol: str) -> Any:
     return Tick(int(terminal.now), spec.bid, spec.ask, 0.0, 0, msc, 6, 0.0)
 
 
-def symbol_select(symbol: str, enable: bool = True) -> bool:
+def symbol_select(symbol: str, enable: bool | None = None) -> bool:
     if not _link_ok() or _fail("symbol_select"):
         return False
     spec = terminal.symbols.get(symbol)
     if spec is None:
         terminal.error = (RES_E_NOT_FOUND, "Terminal: Not found")
         return False
-    spec.visible = enable
+    spec.visible = enable is not False  # documented: only False removes it
     _ok()
     return True
 
@@ -439,7 +464,9 @@ def positions_get(
     rows = [
         _position_tuple(p)
         for p in terminal.positions.values()
-        if (ticket is None or p["ticket"] == ticket) and (symbol is None or p["symbol"] == symbol)
+        # Documented: with a symbol, the ticket is ignored.
+        if (symbol is None and (ticket is None or p["ticket"] == ticket)) or p["symbol"] == symbol
+        if group is None or _in_group(p["symbol"], group)
     ]
     return tuple(rows)
 
@@ -449,19 +476,48 @@ def positions_total() -> int:
 
 
 def history_deals_get(
-    *args: Any, ticket: int | None = None, position: int | None = None, **kwargs: Any
+    date_from: Any = None,
+    date_to: Any = None,
+    *,
+    group: str | None = None,
+    ticket: int | None = None,
+    position: int | None = None,
 ) -> Any:
+    """As documented: ``ticket=`` is an ORDER's ticket and selects the deals it produced
+    (``DEAL_ORDER``), ``position=`` selects by ``DEAL_POSITION_ID``, either one makes the
+    other filters ignored; else deals between ``date_from`` and ``date_to`` (datetimes or
+    epoch seconds), of the symbols matching ``group``. None + last_error() on failure."""
     if not _link_ok() or _fail("history_deals_get"):
+        return None
+    if ticket is None and position is None and (date_from is None or date_to is None):
+        terminal.error = (RES_E_INVALID_PARAMS, "Invalid arguments")
         return None
     _ok()
     if not terminal.history_visible:
         return ()
+    if ticket is not None:
+        return tuple(d for d in terminal.deals.values() if d.order == ticket)
+    if position is not None:
+        return tuple(d for d in terminal.deals.values() if d.position_id == position)
+    start, end = _epoch(date_from), _epoch(date_to)
     return tuple(
         d
         for d in terminal.deals.values()
-        if (ticket is None or d.ticket == ticket)
-        and (position is None or d.position_id == position)
+        if start <= d.time <= end and (group is None or _in_group(d.symbol, group))
     )
+
+
+def _in_group(symbol: str, group: str) -> bool:
+    """The documented ``group`` filter: comma-separated masks with ``*``; a mask after
+    ``!`` excludes what it matches."""
+    masks = [mask.strip() for mask in group.split(",") if mask.strip()]
+    included = any(fnmatch.fnmatchcase(symbol, m) for m in masks if not m.startswith("!"))
+    excluded = any(fnmatch.fnmatchcase(symbol, m[1:]) for m in masks if m.startswith("!"))
+    return included and not excluded
+
+
+def _epoch(value: Any) -> float:
+    return value.timestamp() if isinstance(value, datetime) else float(value)
 
 
 def copy_rates_from_pos(symbol: str, timeframe: int, start_pos: int, count: int) -> Any:
@@ -500,10 +556,6 @@ def copy_rates_from_pos(symbol: str, timeframe: int, start_pos: int, count: int)
     return rows
 
 
-def order_check(request: dict[str, Any]) -> Any:
-    return None
-
-
 def order_send(request: dict[str, Any]) -> Any:
     if not _link_ok() or _fail("order_send"):
         return None
@@ -535,7 +587,7 @@ def order_send(request: dict[str, Any]) -> Any:
     buy = request["type"] == ORDER_TYPE_BUY
     price = spec.ask if buy else spec.bid
     order = terminal.ticket()
-    deal_ticket = terminal.ticket()
+    deal_ticket = terminal.deal_ticket()
     now = terminal.now
     if "position" in request and request["position"]:
         position = terminal.positions.get(request["position"])
