@@ -59,6 +59,7 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
         # uvicorn's default protocol (sans-I/O, on `websockets`), with ~7 KB less per socket.
         "ws": LeanWebSocketProtocol,
         "timeout_graceful_shutdown": int(settings.shutdown_timeout_seconds),
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
         **overrides,
     }
     return uvicorn.Config(app, **options)

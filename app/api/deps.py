@@ -13,11 +13,12 @@ from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 from sqlalchemy import Table, bindparam, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
 from app.core.config import Settings
 from app.core.errors import InvalidTokenError, OnboardingIncomplete
+from app.core.rate_limits import RateLimiter
 from app.core.resources import Resources
 from app.core.security import InvalidToken, decode_access_token
 from app.models import Agent, User, detached
@@ -50,9 +51,28 @@ async def get_redis(resources: ResourcesDep) -> Redis:
     return resources.redis
 
 
+async def get_limiter(resources: ResourcesDep) -> RateLimiter:
+    return resources.limiter
+
+
+async def get_client_address(connection: HTTPConnection) -> str:
+    # uvicorn has already replaced it with X-Forwarded-For's when the peer is a trusted
+    # proxy (FORWARDED_ALLOW_IPS), and only then.
+    return connection.client.host if connection.client else "unknown"
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
+ClientAddress = Annotated[str, Depends(get_client_address)]
 SessionFactoryDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_factory)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
+
+
+async def get_db(resources: ResourcesDep) -> AsyncEngine:
+    return resources.db
+
+
+DbDep = Annotated[AsyncEngine, Depends(get_db)]
 
 
 async def get_session(factory: SessionFactoryDep) -> AsyncIterator[AsyncSession]:

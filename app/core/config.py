@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     ws_ping_interval_seconds: float = Field(default=20, gt=0)
     # A peer that does not answer a ping within this long is dead: its socket is closed.
     ws_ping_timeout_seconds: float = Field(default=20, gt=0)
+    # Peers whose X-Forwarded-For is believed (uvicorn's setting, under its name): a
+    # client's address decides its failed-login limit, so only a proxy of ours may set it.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
     shutdown_timeout_seconds: float = Field(default=5, gt=0)
     log_level: str = "INFO"
 

@@ -27,6 +27,7 @@ class DomainError(Exception):
     def __init__(self, message: str | None = None, **extra: Any) -> None:
         self.text = message or self.message
         self.extra = extra
+        self.headers: dict[str, str] = {}
         super().__init__(self.text)
 
     def body(self) -> dict[str, Any]:
@@ -115,6 +116,28 @@ class BrokerFailure(DomainError):
     status_code, code, message = 422, "broker_error", "The broker refused the request."
 
 
+class TooManyAttempts(DomainError):
+    status_code, code, message = (
+        429,
+        "too_many_attempts",
+        "Too many failed logins; try again after Retry-After seconds.",
+    )
+
+    def __init__(self, *, retry_after: int) -> None:
+        super().__init__()
+        self.headers["Retry-After"] = str(retry_after)
+
+
+class RateLimiterUnavailable(DomainError):
+    """Logins fail closed while the failed-login limit cannot be checked."""
+
+    status_code, code, message = (
+        503,
+        "rate_limiter_unavailable",
+        "Logins are paused: the attempt limit cannot be checked right now; try again.",
+    )
+
+
 class AgentOffline(DomainError):
     status_code, code, message = 503, "agent_offline", "The agent has not been seen recently."
 
@@ -169,7 +192,9 @@ def status_phrase(status_code: int) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DomainError)
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers = dict(exc.headers)
+        if exc.status_code == 401:
+            headers["WWW-Authenticate"] = "Bearer"
         return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
     async def handle_validation(_request: Request, exc: Exception) -> JSONResponse:

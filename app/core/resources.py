@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory, single_statement_engine
 from app.core.job_events import JobEvents
+from app.core.rate_limits import RateLimiter
 from app.core.redis import create_redis
 from app.services.jobs import JobStore, recheck_waiters, run_every, sweep_jobs
 from app.ws.manager import WebSocketManager
@@ -30,6 +31,7 @@ class Resources:
     db: AsyncEngine
     session_factory: async_sessionmaker[AsyncSession]
     redis: Redis
+    limiter: RateLimiter
     jobs: JobStore
     ws: WebSocketManager
 
@@ -69,6 +71,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             db=db,
             session_factory=session_factory,
             redis=redis,
+            limiter=RateLimiter(settings.redis_url, redis),
             jobs=jobs,
             ws=ws,
         )

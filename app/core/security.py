@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -19,17 +21,38 @@ _password_hasher = PasswordHasher()
 _DUMMY_HASH = _password_hasher.hash("not-a-real-password")
 
 
-def hash_password(password: str) -> str:
+# argon2 costs ~100 ms per hash or verify, by design, so it never runs on the event loop,
+# where it would stall every request, long-poll and socket of the process for that long.
+# It runs in one worker thread (argon2-cffi releases the GIL): each verification already
+# spreads its 4 lanes over threads of its own, so more workers would not log anyone in
+# sooner, only leave the event loop a smaller share of the cores during a burst of logins.
+_argon2_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="argon2")
+
+
+def _hash_password(password: str) -> str:
     return _password_hasher.hash(password)
 
 
-def verify_password(password: str, password_hash: str | None) -> bool:
+def _verify_password(password: str, password_hash: str | None) -> bool:
     try:
         return _password_hasher.verify(password_hash or _DUMMY_HASH, password) and bool(
             password_hash
         )
     except (VerificationError, InvalidHashError):
         return False
+
+
+async def hash_password(password: str) -> str:
+    return await asyncio.get_running_loop().run_in_executor(
+        _argon2_worker, _hash_password, password
+    )
+
+
+async def verify_password(password: str, password_hash: str | None) -> bool:
+    """Also for an unknown account (`None`): as slow as a wrong password, so equally quiet."""
+    return await asyncio.get_running_loop().run_in_executor(
+        _argon2_worker, _verify_password, password, password_hash
+    )
 
 
 @dataclass(frozen=True)
