@@ -86,6 +86,13 @@ def one_line(exc: ValidationError) -> str:
 def serve(settings: Settings, host: str, port: int) -> int:
     # Checked before the heavy imports, so a refusal to start is the only line printed.
     settings = settings.with_secrets()
+    if not settings.is_sqlite:  # SQLite is migrated by the server itself, at startup
+        from app.core.migrate import serve_refusal
+
+        refusal = asyncio.run(serve_refusal(settings.database_url))
+        if refusal:
+            print(f"mt5gate: {refusal}", file=sys.stderr)
+            return 1
 
     from app.main import create_app
     from app.server import GatewayServer, server_config

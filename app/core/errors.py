@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -154,9 +155,21 @@ class DatabaseUnavailable(DomainError):
     )
 
 
+# PostgreSQL's SQLSTATE classes of a server that is away, not of a query that is wrong:
+# connection exceptions (08), operator intervention (57P: shutdown, database dropped),
+# a database or table that no longer exists (3D000, 42P01), no connection slot (53300).
+DATABASE_AWAY_SQLSTATES = ("08", "57P", "3D000", "42P01", "53300")
+
+
 def database_is_away(exc: DBAPIError) -> bool:
-    """A lost or refused connection (a restart, a network fault), not a bug in a query."""
-    return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    """A lost or refused connection (a restart, a network fault, a dropped database), not a
+    bug in a query."""
+    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+    return (
+        exc.connection_invalidated
+        or isinstance(exc, OperationalError | InterfaceError)
+        or sqlstate.startswith(DATABASE_AWAY_SQLSTATES)
+    )
 
 
 class SafeJSONResponse(JSONResponse):
@@ -219,8 +232,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def handle_database(request: Request, exc: Exception) -> JSONResponse:
         # The pool does not ping before each checkout; a connection that died since its
-        # last use fails here once, and SQLAlchemy then replaces the whole pool.
-        if isinstance(exc, PoolTimeout) or (isinstance(exc, DBAPIError) and database_is_away(exc)):
+        # last use fails here once, and SQLAlchemy then replaces the whole pool. A refused
+        # new connection is the driver's own OSError, which SQLAlchemy passes on as it is
+        # (the only peers a request connects to are the database and Redis, whose client
+        # raises its own errors).
+        if isinstance(exc, PoolTimeout | ConnectionError | TimeoutError | socket.gaierror) or (
+            isinstance(exc, DBAPIError) and database_is_away(exc)
+        ):
             log.warning("event=database_unavailable path=%s reason=%r", request.url.path, exc)
             return await handle(request, DatabaseUnavailable())
         log.error("event=database_error path=%s", request.url.path, exc_info=exc)
@@ -229,5 +247,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, handle)
     app.add_exception_handler(DBAPIError, handle_database)
     app.add_exception_handler(PoolTimeout, handle_database)
+    app.add_exception_handler(OSError, handle_database)
     app.add_exception_handler(RequestValidationError, handle_validation)
     app.add_exception_handler(HTTPException, handle_http)
