@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"mt5gate: invalid setting: {one_line(exc)}", file=sys.stderr)
         return 1
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         if args.command == "serve":
             return serve(settings, args.host, args.port)

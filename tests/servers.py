@@ -106,6 +106,8 @@ def start_serve(
         "JOB_WAKEUPS_ENABLED": str(settings.job_wakeups_enabled).lower(),
         "JOB_POLL_INTERVAL_SECONDS": str(settings.job_poll_interval_seconds),
         "JOB_RESULT_TIMEOUT_SECONDS": str(settings.job_result_timeout_seconds),
+        "RATE_LIMIT_TRADING_PER_SECOND": str(settings.rate_limit_trading_per_second),
+        "FORWARDED_ALLOW_IPS": settings.forwarded_allow_ips,
     }
     log = log_path.open("wb")
     process = subprocess.Popen(

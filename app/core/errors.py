@@ -55,6 +55,14 @@ class OnboardingIncomplete(DomainError):
     )
 
 
+class InsufficientScope(DomainError):
+    status_code, code, message = (
+        403,
+        "insufficient_scope",
+        "This API key may not do that; use a key with the scope it needs, or log in.",
+    )
+
+
 class NotPriceSource(DomainError):
     status_code, code, message = 403, "not_price_source", "This agent may not push prices."
 
@@ -95,6 +103,14 @@ class JobNotRunning(DomainError):
     )
 
 
+class TooManyApiKeys(DomainError):
+    status_code, code, message = (
+        409,
+        "too_many_api_keys",
+        "You have 50 live API keys; revoke one first.",
+    )
+
+
 class ClientOrderIdConflict(DomainError):
     status_code, code, message = (
         409,
@@ -117,16 +133,28 @@ class BrokerFailure(DomainError):
     status_code, code, message = 422, "broker_error", "The broker refused the request."
 
 
-class TooManyAttempts(DomainError):
+class RetryLater(DomainError):
+    """A 429: the answer carries `Retry-After` (seconds)."""
+
+    def __init__(self, *, retry_after: int) -> None:
+        super().__init__()
+        self.headers["Retry-After"] = str(retry_after)
+
+
+class TooManyAttempts(RetryLater):
     status_code, code, message = (
         429,
         "too_many_attempts",
         "Too many failed logins; try again after Retry-After seconds.",
     )
 
-    def __init__(self, *, retry_after: int) -> None:
-        super().__init__()
-        self.headers["Retry-After"] = str(retry_after)
+
+class RateLimited(RetryLater):
+    status_code, code, message = (
+        429,
+        "rate_limited",
+        "Too many calls; try again after Retry-After seconds.",
+    )
 
 
 class RateLimiterUnavailable(DomainError):

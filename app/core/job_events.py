@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.core.metrics import REDIS_RECONNECTS
+
 log = logging.getLogger("mt5gate.job_events")
 
 CREATED_CHANNEL = "mt5gate:jobs:created"
@@ -173,6 +175,7 @@ class JobEvents:
                 raise
             except Exception as exc:  # any failure: fall back to polling, then reconnect
                 self._subscribed.clear()
+                REDIS_RECONNECTS.labels("jobs").inc()
                 log.warning(
                     "event=wakeups_lost reason=%r retry_in=%.2fs fallback=polling", exc, backoff
                 )

@@ -111,6 +111,20 @@ def hash_agent_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+API_KEY_PREFIX = "mt5g_"
+# What a key's `prefix` shows of it: enough to tell keys apart, far too little to guess.
+API_KEY_SHOWN_CHARS = 12
+
+
+def new_api_key() -> str:
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> str:
+    # 256 random bits, like an agent token: a fast hash is enough.
+    return hash_agent_token(key)
+
+
 def agent_token_matches(token: str, token_hash: str) -> bool:
     return hmac.compare_digest(hash_agent_token(token), token_hash)
 
