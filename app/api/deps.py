@@ -179,6 +179,8 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 async def limit_user_calls(user: CurrentUser, resources: ResourcesDep, request: Request) -> None:
     """The per-user limit of the onboarding-gated routes, across all the user's tokens and
     keys; its state goes to the response's X-RateLimit-* headers (app/api/observability)."""
+    if not resources.settings.rate_limit_enabled:
+        return
     request.state.rate_limit = await limit_trading_call(
         resources.limiter, resources.trading_limit, user.id
     )

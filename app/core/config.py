@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     ws_ping_timeout_seconds: float = Field(default=20, gt=0)
     # Calls per second per user on the onboarding-gated routes, across all API processes.
     rate_limit_trading_per_second: int = Field(default=20, gt=0)
+    # `false`: no per-user limit at all (the failed-login limit always holds).
+    rate_limit_enabled: bool = True
     # Peers whose X-Forwarded-For is believed (uvicorn's setting, under its name): a
     # client's address decides its failed-login limit, so only a proxy of ours may set it.
     forwarded_allow_ips: str = "127.0.0.1,::1"
