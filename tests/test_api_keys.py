@@ -80,6 +80,8 @@ async def test_a_key_is_shown_once_and_stored_as_a_hash(
         {"name": "x" * 65, "scopes": ["read"]},
         {"name": "x", "scopes": ["read"], "expires_at": "2020-01-01T00:00:00Z"},
         {"name": "x", "scopes": ["read"], "expires_at": "2999-01-01T00:00:00"},  # naive
+        {"name": "x", "scopes": ["read"], "expires_at": "9999-12-31T23:00:00-05:00"},
+        {"name": "x", "scopes": "read"},
         {"name": "x", "scopes": ["read"], "extra": 1},
     ],
 )

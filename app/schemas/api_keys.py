@@ -31,7 +31,13 @@ class ApiKeyCreate(BaseModel):
     @field_validator("expires_at")
     @classmethod
     def _in_the_future(cls, expires_at: datetime | None) -> datetime | None:
-        if expires_at is not None and expires_at <= datetime.now(UTC):
+        if expires_at is None:
+            return None
+        try:
+            expires_at = expires_at.astimezone(UTC)
+        except OverflowError:  # 9999-12-31T23:00-05:00 is past what a datetime holds in UTC
+            raise ValueError("must be a representable time") from None
+        if expires_at <= datetime.now(UTC):
             raise ValueError("must be in the future")
         return expires_at
 
