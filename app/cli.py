@@ -52,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"mt5gate: invalid setting: {one_line(exc)}", file=sys.stderr)
         return 1
-    configure_logging(settings.log_level, agent_traffic=settings.access_log_agent_traffic)
+    configure_logging(
+        settings.log_level,
+        settings.log_format,
+        agent_traffic=settings.access_log_agent_traffic,
+    )
     try:
         if args.command == "serve":
             return serve(settings, args.host, args.port)
@@ -87,6 +91,13 @@ def one_line(exc: ValidationError) -> str:
 def serve(settings: Settings, host: str, port: int) -> int:
     # Checked before the heavy imports, so a refusal to start is the only line printed.
     settings = settings.with_secrets()
+    if not settings.is_sqlite:  # SQLite is migrated by the server itself, at startup
+        from app.core.migrate import serve_refusal
+
+        refusal = asyncio.run(serve_refusal(settings.database_url))
+        if refusal:
+            print(f"mt5gate: {refusal}", file=sys.stderr)
+            return 1
 
     try:
         sock = listening_socket(host, port)

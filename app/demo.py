@@ -15,15 +15,15 @@ import sys
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from app.core.config import Settings
 from app.core.resources import Resources
 from app.core.security import create_access_token
 from app.main import create_app
-from app.models import BrokerConnection, User
+from app.models import ApiKey, BrokerConnection, User
 from app.server import GatewayServer, server_config
-from app.services import broker_connections, users
+from app.services import api_keys, broker_connections, users
 from app.services.agents import set_price_source
 from mt5gate_agent.config import DEFAULT_PRICE_SYMBOLS, AgentConfig
 from mt5gate_agent.runner import TokenRefused, run_agent
@@ -32,6 +32,7 @@ log = logging.getLogger("mt5gate.demo")
 
 DEMO_EMAIL = "demo@example.com"
 DEMO_PASSWORD = "demo-password"
+DEMO_KEY_NAME = "mt5gate demo"
 AGENT_STOP_TIMEOUT_SECONDS = 5.0
 
 
@@ -40,6 +41,7 @@ class DemoAccount:
     user_id: uuid.UUID
     agent_id: uuid.UUID
     agent_token: str
+    api_key: str
 
 
 async def prepare_demo_account(resources: Resources) -> DemoAccount:
@@ -69,12 +71,19 @@ async def prepare_demo_account(resources: Resources) -> DemoAccount:
             session, user_id=user.id, connection_id=connection.id
         )
         await users.complete_onboarding(session, user=user)
+        # A new key each run (only hashes are kept), replacing the last run's.
+        await session.execute(
+            delete(ApiKey).where(ApiKey.user_id == user.id, ApiKey.name == DEMO_KEY_NAME)
+        )
+        _, api_key = await api_keys.create_api_key(
+            session, user_id=user.id, name=DEMO_KEY_NAME, scopes=["read", "trade"], expires_at=None
+        )
         await session.commit()
     await set_price_source(resources.session_factory, agent_id=agent.id, enabled=True)
-    return DemoAccount(user.id, agent.id, token)
+    return DemoAccount(user.id, agent.id, token, api_key)
 
 
-def banner(base_url: str, access_token: str) -> str:
+def banner(base_url: str, access_token: str, api_key: str) -> str:
     api = f"{base_url}/api/v1"
     ws = base_url.replace("http://", "ws://", 1)
     auth = '-H "Authorization: Bearer $TOKEN"'
@@ -91,6 +100,11 @@ Copy, paste, trade:
   curl -s -X POST {api}/orders {auth} -H 'Content-Type: application/json' -d {order}
   curl -s {api}/positions {auth}
   {sys.executable} -m websockets "{ws}/ws/prices/EURUSD?token=$TOKEN"
+
+A demo API key (read + trade) for programs, usable wherever $TOKEN is:
+
+  export MT5GATE_API_KEY={api_key}
+  curl -s {api}/account -H "Authorization: Bearer $MT5GATE_API_KEY"
 
 Ctrl-C stops it.
 """
@@ -132,7 +146,7 @@ async def run(settings: Settings, host: str, port: int) -> int:
         algorithm=settings.jwt_algorithm,
         ttl_seconds=max(settings.access_token_ttl_seconds, 24 * 3600),
     )
-    print(banner(base_url, token.token), flush=True)
+    print(banner(base_url, token.token, account.api_key), flush=True)
 
     # uvicorn owns SIGINT/SIGTERM; once it starts shutting down, the agent stops too.
     while not server.should_exit and not serving.done():

@@ -9,7 +9,9 @@ from contextlib import aclosing, asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from app.api.body_limit import BodySizeLimit
-from app.api.routes import agents, auth, broker_connections, trading, users
+from app.api.observability import RequestObservability
+from app.api.route_templates import route_templates
+from app.api.routes import agents, api_keys, auth, broker_connections, health, trading, users
 from app.core.config import Settings
 from app.core.errors import install_error_handlers
 from app.core.migrate import upgrade_to_head_async
@@ -48,7 +50,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(broker_connections.router)
     api.include_router(agents.router)
     api.include_router(trading.router)
+    api.include_router(api_keys.router)
     app.include_router(api)
+    app.include_router(health.router)
+    app.state.route_templates = route_templates(app)
     app.add_middleware(BodySizeLimit)
+    app.add_middleware(RequestObservability, metrics=settings.metrics_enabled)
     app.add_middleware(price_stream.PriceSocketRoutes)  # outermost of ours: see its docstring
     return app

@@ -1,4 +1,4 @@
-"""The ORM models: users, broker connections, agents and jobs."""
+"""The ORM models: users, broker connections, agents, jobs and API keys."""
 
 from __future__ import annotations
 
@@ -135,6 +135,24 @@ class Job(Base):
     claimed_at: Mapped[datetime | None] = mapped_column()
     completed_at: Mapped[datetime | None] = mapped_column()
     expires_at: Mapped[datetime] = mapped_column()
+
+
+class ApiKey(Base):
+    """A user's long-lived key for programs; only its hash is stored. Revoking deletes it."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = (Index("ix_api_keys_user_created", "user_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    # "read" or "read trade": the two sets the contract allows, space-separated.
+    scopes: Mapped[str] = mapped_column(String(32))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column()
+    last_used_at: Mapped[datetime | None] = mapped_column()
 
 
 ModelT = TypeVar("ModelT", bound=Base)

@@ -60,6 +60,7 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
         # if this uvicorn still has what it needs (else uvicorn's own, logged once).
         "ws": websocket_protocol(),
         "timeout_graceful_shutdown": int(settings.shutdown_timeout_seconds),
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
         **overrides,
     }
     return uvicorn.Config(app, **options)

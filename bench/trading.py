@@ -5,6 +5,7 @@ long-polling `jobs/next` and answering at once) executes every job. One request 
 time, the kinds interleaved so that each sees the same conditions:
 
 * `GET /me`: authentication and one row read, the floor every route pays;
+* `GET /me (API key)`: the same with an API key (a hash and a joined read instead of a JWT);
 * `POST /orders`: a trade job, filled by the agent (201);
 * `GET /account`: a read job;
 * candles hit: `GET /candles/EURUSD?count=200` served from the feed's Redis cache;
@@ -13,7 +14,13 @@ time, the kinds interleaved so that each sees the same conditions:
 * job alone: `create_job` + `wait_for_job_result` called in-process (no user request), the
   dispatch round trip that every job-backed route above pays on top of its own work.
 
-Targets: an order ≤ 2 × floor + 3 ms at p50; a candles hit ≤ 1.5 × floor at p50.
+What the per-user rate limit (two Redis round trips per gated call) and the metrics cost:
+two servers in this process on the same store, one with both on and one with both off
+(`RATE_LIMIT_ENABLED=false`, `METRICS_ENABLED=false`), each with its own instant agent,
+timed request by request in alternation, so that both see the same machine.
+
+Targets: an order ≤ 2 × floor + 3 ms at p50; a candles hit ≤ 1.5 × floor at p50; the
+limiter and metrics ≤ 0.3 ms at p50 on an order.
 
     python -m bench.trading [--quick]
 """
@@ -21,6 +28,7 @@ Targets: an order ≤ 2 × floor + 3 ms at p50; a candles hit ≤ 1.5 × floor a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 import uuid
@@ -44,12 +52,14 @@ from bench.instant_agent import InstantAgent
 
 KINDS = (
     "GET /me (floor)",
+    "GET /me (API key)",
     "POST /orders",
     "GET /account",
     "candles hit",
     "candles miss",
     "job alone",
 )
+BARE_KINDS = ("GET /me (floor)", "POST /orders")
 ORDER = {"symbol": "EURUSD", "side": "buy", "volume": 0.1}
 WARM_UP = 20
 PSEUDO = httpx.Request("POST", "http://in-process/job")
@@ -59,6 +69,7 @@ PSEUDO = httpx.Request("POST", "http://in-process/job")
 class Samples:
     store: str
     by_kind: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    kinds: tuple[str, ...] = KINDS
 
     def p(self, kind: str, q: float) -> float:
         return percentile(self.by_kind[kind], q) * 1000
@@ -89,8 +100,10 @@ async def timed(
     return took
 
 
-async def measure(settings: Settings, store: str, rounds: int) -> Samples:
-    samples = Samples(store)
+async def measure(
+    settings: Settings, store: str, rounds: int, kinds: tuple[str, ...] = KINDS
+) -> Samples:
+    samples = Samples(store, kinds=kinds)
     async with serve_in_loop(settings) as api:
         who = await onboard(api.base_url)
         # Feed candles come from a price source: the bench's one agent is it.
@@ -98,6 +111,9 @@ async def measure(settings: Settings, store: str, rounds: int) -> Samples:
             api.resources.session_factory, agent_id=uuid.UUID(who.agent_id), enabled=True
         )
         headers = {"Authorization": f"Bearer {who.token}"}
+        async with httpx.AsyncClient(base_url=f"{api.base_url}/api/v1", headers=headers) as h:
+            created = await h.post("/api-keys", json={"name": "bench", "scopes": ["read"]})
+        key_headers = {"Authorization": f"Bearer {created.json()['key']}"}
         async with httpx.AsyncClient(
             base_url=f"{api.base_url}/api/v1", headers=headers, timeout=30
         ) as http:
@@ -110,6 +126,7 @@ async def measure(settings: Settings, store: str, rounds: int) -> Samples:
 
             requests: dict[str, tuple[Callable[[], Awaitable[httpx.Response]], int, str | None]] = {
                 "GET /me (floor)": (lambda: http.get("/me"), 200, None),
+                "GET /me (API key)": (lambda: http.get("/me", headers=key_headers), 200, None),
                 "POST /orders": (lambda: http.post("/orders", json=ORDER), 201, None),
                 "GET /account": (lambda: http.get("/account"), 200, None),
                 "candles hit": (
@@ -142,7 +159,7 @@ async def measure(settings: Settings, store: str, rounds: int) -> Samples:
                     if time.monotonic() - primed > 20:
                         await http.get("/candles/EURUSD", params={"count": 200})
                         primed = time.monotonic()
-                    for kind in KINDS:
+                    for kind in kinds:
                         request, expected, cache = requests[kind]
                         try:
                             took = await timed(request, expected, cache)
@@ -163,7 +180,7 @@ def report(results: list[Samples]) -> None:
     rows = []
     for result in results:
         floor = result.p(KINDS[0], 50)
-        for kind in KINDS:
+        for kind in result.kinds:
             p50 = result.p(kind, 50)
             rows.append(
                 [
@@ -196,12 +213,121 @@ def main(argv: list[str] | None = None) -> None:
     stores = ["sqlite"] + (["postgres"] if services_listening() else [])
     if len(stores) == 1:
         print("PostgreSQL or Redis not listening on 127.0.0.1: SQLite only", file=sys.stderr)
-    results = []
+    results, costs, work = [], [], []
     for store in stores:
-        with bench_settings(store) as settings:
+        # A limit no single client reaches: the limiter does all its work on every call.
+        with bench_settings(store, rate_limit_trading_per_second=1_000_000) as settings:
             results.append(asyncio.run(measure(settings, store, rounds)))
+            costs.append(asyncio.run(measure_cost(settings, store, rounds)))
+            work.extend(asyncio.run(measure_added_work(settings, store, rounds)))
     report(results)
+    report_cost(costs)
+    print("\nAdded work per request, in-process, p50 (ms)")
+    print_table(["store", "what", "p50"], work)
+
+
+async def measure_cost(settings: Settings, store: str, rounds: int) -> dict[str, Samples]:
+    """BARE_KINDS on a server with the limiter and metrics on and one with both off, each
+    request timed in alternation between the two."""
+    bare = settings.model_copy(update={"rate_limit_enabled": False, "metrics_enabled": False})
+    variants = {"on": settings, "off": bare}
+    samples = {name: Samples(store, kinds=BARE_KINDS) for name in variants}
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {}
+        for name, variant in variants.items():
+            api = await stack.enter_async_context(serve_in_loop(variant))
+            who = await onboard(api.base_url)
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(
+                    base_url=f"{api.base_url}/api/v1",
+                    headers={"Authorization": f"Bearer {who.token}"},
+                    timeout=30,
+                )
+            )
+            stack.enter_context(InstantAgent(api.base_url, who.agent_id, who.agent_token))
+            await wait_for_agent(http)
+            clients[name] = http
+        for index in range(WARM_UP + rounds):
+            for kind in BARE_KINDS:
+                for name, http in clients.items():
+                    if kind == "POST /orders":
+                        took = await timed(lambda h=http: h.post("/orders", json=ORDER), 201, None)
+                    else:
+                        took = await timed(lambda h=http: h.get("/me"), 200, None)
+                    if index >= WARM_UP:
+                        samples[name].by_kind[kind].append(took)
+    print(f"  {store:8} limiter+metrics cost: {rounds} rounds", file=sys.stderr, flush=True)
+    return samples
+
+
+def report_cost(costs: list[dict[str, Samples]]) -> None:
+    rows = []
+    for cost in costs:
+        on, off = cost["on"], cost["off"]
+        for kind in BARE_KINDS:
+            added = on.p(kind, 50) - off.p(kind, 50)
+            rows.append(
+                [on.store, kind, f"{off.p(kind, 50):.2f}", f"{on.p(kind, 50):.2f}", f"{added:+.2f}"]
+            )
+    print("\nRate limiter + metrics, off vs on, requests alternated (ms)")
+    print_table(["store", "request", "p50 off", "p50 on", "added"], rows)
+    for cost in costs:
+        added = cost["on"].p("POST /orders", 50) - cost["off"].p("POST /orders", 50)
+        verdict = "ok" if added <= 0.3 else "MISSED"
+        print(f"{cost['on'].store:8} added to an order at p50: {added:.2f} ms vs 0.30 ({verdict})")
 
 
 if __name__ == "__main__":
     main()
+
+
+async def measure_added_work(settings: Settings, store: str, rounds: int) -> list[list[object]]:
+    """What the limiter and the metrics add to one request, timed in-process without HTTP:
+    the limiter's call (its Redis round trips) and the observability middleware around a
+    trivial ASGI app, against the same app bare. Less exposed to a loaded machine than two
+    whole requests compared."""
+    from app.api.observability import RequestObservability
+    from app.core.rate_limits import RateLimiter
+    from app.core.redis import create_redis
+    from app.services.rate_limits import TradingLimit, limit_trading_call
+
+    redis = create_redis(settings.redis_url)
+    limiter = RateLimiter(settings.redis_url, redis)
+    limit = TradingLimit(settings.rate_limit_trading_per_second)
+    user = uuid.uuid4()
+    limiter_times = []
+    for index in range(WARM_UP + rounds):
+        started = time.perf_counter()
+        await limit_trading_call(limiter, limit, user)
+        if index >= WARM_UP:
+            limiter_times.append(time.perf_counter() - started)
+    await redis.aclose()
+
+    async def bare_app(scope: object, receive: object, send: object) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b""})  # type: ignore[operator]
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: object) -> None:
+        return None
+
+    observed = RequestObservability(bare_app, metrics=True)  # type: ignore[arg-type]
+    times: dict[str, list[float]] = {"bare": [], "observed": []}
+    for index in range(WARM_UP + rounds * 10):
+        for name, app in (("bare", bare_app), ("observed", observed)):
+            scope = {"type": "http", "method": "GET", "path": "/api/v1/me", "headers": []}
+            started = time.perf_counter()
+            await app(scope, receive, send)  # type: ignore[operator]
+            if index >= WARM_UP:
+                times[name].append(time.perf_counter() - started)
+    middleware = percentile(times["observed"], 50) - percentile(times["bare"], 50)
+    return [
+        [
+            store,
+            "rate limiter call (2 Redis round trips)",
+            f"{percentile(limiter_times, 50) * 1000:.3f}",
+        ],
+        [store, "request id + metrics middleware", f"{middleware * 1000:.3f}"],
+    ]

@@ -52,6 +52,8 @@ def make_settings(store: Store, **overrides: object) -> Settings:
         "redis_key_prefix": store.redis_key_prefix,
         "jwt_secret": TEST_JWT_SECRET,
         "encryption_key": TEST_ENCRYPTION_KEY,
+        # Tests burst far past the contract's 20 calls a second; the limit's own tests set it.
+        "rate_limit_trading_per_second": 1_000_000,
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]

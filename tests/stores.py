@@ -16,7 +16,7 @@ PG_HOST, PG_PORT = "127.0.0.1", 5432
 # on one machine share no pub/sub channel (channels are not per db).
 REDIS_HOST, REDIS_PORT = "127.0.0.1", int(os.environ.get("MT5GATE_TEST_REDIS_PORT", "6379"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
-TABLES = ("jobs", "mt5_agents", "broker_connections", "users")
+TABLES = ("api_keys", "jobs", "mt5_agents", "broker_connections", "users")
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from tests.stores import (
     reset_store,
 )
 
-TABLES = {"users", "broker_connections", "mt5_agents", "jobs", "alembic_version"}
+TABLES = {"users", "broker_connections", "mt5_agents", "jobs", "api_keys", "alembic_version"}
 MT5GATE = Path(sys.executable).parent / "mt5gate"
 
 

@@ -22,7 +22,7 @@ STARTUP_SECONDS = 60
 
 
 @pytest.fixture
-def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str, str]]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     process = subprocess.Popen(
@@ -33,18 +33,21 @@ def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
         stderr=(tmp_path / "demo.log").open("w"),
         text=True,
     )
-    token = ""
+    token = api_key = ""
     deadline = time.monotonic() + STARTUP_SECONDS
     assert process.stdout is not None
-    while time.monotonic() < deadline and not token:
+    while time.monotonic() < deadline and not (token and api_key):
         line = process.stdout.readline()
         if not line:
             break
         if match := re.search(r"export TOKEN=(\S+)", line):
             token = match.group(1)
+        if match := re.search(r"export MT5GATE_API_KEY=(\S+)", line):
+            api_key = match.group(1)
     try:
         assert token, f"no token printed; log: {(tmp_path / 'demo.log').read_text()[-2000:]}"
-        yield process, f"127.0.0.1:{port}", token
+        assert api_key.startswith("mt5g_")
+        yield process, f"127.0.0.1:{port}", token, api_key
     finally:
         if process.poll() is None:
             process.kill()
@@ -52,9 +55,9 @@ def demo(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
 
 
 def test_demo_streams_ticks_trades_and_stops_on_sigint(
-    demo: tuple[subprocess.Popen[str], str, str],
+    demo: tuple[subprocess.Popen[str], str, str, str],
 ) -> None:
-    process, address, token = demo
+    process, address, token, api_key = demo
     with connect(f"ws://{address}/ws/prices/EURUSD?token={token}", open_timeout=10) as socket:
         message = json.loads(socket.recv(timeout=10))
     assert message["type"] == "tick"
@@ -71,6 +74,13 @@ def test_demo_streams_ticks_trades_and_stops_on_sigint(
     assert order.status_code == 201, order.text
     positions = httpx.get(f"http://{address}/api/v1/positions", headers=headers, timeout=15)
     assert order.json()["ticket"] in [p["position_id"] for p in positions.json()]
+    by_key = httpx.get(
+        f"http://{address}/api/v1/positions",
+        headers={"Authorization": f"Bearer {api_key}"},
+        timeout=15,
+    )
+    assert by_key.status_code == 200
+    assert by_key.json() == positions.json()
 
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=15) == 0

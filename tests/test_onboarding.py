@@ -107,10 +107,10 @@ async def test_onboarding_needs_an_access_token(client: httpx.AsyncClient) -> No
 async def test_the_gate_refuses_a_user_who_is_not_onboarded() -> None:
     user = User(id=uuid.uuid4(), email="x@example.com", onboarding_completed=False)
     with pytest.raises(OnboardingIncomplete) as caught:
-        await get_onboarded_user(user)
+        await get_onboarded_user(user, None)
     assert caught.value.body()["detail"] == "onboarding_incomplete"
     onboarded = User(id=uuid.uuid4(), email="y@example.com", onboarding_completed=True)
-    assert await get_onboarded_user(onboarded) is onboarded
+    assert await get_onboarded_user(onboarded, None) is onboarded
 
 
 def gated_routes(app: FastAPI) -> list[tuple[str, str]]:

@@ -620,7 +620,8 @@ async def test_ticks_flow_again_after_the_subscription_connection_silently_dies(
                 await manager.wait_until(lambda: not manager.is_live(instrument), 10)
                 await wait_live(manager, instrument)
                 # Through a connection of its own: the app's pooled ones are silenced too.
-                await publish_fresh(store.redis_url, tick(instrument, 1.7, 1.8, 5))
+                direct = api.settings.model_copy(update={"redis_url": store.redis_url})
+                await publish_fresh(direct, tick(instrument, 1.7, 1.8, 5))
                 assert await recv_tick(ws) == tick(instrument, 1.7, 1.8, 5)
 
 

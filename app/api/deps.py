@@ -7,22 +7,28 @@ dependency in the thread pool, a thread hop per dependency per request.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, cast
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 from sqlalchemy import Table, bindparam, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from starlette.requests import HTTPConnection
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.requests import HTTPConnection, Request
 
+from app.api.route_templates import route_template
 from app.core.config import Settings
-from app.core.errors import InvalidTokenError, OnboardingIncomplete
+from app.core.errors import InsufficientScope, InvalidTokenError, OnboardingIncomplete
+from app.core.rate_limits import RateLimiter
 from app.core.resources import Resources
-from app.core.security import InvalidToken, decode_access_token
+from app.core.security import API_KEY_PREFIX, InvalidToken, decode_access_token
 from app.models import Agent, User, detached
 from app.services.agents import authenticate_agent
+from app.services.api_keys import ApiKeyGrant, authenticate_api_key
 from app.services.jobs import JobStore
+from app.services.rate_limits import limit_trading_call
 
 
 def resources_of(connection: HTTPConnection) -> Resources:
@@ -50,9 +56,28 @@ async def get_redis(resources: ResourcesDep) -> Redis:
     return resources.redis
 
 
+async def get_limiter(resources: ResourcesDep) -> RateLimiter:
+    return resources.limiter
+
+
+async def get_client_address(connection: HTTPConnection) -> str:
+    # uvicorn has already replaced it with X-Forwarded-For's when the peer is a trusted
+    # proxy (FORWARDED_ALLOW_IPS), and only then.
+    return connection.client.host if connection.client else "unknown"
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
+ClientAddress = Annotated[str, Depends(get_client_address)]
 SessionFactoryDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_session_factory)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
+
+
+async def get_db(resources: ResourcesDep) -> AsyncEngine:
+    return resources.db
+
+
+DbDep = Annotated[AsyncEngine, Depends(get_db)]
 
 
 async def get_session(factory: SessionFactoryDep) -> AsyncIterator[AsyncSession]:
@@ -69,7 +94,9 @@ async def get_session(factory: SessionFactoryDep) -> AsyncIterator[AsyncSession]
 # scope="function": the commit lands before the response is sent.
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
-bearer = HTTPBearer(auto_error=False, description="An access token from /auth/login.")
+bearer = HTTPBearer(
+    auto_error=False, description="An access token from /auth/login, or an API key (mt5g_...)."
+)
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
@@ -77,10 +104,26 @@ USERS = cast(Table, User.__table__)
 SELECT_USER = select(*USERS.c).where(USERS.c.id == bindparam("p_user_id"))
 
 
-async def authenticate_token(token: str | None, resources: Resources) -> User:
-    """The user a token belongs to; its own short session, so waiting routes hold none."""
+@dataclass(frozen=True)
+class Principal:
+    """Who a request or socket acts for: the user, through an access token or an API key."""
+
+    user: User
+    # When the credential stops working (None: a key without expiry).
+    expires_at: datetime | None
+    api_key: ApiKeyGrant | None = None
+
+
+async def authenticate(token: str | None, resources: Resources) -> Principal:
+    """The user behind a token or key; its own short connection, so waiting routes hold none."""
     if not token:
         raise InvalidTokenError()
+    if token.startswith(API_KEY_PREFIX):
+        found = await authenticate_api_key(resources.db, token, resources.key_usage)
+        if found is None:
+            raise InvalidTokenError()
+        user, grant = found
+        return Principal(user, grant.expires_at, grant)
     settings = resources.settings
     try:
         claims = decode_access_token(
@@ -92,17 +135,60 @@ async def authenticate_token(token: str | None, resources: Resources) -> User:
         row = (await conn.execute(SELECT_USER, {"p_user_id": claims.user_id})).first()
     if row is None:
         raise InvalidTokenError()
-    return detached(User, row._mapping)
+    return Principal(detached(User, row._mapping), claims.expires_at)
 
 
-async def get_current_user(credentials: BearerDep, resources: ResourcesDep) -> User:
-    return await authenticate_token(credentials.credentials if credentials else None, resources)
+# Paths no API key may use whatever its scopes (creating keys, onboarding, and the broker
+# connections but for reading them: provisioning hands out an agent token).
+KEYLESS_PATHS = ("/api/v1/api-keys", "/api/v1/onboarding/")
+KEY_READ_ONLY_PATHS = ("/api/v1/broker-connections",)
+READ_METHODS = {"GET", "HEAD"}
+
+
+def check_key_scope(grant: ApiKeyGrant, method: str, route_path: str) -> None:
+    """One rule for every route, by method and path template, rather than a declaration on
+    each route: a route added later is closed to read keys without anyone remembering it."""
+    if route_path.startswith(KEYLESS_PATHS):
+        raise InsufficientScope()
+    if method in READ_METHODS:
+        return
+    if route_path.startswith(KEY_READ_ONLY_PATHS) or not grant.may_trade:
+        raise InsufficientScope()
+
+
+async def get_principal(
+    credentials: BearerDep, resources: ResourcesDep, request: Request
+) -> Principal:
+    principal = await authenticate(credentials.credentials if credentials else None, resources)
+    if principal.api_key is not None:
+        route_path = route_template(request.scope) or request.url.path
+        check_key_scope(principal.api_key, request.method, route_path)
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
+
+async def get_current_user(principal: CurrentPrincipal) -> User:
+    return principal.user
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
-async def get_onboarded_user(user: CurrentUser) -> User:
+async def limit_user_calls(user: CurrentUser, resources: ResourcesDep, request: Request) -> None:
+    """The per-user limit of the onboarding-gated routes, across all the user's tokens and
+    keys; its state goes to the response's X-RateLimit-* headers (app/api/observability)."""
+    if not resources.settings.rate_limit_enabled:
+        return
+    request.state.rate_limit = await limit_trading_call(
+        resources.limiter, resources.trading_limit, user.id
+    )
+
+
+async def get_onboarded_user(
+    user: CurrentUser, _limited: Annotated[None, Depends(limit_user_calls)]
+) -> User:
     if not user.onboarding_completed:
         raise OnboardingIncomplete()
     return user

@@ -89,10 +89,22 @@ class Settings(BaseSettings):
     ws_ping_interval_seconds: float = Field(default=20, gt=0)
     # A peer that does not answer a ping within this long is dead: its socket is closed.
     ws_ping_timeout_seconds: float = Field(default=20, gt=0)
+    # Calls per second per user on the onboarding-gated routes, across all API processes.
+    rate_limit_trading_per_second: int = Field(default=20, gt=0)
+    # `false`: no per-user limit at all (the failed-login limit always holds).
+    rate_limit_enabled: bool = True
+    # Peers whose X-Forwarded-For is believed (uvicorn's setting, under its name): a
+    # client's address decides its failed-login limit, so only a proxy of ours may set it.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
     shutdown_timeout_seconds: float = Field(default=5, gt=0)
     log_level: str = "INFO"
     # Every agent price push and job long-poll in the access log (else a summary a minute).
     access_log_agent_traffic: bool = False
+    # `json`: one JSON object per line (time, level, logger, event and its fields).
+    log_format: Literal["text", "json"] = "text"
+    # /metrics: off with `false`; with a token set, it needs `Authorization: Bearer <token>`.
+    metrics_enabled: bool = True
+    metrics_token: str = ""
 
     @field_validator("database_url")
     @classmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -27,6 +28,7 @@ class DomainError(Exception):
     def __init__(self, message: str | None = None, **extra: Any) -> None:
         self.text = message or self.message
         self.extra = extra
+        self.headers: dict[str, str] = {}
         super().__init__(self.text)
 
     def body(self) -> dict[str, Any]:
@@ -50,6 +52,14 @@ class OnboardingIncomplete(DomainError):
         403,
         "onboarding_incomplete",
         "Complete onboarding before trading.",
+    )
+
+
+class InsufficientScope(DomainError):
+    status_code, code, message = (
+        403,
+        "insufficient_scope",
+        "This API key may not do that; use a key with the scope it needs, or log in.",
     )
 
 
@@ -93,6 +103,14 @@ class JobNotRunning(DomainError):
     )
 
 
+class TooManyApiKeys(DomainError):
+    status_code, code, message = (
+        409,
+        "too_many_api_keys",
+        "You have 50 live API keys; revoke one first.",
+    )
+
+
 class ClientOrderIdConflict(DomainError):
     status_code, code, message = (
         409,
@@ -113,6 +131,40 @@ class BrokerFailure(DomainError):
     """The agent answered, but the broker or its terminal refused; `error` carries its code."""
 
     status_code, code, message = 422, "broker_error", "The broker refused the request."
+
+
+class RetryLater(DomainError):
+    """A 429: the answer carries `Retry-After` (seconds)."""
+
+    def __init__(self, *, retry_after: int) -> None:
+        super().__init__()
+        self.headers["Retry-After"] = str(retry_after)
+
+
+class TooManyAttempts(RetryLater):
+    status_code, code, message = (
+        429,
+        "too_many_attempts",
+        "Too many failed logins; try again after Retry-After seconds.",
+    )
+
+
+class RateLimited(RetryLater):
+    status_code, code, message = (
+        429,
+        "rate_limited",
+        "Too many calls; try again after Retry-After seconds.",
+    )
+
+
+class RateLimiterUnavailable(DomainError):
+    """Logins fail closed while the failed-login limit cannot be checked."""
+
+    status_code, code, message = (
+        503,
+        "rate_limiter_unavailable",
+        "Logins are paused: the attempt limit cannot be checked right now; try again.",
+    )
 
 
 class AgentOffline(DomainError):
@@ -156,9 +208,21 @@ def is_concurrency_conflict(exc: DBAPIError) -> bool:
     return getattr(exc.orig, "sqlstate", None) in CONFLICT_SQLSTATES
 
 
+# PostgreSQL's SQLSTATE classes of a server that is away, not of a query that is wrong:
+# connection exceptions (08), operator intervention (57P: shutdown, database dropped),
+# a database or table that no longer exists (3D000, 42P01), no connection slot (53300).
+DATABASE_AWAY_SQLSTATES = ("08", "57P", "3D000", "42P01", "53300")
+
+
 def database_is_away(exc: DBAPIError) -> bool:
-    """A lost or refused connection (a restart, a network fault), not a bug in a query."""
-    return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    """A lost or refused connection (a restart, a network fault, a dropped database), not a
+    bug in a query."""
+    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+    return (
+        exc.connection_invalidated
+        or isinstance(exc, OperationalError | InterfaceError)
+        or sqlstate.startswith(DATABASE_AWAY_SQLSTATES)
+    )
 
 
 class SafeJSONResponse(JSONResponse):
@@ -194,7 +258,9 @@ def status_phrase(status_code: int) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DomainError)
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        headers = dict(exc.headers)
+        if exc.status_code == 401:
+            headers["WWW-Authenticate"] = "Bearer"
         return JSONResponse(exc.body(), status_code=exc.status_code, headers=headers)
 
     async def handle_validation(_request: Request, exc: Exception) -> JSONResponse:
@@ -219,12 +285,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def handle_database(request: Request, exc: Exception) -> JSONResponse:
         # The pool does not ping before each checkout; a connection that died since its
-        # last use fails here once, and SQLAlchemy then replaces the whole pool.
+        # last use fails here once, and SQLAlchemy then replaces the whole pool. A refused
+        # new connection is the driver's own OSError, which SQLAlchemy passes on as it is
+        # (the only peers a request connects to are the database and Redis, whose client
+        # raises its own errors).
         if isinstance(exc, DBAPIError) and is_concurrency_conflict(exc):
             # Retried where it can happen; one that still escapes is the client's to retry.
             log.warning("event=concurrent_change path=%s reason=%r", request.url.path, exc)
             return await handle(request, ConcurrentChange())
-        if isinstance(exc, PoolTimeout) or (isinstance(exc, DBAPIError) and database_is_away(exc)):
+        if isinstance(exc, PoolTimeout | ConnectionError | TimeoutError | socket.gaierror) or (
+            isinstance(exc, DBAPIError) and database_is_away(exc)
+        ):
             log.warning("event=database_unavailable path=%s reason=%r", request.url.path, exc)
             return await handle(request, DatabaseUnavailable())
         log.error("event=database_error path=%s", request.url.path, exc_info=exc)
@@ -233,5 +304,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DomainError, handle)
     app.add_exception_handler(DBAPIError, handle_database)
     app.add_exception_handler(PoolTimeout, handle_database)
+    app.add_exception_handler(OSError, handle_database)
     app.add_exception_handler(RequestValidationError, handle_validation)
     app.add_exception_handler(HTTPException, handle_http)

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.core.metrics import REDIS_RECONNECTS
 from app.core.redis import DEFAULT_HEALTH_CHECK_INTERVAL_SECONDS, pubsub_messages, redis_key
 from app.core.supervisor import stop_tasks, supervise
 
@@ -202,6 +203,7 @@ class JobEvents:
                 raise
             except Exception as exc:  # any failure: fall back to polling, then reconnect
                 self._subscribed.clear()
+                REDIS_RECONNECTS.labels("jobs").inc()
                 log.warning(
                     "event=wakeups_lost reason=%r retry_in=%.2fs fallback=polling", exc, backoff
                 )

@@ -1,16 +1,25 @@
-"""Structured log lines: `time level logger event=... key=value ...`."""
+"""Structured log lines: `time level logger event=... key=value ...`, or one JSON object per
+line (`LOG_FORMAT=json`); each line an HTTP request causes carries its `request_id`."""
 
 from __future__ import annotations
 
+import contextvars
+import json
 import logging
 import re
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 
-FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s%(request_suffix)s"
 # Access tokens travel in WebSocket URLs (`?token=`), which uvicorn logs.
 SECRET_IN_URL = re.compile(r"((?:access_)?token=)[^&\s\"']+")
+# `key=value` fields of a structured message; a value runs until the next ` key=`.
+FIELD = re.compile(r"(\w+)=(.*?)(?= \w+=|$)")
+
+# The id of the HTTP request being handled (set by app/api/observability.py), if any.
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 
 class RedactSecrets(logging.Filter):
@@ -73,16 +82,52 @@ class SummariseAgentTraffic(logging.Filter):
         return False
 
 
-def configure_logging(level: str = "INFO", *, agent_traffic: bool = False) -> None:
+class AddRequestId(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        current = request_id.get()
+        record.request_id = current
+        record.request_suffix = f" request_id={current}" if current else ""
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """`{"time", "level", "logger", "event", <the key=value fields>, "request_id"}`; a line
+    that is not `event=...` keeps its text as `message`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+        }
+        if message.startswith("event="):
+            line.update(dict(FIELD.findall(message)))
+        else:
+            line["message"] = message
+        if getattr(record, "request_id", None):
+            line["request_id"] = record.request_id  # type: ignore[attr-defined]
+        if record.exc_info:
+            line["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure_logging(
+    level: str = "INFO", log_format: str = "text", *, agent_traffic: bool = False
+) -> None:
     """`agent_traffic`: every agent price push and long-poll in the access log, instead
     of a summary a minute."""
     root = logging.getLogger()
-    if not any(getattr(h, "_mt5gate", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(FORMAT))
-        handler.addFilter(RedactSecrets())
-        handler._mt5gate = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
+    for handler in [h for h in root.handlers if getattr(h, "_mt5gate", False)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(FORMAT))
+    handler.addFilter(RedactSecrets())
+    handler.addFilter(AddRequestId())
+    handler._mt5gate = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("mt5gate").setLevel(level.upper())
     access = logging.getLogger("uvicorn.access")

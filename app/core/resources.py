@@ -15,8 +15,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory, single_statement_engine
 from app.core.job_events import JobEvents
+from app.core.rate_limits import RateLimiter
 from app.core.redis import create_redis
+from app.services.api_keys import (
+    KEY_RECHECK_SECONDS,
+    LAST_USED_FLUSH_SECONDS,
+    KeySockets,
+    KeyUsage,
+)
 from app.services.jobs import JobStore, recheck_waiters, run_every, sweep_jobs
+from app.services.rate_limits import TradingLimit
 from app.ws.manager import WebSocketManager
 
 JOB_SWEEP_INTERVAL_SECONDS = 1.0
@@ -30,8 +38,12 @@ class Resources:
     db: AsyncEngine
     session_factory: async_sessionmaker[AsyncSession]
     redis: Redis
+    limiter: RateLimiter
+    trading_limit: TradingLimit
     jobs: JobStore
     ws: WebSocketManager
+    key_usage: KeyUsage
+    key_sockets: KeySockets
 
 
 @asynccontextmanager
@@ -61,9 +73,16 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             poll_interval=settings.job_poll_interval_seconds,
             result_timeout=settings.job_result_timeout_seconds,
         )
+        key_usage = KeyUsage(db)
+        stack.push_async_callback(key_usage.flush)  # after the loop below has stopped
+        key_sockets = KeySockets(redis, db, keepalive=settings.redis_health_check_interval_seconds)
+        await key_sockets.start()
+        stack.push_async_callback(key_sockets.stop)
         for name, interval, work in (
             ("job_sweep", JOB_SWEEP_INTERVAL_SECONDS, partial(sweep_jobs, jobs)),
             ("waiter_recheck", jobs.poll_interval, partial(recheck_waiters, jobs)),
+            ("key_usage_flush", LAST_USED_FLUSH_SECONDS, key_usage.flush),
+            ("key_socket_recheck", KEY_RECHECK_SECONDS, key_sockets.recheck),
         ):
             task = asyncio.create_task(run_every(interval, work, name=name), name=name)
             stack.push_async_callback(cancel_and_wait, task)
@@ -77,8 +96,12 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             db=db,
             session_factory=session_factory,
             redis=redis,
+            limiter=RateLimiter(settings.redis_url, redis),
+            trading_limit=TradingLimit(settings.rate_limit_trading_per_second),
             jobs=jobs,
             ws=ws,
+            key_usage=key_usage,
+            key_sockets=key_sockets,
         )
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -19,17 +21,38 @@ _password_hasher = PasswordHasher()
 _DUMMY_HASH = _password_hasher.hash("not-a-real-password")
 
 
-def hash_password(password: str) -> str:
+# argon2 costs ~100 ms per hash or verify, by design, so it never runs on the event loop,
+# where it would stall every request, long-poll and socket of the process for that long.
+# It runs in one worker thread (argon2-cffi releases the GIL): each verification already
+# spreads its 4 lanes over threads of its own, so more workers would not log anyone in
+# sooner, only leave the event loop a smaller share of the cores during a burst of logins.
+_argon2_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="argon2")
+
+
+def _hash_password(password: str) -> str:
     return _password_hasher.hash(password)
 
 
-def verify_password(password: str, password_hash: str | None) -> bool:
+def _verify_password(password: str, password_hash: str | None) -> bool:
     try:
         return _password_hasher.verify(password_hash or _DUMMY_HASH, password) and bool(
             password_hash
         )
     except (VerificationError, InvalidHashError):
         return False
+
+
+async def hash_password(password: str) -> str:
+    return await asyncio.get_running_loop().run_in_executor(
+        _argon2_worker, _hash_password, password
+    )
+
+
+async def verify_password(password: str, password_hash: str | None) -> bool:
+    """Also for an unknown account (`None`): as slow as a wrong password, so equally quiet."""
+    return await asyncio.get_running_loop().run_in_executor(
+        _argon2_worker, _verify_password, password, password_hash
+    )
 
 
 @dataclass(frozen=True)
@@ -86,6 +109,20 @@ def new_agent_token() -> str:
 def hash_agent_token(token: str) -> str:
     # The token is 256 random bits, so a fast hash is enough; no salt or KDF needed.
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+API_KEY_PREFIX = "mt5g_"
+# What a key's `prefix` shows of it: enough to tell keys apart, far too little to guess.
+API_KEY_SHOWN_CHARS = 12
+
+
+def new_api_key() -> str:
+    return API_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> str:
+    # 256 random bits, like an agent token: a fast hash is enough.
+    return hash_agent_token(key)
 
 
 def agent_token_matches(token: str, token_hash: str) -> bool:

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.errors import InvalidResult, JobNotRunning
 from app.core.job_events import CREATED_CHANNEL, FINISHED_CHANNEL, JobEvents, Wakeup
+from app.core.metrics import JOB_ROUND_TRIP_SECONDS
 from app.models import Agent, Job, detached, utcnow
 from app.schemas.agents import CompletedResult, FailedResult
 from app.schemas.trading import OUTPUT_MODELS
@@ -329,8 +330,17 @@ class JobWatch:
         self.store = store
         self.job_id = job_id
         self.finished = finished
+        self.started = time.perf_counter()
 
     async def result(self, job: Job, *, timeout: float) -> Job:
+        """`wait_for_result`, timed: the job's round trip as its waiter sees it, by type and
+        outcome (the status it ends the wait in: `pending` when the wait ran out)."""
+        job = await self.wait_for_result(job, timeout=timeout)
+        elapsed = time.perf_counter() - self.started
+        JOB_ROUND_TRIP_SECONDS.labels(job.job_type, job.status).observe(elapsed)
+        return job
+
+    async def wait_for_result(self, job: Job, *, timeout: float) -> Job:
         """Waits from the state `job` (read or created while watching) until the job is
         final or `timeout` passes; returns the job as it then is.
 

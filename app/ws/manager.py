@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
 from app.core.config import Settings
+from app.core.metrics import REDIS_RECONNECTS, TICKS_DELIVERED, TICKS_RECEIVED
 from app.core.redis import pubsub_messages
 from app.core.supervisor import stop_tasks, supervise
 from app.ws.protocol import FRAME_WRITER, text_frame
@@ -325,6 +326,7 @@ class WebSocketManager:
         message = Outgoing.of(tick_frame(tick))
         for sock in sockets:
             sock.offer(tick.instrument, message)
+        TICKS_DELIVERED.inc(len(sockets))
         return len(sockets)
 
     # -- observing it (tests, logs) -----------------------------------------------------
@@ -411,6 +413,8 @@ class WebSocketManager:
                 log.exception("event=ws_listener_failed retry_in=%.1fs", backoff)
             finally:
                 self._forget_connection()
+                if not self._closing:
+                    REDIS_RECONNECTS.labels("prices").inc()
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
@@ -464,6 +468,7 @@ class WebSocketManager:
         except MalformedTick as exc:
             self._log_malformed(instrument, exc, data)
             return
+        TICKS_RECEIVED.inc()
         self.broadcast(tick)
 
     def _log_malformed(self, instrument: str, exc: MalformedTick, data: bytes | str) -> None:

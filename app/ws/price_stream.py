@@ -1,7 +1,8 @@
 """Live prices over WebSocket: `WS /ws/prices/{instrument}` and `WS /ws/prices`.
 
-Both take the access token as `?token=`; a missing, bad or expired one (or one that expires
-while the socket is open) closes the socket with 4001. Each socket gets the last-known tick
+Both take an access token or API key as `?token=` or an `Authorization: Bearer` header; a
+missing, bad or expired one (or one that expires or is revoked while the socket is open)
+closes the socket with 4001. Each socket gets the last-known tick
 of an instrument at once, then every tick published on `prices:{instrument}`:
 `{"type": "tick", "data": {"instrument", "bid", "ask", "ts"}}`.
 
@@ -26,10 +27,9 @@ from starlette.routing import Match, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from app.api.deps import authenticate_token, resources_of
+from app.api.deps import Principal, authenticate, resources_of
 from app.core.errors import InvalidTokenError
 from app.core.resources import Resources
-from app.core.security import InvalidToken, decode_access_token
 from app.ws.manager import (
     CLOSE_STALLED,
     PriceSocket,
@@ -61,57 +61,58 @@ async def instrument_prices(websocket: WebSocket) -> None:
     """Ticks of one instrument."""
     resources = resources_of(websocket)
     instrument: str = websocket.path_params["instrument"]
-    token = websocket.query_params.get("token")
-    expires_at = await accept_authenticated(websocket, resources, token)
-    if expires_at is None:
+    principal = await accept_authenticated(websocket, resources)
+    if principal is None:
         return
     if not is_instrument(instrument):
         sent = await close_quietly(websocket, CLOSE_POLICY_VIOLATION, "invalid_instrument", 1.0)
         log_closed(websocket, CLOSE_POLICY_VIOLATION, "invalid_instrument", frame_sent=sent)
         return
     await stream_prices(
-        websocket, resources, expires_at=expires_at, instruments=[instrument], commands=False
+        websocket, resources, principal=principal, instruments=[instrument], commands=False
     )
 
 
 async def prices(websocket: WebSocket) -> None:
     """Ticks of the instruments the client subscribes to."""
     resources = resources_of(websocket)
-    token = websocket.query_params.get("token")
-    expires_at = await accept_authenticated(websocket, resources, token)
-    if expires_at is None:
+    principal = await accept_authenticated(websocket, resources)
+    if principal is None:
         return
-    await stream_prices(websocket, resources, expires_at=expires_at, instruments=[], commands=True)
+    await stream_prices(websocket, resources, principal=principal, instruments=[], commands=True)
 
 
-async def accept_authenticated(
-    websocket: WebSocket, resources: Resources, token: str | None
-) -> datetime | None:
-    """Accepts the socket; returns when its token expires, or closes it (4001) and returns None.
+def socket_token(websocket: WebSocket) -> str | None:
+    """`?token=`, else the `Authorization: Bearer` header (programs that can set one)."""
+    token = websocket.query_params.get("token")
+    if token:
+        return token
+    scheme, _, credentials = websocket.headers.get("authorization", "").partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else None
+
+
+async def accept_authenticated(websocket: WebSocket, resources: Resources) -> Principal | None:
+    """Accepts the socket; returns whom it acts for, or closes it (4001) and returns None.
 
     The close needs an accepted socket: closing during the handshake would be an HTTP 403,
     and the client would never see the code.
     """
-    settings = resources.settings
     try:
-        await authenticate_token(token, resources)
-        claims = decode_access_token(
-            token or "", secret=settings.jwt_secret, algorithm=settings.jwt_algorithm
-        )
-    except (InvalidTokenError, InvalidToken):
+        principal = await authenticate(socket_token(websocket), resources)
+    except InvalidTokenError:
         await websocket.accept()
         sent = await close_quietly(websocket, CLOSE_INVALID_TOKEN, "invalid_token", 1.0)
         log_closed(websocket, CLOSE_INVALID_TOKEN, "invalid_token", frame_sent=sent)
         return None
     await websocket.accept()
-    return claims.expires_at
+    return principal
 
 
 async def stream_prices(
     websocket: WebSocket,
     resources: Resources,
     *,
-    expires_at: datetime,
+    principal: Principal,
     instruments: list[str],
     commands: bool,
 ) -> None:
@@ -128,9 +129,20 @@ async def stream_prices(
     sock = manager.connect(websocket)
     close: tuple[int, str] | None = None
     peer_code = 1005  # no status
-    remaining = (expires_at - datetime.now(UTC)).total_seconds()
+    expires_at = principal.expires_at
+    ends = None  # a key without expiry
+    if expires_at is not None:
+        ends = loop.time() + (expires_at - datetime.now(UTC)).total_seconds()
+
+    def revoke() -> None:  # its API key was revoked: end the handler now, then close 4001
+        if sock.close_code is None and sock.deadline is not None and not sock.deadline.expired():
+            sock.close_code = CLOSE_INVALID_TOKEN
+            sock.deadline.reschedule(loop.time())
+
+    key = principal.api_key
+    forget_key = resources.key_sockets.register(key.id, revoke) if key is not None else None
     try:
-        async with asyncio.timeout_at(loop.time() + remaining) as deadline:
+        async with asyncio.timeout_at(ends) as deadline:
             sock.deadline = deadline
             if instruments:
                 await manager.subscribe(sock, instruments)
@@ -143,9 +155,13 @@ async def stream_prices(
             raise
         if sock.close_code == CLOSE_STALLED:
             close = (CLOSE_STALLED, "stalled")
+        elif sock.close_code == CLOSE_INVALID_TOKEN:
+            close = (CLOSE_INVALID_TOKEN, "key_revoked")
         else:
             close = (CLOSE_INVALID_TOKEN, "token_expired")
     finally:
+        if forget_key is not None:
+            forget_key()
         manager.disconnect(sock)
     if close is None:
         log_closed(websocket, peer_code, opened_at=opened_at)

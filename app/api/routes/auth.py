@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from app.api.deps import SessionDep, SettingsDep
+from app.api.deps import ClientAddress, DbDep, LimiterDep, SessionDep, SettingsDep
 from app.core.config import Settings
 from app.core.security import create_access_token
 from app.models import User
@@ -35,9 +35,22 @@ async def register(body: Credentials, session: SessionDep, settings: SettingsDep
     return token_response(user, settings)
 
 
-@router.post("/login", responses={401: {"model": ErrorBody, "description": "invalid_credentials"}})
+@router.post(
+    "/login",
+    responses={
+        401: {"model": ErrorBody, "description": "invalid_credentials"},
+        429: {"model": ErrorBody, "description": "too_many_attempts (with Retry-After)"},
+        503: {"model": ErrorBody, "description": "rate_limiter_unavailable"},
+    },
+)
 async def login(
-    body: LoginCredentials, session: SessionDep, settings: SettingsDep
+    body: LoginCredentials,
+    db: DbDep,
+    limiter: LimiterDep,
+    client_address: ClientAddress,
+    settings: SettingsDep,
 ) -> TokenResponse:
-    user = await users.authenticate_user(session, email=body.email, password=body.password)
+    user = await users.login(
+        db, limiter, email=body.email, password=body.password, client_address=client_address
+    )
     return token_response(user, settings)
