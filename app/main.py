@@ -9,6 +9,7 @@ from contextlib import aclosing, asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from app.api.body_limit import BodySizeLimit
+from app.api.docs import DESCRIPTION, install_docs
 from app.api.routes import agents, auth, broker_connections, trading, users
 from app.core.config import Settings
 from app.core.errors import install_error_handlers
@@ -39,7 +40,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="mt5gate",
         version="0.1.0",
         summary="A REST and WebSocket trading gateway for MetaTrader 5 accounts.",
+        description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs, from local assets
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     install_error_handlers(app)
     api = APIRouter(prefix="/api/v1")
@@ -49,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(agents.router)
     api.include_router(trading.router)
     app.include_router(api)
+    install_docs(app)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(price_stream.PriceSocketRoutes)  # outermost of ours: see its docstring
     return app

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 log = logging.getLogger("mt5gate.errors")
 
@@ -191,6 +192,17 @@ def status_phrase(status_code: int) -> str:
         return "HTTP error"
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method the request's path has. Starlette's own 405 names only those of the
+    first route that matched the path, where several routes may share it (GET and POST)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route_methods
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DomainError)
@@ -203,9 +215,11 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = jsonable_encoder(json_safe(exc.errors()))
         return SafeJSONResponse({"detail": errors}, status_code=422)
 
-    async def handle_http(_request: Request, exc: Exception) -> Response:
+    async def handle_http(request: Request, exc: Exception) -> Response:
         # Framework errors (unknown path, wrong method, unparsable body) get a code too.
         assert isinstance(exc, HTTPException)
+        if exc.status_code == 405:
+            exc.headers = {**(exc.headers or {}), "Allow": allowed_methods(request)}
         if exc.status_code in {204, 304}:
             return Response(status_code=exc.status_code, headers=exc.headers)
         if not isinstance(exc.detail, str):

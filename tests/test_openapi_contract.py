@@ -1,0 +1,173 @@
+"""The served OpenAPI document is the truth: schemathesis runs every operation it lists,
+with every check, against a real server, and finds nothing.
+
+The run is authenticated as a real user would be: an onboarded user whose agent is online
+and answers its jobs (and is the price source), so the trading routes answer with data and
+not only with their errors; the agent routes get that agent's own token and id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+import schemathesis
+from schemathesis.checks import CHECKS
+from schemathesis.engine import from_schema
+from schemathesis.engine.events import EngineFinished, FatalError, NonFatalError, ScenarioFinished
+from schemathesis.engine.recorder import CheckNode
+from sqlalchemy import update
+
+from app.core.config import Settings
+from app.models import Agent
+from tests.conftest import make_settings
+from tests.flows import Trader
+from tests.servers import RunningApi
+from tests.stores import Store
+from tests.trading_agent import instant
+
+# Examples per operation and phase: enough to reach every documented answer, few enough
+# that the run stays within a CI budget (about 30 s a store for the routes of today).
+MAX_EXAMPLES = 10
+# Operations with a rule that JSON Schema cannot express, so that input the schema allows
+# may still be a 422: what the rule is (the schema's description says it too).
+CROSS_FIELD_RULES = {
+    ("POST", "/api/v1/agents/{agent_id}/prices"): "a tick's ask is not below its bid",
+}
+POSITIVE_DATA_STATUSES = ["2xx", "3xx", "401", "403", "404", "409", "429"]
+
+
+@pytest.fixture
+def settings(store: Store) -> Settings:
+    # Short waits: a request whose job nobody answers (schemathesis may claim it through
+    # the agent routes and never answer) returns its 202/504 at once.
+    return make_settings(
+        store, trade_wait_seconds=0.5, read_wait_seconds=0.5, candles_wait_seconds=0.5
+    )
+
+
+async def answer_jobs(client: httpx.AsyncClient, trader: Trader) -> None:
+    """The trader's agent, answering every job it gets as a healthy broker would."""
+    agent = trader.agent
+    while True:
+        response = await client.get(
+            agent.path("jobs/next"), params={"wait": 5}, headers=agent.headers
+        )
+        if response.status_code != 200:
+            continue
+        job = response.json()
+        await client.post(
+            agent.path(f"jobs/{job['id']}/result"), json=instant(job), headers=agent.headers
+        )
+
+
+@contextlib.asynccontextmanager
+async def healthy_agent(client: httpx.AsyncClient, trader: Trader) -> AsyncIterator[None]:
+    task = asyncio.create_task(answer_jobs(client, trader))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def make_price_source(api: RunningApi, trader: Trader) -> None:
+    async with api.resources.session_factory() as session:
+        await session.execute(
+            update(Agent).where(Agent.id == uuid.UUID(trader.agent.id)).values(is_price_source=True)
+        )
+        await session.commit()
+
+
+@dataclass
+class Outcome:
+    operations: set[str] = field(default_factory=set)
+    failures: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    cases: int = 0
+
+
+def describe(label: str, check: CheckNode) -> str:
+    """One failure in a few lines: the check, what it saw, and the request (as curl)."""
+    assert check.failure_info is not None
+    failure = check.failure_info.failure
+    message = "\n".join(failure.message.splitlines()[:4])
+    return f"{label} [{check.name}] {failure.title}\n{message}\n{check.failure_info.code_sample}"
+
+
+def run_schemathesis(base_url: str, trader: Trader) -> Outcome:
+    config = schemathesis.Config.from_dict(
+        {
+            "seed": 20261201,
+            "cache": {"enabled": False},
+            "generation": {"max-examples": MAX_EXAMPLES, "database": "none"},
+            "checks": {
+                "max_response_time": 5.0,
+                # Without 5xx: schemathesis lets a 5xx pass for valid input (it is the
+                # not_a_server_error check's to report); here it is a failure twice over.
+                "positive_data_acceptance": {"expected-statuses": POSITIVE_DATA_STATUSES},
+            },
+            "headers": {"Authorization": f"Bearer {trader.user.token}"},
+            "request-timeout": 10,
+            "operations": [
+                {
+                    "include-tag": "agents",
+                    "headers": {"Authorization": f"Bearer {trader.agent.token}"},
+                    # `wait`: a long-poll that found no job would hold the run for 30 s.
+                    "parameters": {"agent_id": trader.agent.id, "wait": 0},
+                },
+                *(
+                    {
+                        "include-method": method,
+                        "include-path": path,
+                        "checks": {
+                            "positive_data_acceptance": {
+                                "expected-statuses": [*POSITIVE_DATA_STATUSES, "422"]
+                            }
+                        },
+                    }
+                    for method, path in CROSS_FIELD_RULES
+                ),
+            ],
+        }
+    )
+    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json", config=config)
+    outcome = Outcome()
+    for event in from_schema(schema).execute():
+        if isinstance(event, ScenarioFinished):
+            outcome.operations.add(event.recorder.label)
+            outcome.cases += len(event.recorder.cases)
+            for checks in event.recorder.checks.values():
+                for check in checks:
+                    if check.failure_info is not None:
+                        outcome.failures.append(describe(event.recorder.label, check))
+        elif isinstance(event, NonFatalError):
+            outcome.errors.append(f"{event.label}: {event.info.format()}")
+        elif isinstance(event, FatalError):
+            outcome.errors.append(f"fatal: {event.exception!r}")
+        elif isinstance(event, EngineFinished):
+            outcome.failures.extend(str(failure) for failure in event.failures)
+    return outcome
+
+
+async def test_every_operation_holds_to_the_served_schema_under_every_check(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    await make_price_source(api, trader)
+    served = (await client.get(f"{api.base_url}/openapi.json")).json()
+    operations = {
+        f"{method.upper()} {path}" for path, item in served["paths"].items() for method in item
+    }
+    async with healthy_agent(client, trader):
+        outcome = await asyncio.to_thread(run_schemathesis, api.base_url, trader)
+    problems = [*outcome.errors, *dict.fromkeys(outcome.failures)]
+    assert not problems, f"{len(problems)} problems:\n\n" + "\n\n".join(problems)
+    assert operations <= outcome.operations, operations - outcome.operations
+    assert outcome.cases > 0
+    assert {check.__name__ for check in CHECKS.get_all()} >= {"not_a_server_error"}
