@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 
 log = logging.getLogger("mt5gate.errors")
 
@@ -192,15 +192,23 @@ def status_phrase(status_code: int) -> str:
         return "HTTP error"
 
 
-def allowed_methods(request: Request) -> str:
-    """Every method the request's path has. Starlette's own 405 names only those of the
-    first route that matched the path, where several routes may share it (GET and POST)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        route_methods = getattr(route, "methods", None)
-        if route_methods and route.matches(request.scope)[0] is not Match.NONE:
-            methods |= route_methods
-    return ", ".join(sorted(methods))
+PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> str | None:
+    """Every method the request's path has, asked of the routes themselves. Starlette's own
+    405 names only the methods of the first route that matched the path, where several may
+    share it (GET and POST); FastAPI's included routers keep their routes to themselves,
+    so each top-level route is asked whether it would take the path with each method."""
+    routes = [route for route in request.app.router.routes if not isinstance(route, Mount)]
+    allowed = [
+        method
+        for method in PROBED_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    return ", ".join(allowed) or None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -218,8 +226,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def handle_http(request: Request, exc: Exception) -> Response:
         # Framework errors (unknown path, wrong method, unparsable body) get a code too.
         assert isinstance(exc, HTTPException)
-        if exc.status_code == 405:
-            exc.headers = {**(exc.headers or {}), "Allow": allowed_methods(request)}
+        allow = allowed_methods(request) if exc.status_code == 405 else None
+        if allow is not None:
+            exc.headers = {**(exc.headers or {}), "Allow": allow}
         if exc.status_code in {204, 304}:
             return Response(status_code=exc.status_code, headers=exc.headers)
         if not isinstance(exc.detail, str):

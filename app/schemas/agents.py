@@ -6,7 +6,7 @@ import math
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, RootModel, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
 
 from app.schemas.common import JSON_INTEGER, STORABLE, UtcDatetime
 from app.schemas.trading import SYMBOL_PATTERN, JobType
@@ -85,7 +85,9 @@ PricesByInstrument = Annotated[
 
 
 class PricePush(RootModel[PricesByInstrument]):
-    pass
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"EURUSD": {"bid": 1.0845, "ask": 1.0847}}]}
+    )
 
 
 class PricesAccepted(BaseModel):
