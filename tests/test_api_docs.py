@@ -107,6 +107,17 @@ async def test_every_body_documents_400_and_413(served: dict[str, Any]) -> None:
             assert answer["content"]["application/json"]["schema"] == ERROR_BODY
 
 
+async def test_every_api_operation_documents_503_database_unavailable(
+    served: dict[str, Any],
+) -> None:
+    for method, path, operation in operations(served):
+        if path.startswith("/api/"):
+            answer = operation["responses"]["503"]
+            assert "`database_unavailable`" in answer["description"], (method, path)
+            schema = answer["content"]["application/json"]["schema"]
+            assert schema == ERROR_BODY or ERROR_BODY in schema["anyOf"], (method, path)
+
+
 async def test_every_422_allows_the_validation_list(served: dict[str, Any]) -> None:
     checked = 0
     for method, path, operation in operations(served):

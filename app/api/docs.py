@@ -2,11 +2,12 @@
 installed `fastapi-swagger` package (no CDN: it works offline), and an OpenAPI document
 that tells the truth about the answers every operation can give.
 
-FastAPI documents what a route declares. What the framework and our middleware answer on
-their own is added here once, for every operation, so a new route is documented like the
-others without repeating it: `400 bad_request` and `413 body_too_large` wherever a body is
-read, and FastAPI's list-shaped validation 422 next to a route's own 422 bodies
-(`order_rejected`, `broker_error`, ...), which it would otherwise replace.
+FastAPI documents what a route declares. What the framework, our middleware and our error
+handlers answer on their own is added here once, for every operation, so a new route is
+documented like the others without repeating it: `400 bad_request` and `413 body_too_large`
+wherever a body is read, FastAPI's list-shaped validation 422 next to a route's own 422
+bodies (`order_rejected`, `broker_error`, ...), which it would otherwise replace, and
+`503 database_unavailable` on every API route.
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ SWAGGER_JS, SWAGGER_CSS, SWAGGER_FAVICON = (
 )
 
 DESCRIPTION = """\
-A REST and WebSocket gateway for MetaTrader 5 accounts. The contract, with everything
-below in full, is `docs/API.md` in the repository.
+The contract, with everything below in full, is `docs/API.md` in the repository.
 
 **Authentication.** Users send `Authorization: Bearer <access_token>` (from
 `POST /api/v1/auth/register` or `/auth/login`); agents send their agent token on the
@@ -131,6 +131,8 @@ BODY_ERRORS: dict[str, dict[str, Any]] = {
         "content": {"application/json": {"schema": ERROR_BODY_REF}},
     },
 }
+VALIDATION_FAILED = "Validation Error: `detail` is FastAPI's list of errors"
+DATABASE_UNAVAILABLE = "`database_unavailable`: the database connection was lost; try again."
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
@@ -171,33 +173,38 @@ def install_docs(app: FastAPI) -> None:
 def document_framework_errors(schema: dict[str, Any]) -> None:
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.setdefault("ErrorBody", ErrorBody.model_json_schema())
-    for operation in operations(schema):
+    for path, operation in operations(schema):
         answers: dict[str, Any] = operation.setdefault("responses", {})
         if "requestBody" in operation:
             for status, answer in BODY_ERRORS.items():
                 answers.setdefault(status, answer)
         if "requestBody" in operation or operation.get("parameters"):
-            add_validation_shape(answers)
-    if any("422" in op.get("responses", {}) for op in operations(schema)):
+            also_allow(answers, "422", VALIDATION_ERROR_REF, VALIDATION_FAILED)
+        if path.startswith("/api/"):  # every API route reads the database
+            also_allow(answers, "503", ERROR_BODY_REF, DATABASE_UNAVAILABLE)
+    if any("422" in operation["responses"] for _, operation in operations(schema)):
         for name, definition in VALIDATION_ERROR_SCHEMAS.items():
             components.setdefault(name, definition)
 
 
-def add_validation_shape(answers: dict[str, Any]) -> None:
-    """Makes a 422 that documents only a route's own bodies also allow FastAPI's list."""
-    answer = answers.setdefault("422", {"description": "Validation Error"})
+def also_allow(answers: dict[str, Any], status: str, body: dict[str, Any], text: str) -> None:
+    """Adds a body shape (and its description) to a status, next to what a route declared
+    for it: a route's own 422 replaces FastAPI's list in the document, not on the wire."""
+    answer = answers.setdefault(status, {"description": text})
+    if text not in answer["description"]:
+        answer["description"] = f"{answer['description'].rstrip('.')}; or {text}"
     media = answer.setdefault("content", {}).setdefault("application/json", {})
     declared = media.get("schema")
     if declared is None:
-        media["schema"] = VALIDATION_ERROR_REF
-    elif declared != VALIDATION_ERROR_REF and VALIDATION_ERROR_REF not in declared.get("anyOf", []):
-        media["schema"] = {"anyOf": [VALIDATION_ERROR_REF, declared]}
+        media["schema"] = body
+    elif declared != body and body not in declared.get("anyOf", []):
+        media["schema"] = {"anyOf": [body, declared]}
 
 
-def operations(schema: dict[str, Any]) -> list[dict[str, Any]]:
+def operations(schema: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [
-        operation
-        for item in schema.get("paths", {}).values()
+        (path, operation)
+        for path, item in schema.get("paths", {}).items()
         for method, operation in item.items()
         if method in HTTP_METHODS
     ]

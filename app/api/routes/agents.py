@@ -84,7 +84,11 @@ async def next_job(
     "/jobs/{job_id}/result",
     responses={
         409: {"model": ErrorBody, "description": "job_not_running"},
-        422: {"description": "invalid_result, or a malformed body"},
+        422: {
+            "model": ErrorBody,
+            "description": "`invalid_result`: `output_data` has the wrong shape for the job "
+            "type (the job stays running)",
+        },
     },
 )
 async def post_result(

@@ -45,7 +45,7 @@ BROKER_ERROR: Responses = {
     422: {
         "model": BrokerErrorBody,
         "description": "`broker_error`: the broker or the terminal refused; `error.code` says "
-        "why (`invalid_symbol`, `market_closed`, ...). Also FastAPI's validation errors.",
+        "why (`invalid_symbol`, `market_closed`, ...).",
     }
 }
 READ_TIMEOUT: Responses = {504: error("agent_timeout", "no answer within the wait budget.")}
@@ -117,8 +117,7 @@ ORDER_STATUS_CODES = {
         ),
         422: {
             "model": OrderRejectedBody,
-            "description": "`order_rejected`: the broker said no (`order.error`). Also "
-            "FastAPI's validation errors.",
+            "description": "`order_rejected`: the broker said no (`order.error`).",
         },
         404: AGENT_ERRORS[404],
         503: AGENT_ERRORS[503],
