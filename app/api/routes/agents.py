@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, Request, Response, status
 
 from app.api.deps import CurrentAgent, JobStoreDep, RedisDep, SessionFactoryDep, SettingsDep
+from app.api.docs import cross_field_rules
 from app.core.errors import InvalidAgentToken
 from app.core.security import decrypt_secret
 from app.models import BrokerConnection
@@ -105,6 +106,7 @@ async def post_result(
     "/prices",
     status_code=status.HTTP_202_ACCEPTED,
     responses={403: {"model": ErrorBody, "description": "not_price_source"}},
+    openapi_extra=cross_field_rules("a tick's `ask` is not below its `bid`"),
 )
 async def push_prices(agent: CurrentAgent, redis: RedisDep, ticks: PricePush) -> PricesAccepted:
     """Price sources only: stores each tick as `prices:{instrument}` and publishes it."""
