@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from app.api.deps import OnboardedUser, RedisDep, ResourcesDep, get_onboarded_user
+from app.api.docs import cross_field_rules
 from app.core.errors import OrderRejected
 from app.schemas.common import ErrorBody
 from app.schemas.orders import OrderCreate, OrderRead, OrderRejectedBody
@@ -321,6 +322,7 @@ CACHE_HEADER = {"X-Cache": {"description": "`hit` or `miss`", "schema": {"type":
         ),
         504: error("agent_timeout", "no answer within 10 s."),
     },
+    openapi_extra=cross_field_rules("`broker_connection_id` needs `source=account`"),
 )
 async def candles(
     instrument: Annotated[str, Path(pattern=SYMBOL_PATTERN, examples=["EURUSD"])],
