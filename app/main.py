@@ -9,6 +9,7 @@ from contextlib import aclosing, asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from app.api.body_limit import BodySizeLimit
+from app.api.docs import DESCRIPTION, install_docs
 from app.api.observability import RequestObservability
 from app.api.route_templates import route_templates
 from app.api.routes import agents, api_keys, auth, broker_connections, health, trading, users
@@ -41,7 +42,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="mt5gate",
         version="0.1.0",
         summary="A REST and WebSocket trading gateway for MetaTrader 5 accounts.",
+        description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served by install_docs, from local assets
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
     )
     install_error_handlers(app)
     api = APIRouter(prefix="/api/v1")
@@ -53,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(api_keys.router)
     app.include_router(api)
     app.include_router(health.router)
+    install_docs(app)
     app.state.route_templates = route_templates(app)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(RequestObservability, metrics=settings.metrics_enabled)

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from app.core.db import in_transaction
+from app.schemas.broker_connections import MAX_LOGIN
 from tests.conftest import make_settings
 from tests.flows import (
     AgentHandle,
@@ -288,6 +289,9 @@ BAD_CONNECTION_BODIES: dict[str, object] = {
     "login-zero": {"server": "s", "login": 0, "password": "p"},
     "login-negative": {"server": "s", "login": -5, "password": "p"},
     "login-bigint-overflow": {"server": "s", "login": 2**63, "password": "p"},
+    "login-beyond-the-bound": {"server": "s", "login": MAX_LOGIN + 1, "password": "p"},
+    "login-numeric-string": {"server": "s", "login": "5001234", "password": "p"},
+    "login-true": {"server": "s", "login": True, "password": "p"},
     "login-huge": {"server": "s", "login": 10**300, "password": "p"},
     "login-list": {"server": "s", "login": [1], "password": "p"},
     "server-blank": {"server": "   ", "login": 1, "password": "p"},
@@ -328,10 +332,27 @@ async def test_nan_login_is_422(client: httpx.AsyncClient, user: TestUser) -> No
 
 
 async def test_largest_mt5_login_is_accepted(client: httpx.AsyncClient, user: TestUser) -> None:
-    connection_id = await add_connection(client, user, login=2**63 - 1)
+    connection_id = await add_connection(client, user, login=MAX_LOGIN)
     [connection] = await list_connections(client, user)
     assert connection["id"] == connection_id
-    assert connection["login"] == 2**63 - 1
+    assert connection["login"] == MAX_LOGIN
+
+
+async def test_login_bound_is_the_one_the_schema_documents(
+    api: RunningApi, client: httpx.AsyncClient
+) -> None:
+    schema = (await client.get(f"{api.base_url}/openapi.json")).json()
+    login = schema["components"]["schemas"]["BrokerConnectionCreate"]["properties"]["login"]
+    assert (login["type"], login["exclusiveMinimum"], login["maximum"]) == ("integer", 0, MAX_LOGIN)
+
+
+async def test_login_as_a_json_number_without_a_fraction_is_accepted(
+    client: httpx.AsyncClient, user: TestUser
+) -> None:
+    # JSON Schema's integer: 5001234.0 is one, as the served schema lets clients send it.
+    await add_connection(client, user, login=5001234.0)
+    [connection] = await list_connections(client, user)
+    assert connection["login"] == 5001234
 
 
 async def test_malformed_connection_id_is_422(client: httpx.AsyncClient, user: TestUser) -> None:

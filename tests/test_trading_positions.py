@@ -178,6 +178,18 @@ async def test_patch_position_sends_only_the_levels_given(
     assert response.json() == {**POSITION, **sent}
 
 
+async def test_an_empty_patch_is_422_nothing_to_change_as_the_schema_says(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    response = await client.patch("/positions/50123", json={}, headers=trader.headers)
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert (error["type"], error["loc"]) == ("nothing_to_change", ["body"])
+    assert await job_count(api) == 0
+    schema = (await client.get(f"{api.base_url}/openapi.json")).json()
+    assert schema["components"]["schemas"]["PositionUpdate"]["minProperties"] == 1
+
+
 async def test_patching_a_position_that_does_not_exist_is_404_position_not_found(
     client: httpx.AsyncClient, trader: Trader
 ) -> None:

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
+from starlette.routing import Match, Mount
 
 log = logging.getLogger("mt5gate.errors")
 
@@ -255,6 +256,25 @@ def status_phrase(status_code: int) -> str:
         return "HTTP error"
 
 
+PROBED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> str | None:
+    """Every method the request's path has, asked of the routes themselves. Starlette's own
+    405 names only the methods of the first route that matched the path, where several may
+    share it (GET and POST); FastAPI's included routers keep their routes to themselves,
+    so each top-level route is asked whether it would take the path with each method."""
+    routes = [route for route in request.app.router.routes if not isinstance(route, Mount)]
+    allowed = [
+        method
+        for method in PROBED_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL for route in routes
+        )
+    ]
+    return ", ".join(allowed) or None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def handle(_request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, DomainError)
@@ -269,9 +289,12 @@ def install_error_handlers(app: FastAPI) -> None:
         errors = jsonable_encoder(json_safe(exc.errors()))
         return SafeJSONResponse({"detail": errors}, status_code=422)
 
-    async def handle_http(_request: Request, exc: Exception) -> Response:
+    async def handle_http(request: Request, exc: Exception) -> Response:
         # Framework errors (unknown path, wrong method, unparsable body) get a code too.
         assert isinstance(exc, HTTPException)
+        allow = allowed_methods(request) if exc.status_code == 405 else None
+        if allow is not None:
+            exc.headers = {**(exc.headers or {}), "Allow": allow}
         if exc.status_code in {204, 304}:
             return Response(status_code=exc.status_code, headers=exc.headers)
         if not isinstance(exc.detail, str):

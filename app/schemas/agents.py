@@ -6,9 +6,9 @@ import math
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, RootModel, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, StringConstraints, model_validator
 
-from app.schemas.common import STORABLE, UtcDatetime
+from app.schemas.common import JSON_INTEGER, STORABLE, UtcDatetime
 from app.schemas.trading import SYMBOL_PATTERN, JobType
 
 MAX_INSTRUMENTS_PER_PUSH = 1000
@@ -16,7 +16,7 @@ MAX_INSTRUMENTS_PER_PUSH = 1000
 
 class Heartbeat(BaseModel):
     version: Annotated[str, StringConstraints(max_length=64), STORABLE] | None = None
-    terminal_connected: bool | None = None
+    terminal_connected: bool | None = Field(default=None, strict=True)
 
 
 class ServerTime(BaseModel):
@@ -40,7 +40,7 @@ class JobRead(BaseModel):
 class JobError(BaseModel):
     code: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
     message: Annotated[str, StringConstraints(max_length=1000), STORABLE] = ""
-    retcode: int | None = Field(default=None, ge=-(2**31), lt=2**31)
+    retcode: Annotated[int, Field(ge=-(2**31), lt=2**31), JSON_INTEGER] | None = None
 
 
 class CompletedResult(BaseModel):
@@ -62,9 +62,14 @@ class JobResultAccepted(BaseModel):
 
 
 class TickIn(BaseModel):
-    bid: float = Field(gt=0, allow_inf_nan=False)
-    ask: float = Field(gt=0, allow_inf_nan=False)
-    ts: int | None = Field(default=None, ge=0, lt=2**53, description="Epoch milliseconds.")
+    """A quote; `ask` must not be below `bid` (a crossed quote is a 422)."""
+
+    # Strict numbers, as the schema says: a string "1.1" or `false` is a 422, not a guess.
+    bid: float = Field(gt=0, allow_inf_nan=False, strict=True)
+    ask: float = Field(gt=0, allow_inf_nan=False, strict=True)
+    ts: Annotated[int, Field(ge=0, lt=2**53), JSON_INTEGER] | None = Field(
+        default=None, description="Epoch milliseconds."
+    )
 
     @model_validator(mode="after")
     def _ask_not_below_bid(self) -> TickIn:
@@ -73,14 +78,16 @@ class TickIn(BaseModel):
         return self
 
 
-class PricePush(RootModel[dict[Annotated[str, StringConstraints(pattern=SYMBOL_PATTERN)], TickIn]]):
-    @model_validator(mode="after")
-    def _bounded(self) -> PricePush:
-        if not self.root:
-            raise ValueError("no instruments")
-        if len(self.root) > MAX_INSTRUMENTS_PER_PUSH:
-            raise ValueError(f"at most {MAX_INSTRUMENTS_PER_PUSH} instruments per push")
-        return self
+PricesByInstrument = Annotated[
+    dict[Annotated[str, StringConstraints(pattern=SYMBOL_PATTERN)], TickIn],
+    Field(min_length=1, max_length=MAX_INSTRUMENTS_PER_PUSH),
+]
+
+
+class PricePush(RootModel[PricesByInstrument]):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"EURUSD": {"bid": 1.0845, "ask": 1.0847}}]}
+    )
 
 
 class PricesAccepted(BaseModel):

@@ -5,14 +5,20 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from app.schemas.common import STORABLE, Schema, UtcDatetime
+from app.schemas.common import JSON_INTEGER, STORABLE, Schema, UtcDatetime
+
+# The largest integer that every JSON client (JavaScript's numbers, schema validators that
+# compare in floating point) holds exactly; MT5 logins are far below it.
+MAX_LOGIN = 2**53 - 1
 
 
 class BrokerConnectionCreate(BaseModel):
     server: Annotated[
         str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128), STORABLE
     ]
-    login: int = Field(gt=0, lt=2**63, description="The MT5 account number.")
+    login: Annotated[int, Field(gt=0, le=MAX_LOGIN), JSON_INTEGER] = Field(
+        description="The MT5 account number, from 1 to 2^53 - 1 (9007199254740991)."
+    )
     password: Annotated[str, StringConstraints(min_length=1, max_length=256), STORABLE] = Field(
         description="Encrypted at rest; never returned."
     )

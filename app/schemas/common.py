@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic_core import PydanticCustomError
 
 
 def iso_utc(value: datetime) -> str:
@@ -33,6 +34,20 @@ def reject_unstorable_text(value: Any) -> Any:
 # make pydantic check the length before `strip_whitespace` strips.
 STORABLE = BeforeValidator(reject_unstorable_text)
 Text = Annotated[str, STORABLE]
+
+
+def only_json_numbers(value: Any) -> Any:
+    """JSON Schema's `integer` is any number without a fraction (`5.0` too), and nothing
+    else; pydantic's lax int would also take `"5"` and `true`, its strict int not `5.0`."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+# Every integer of a request body is read as the OpenAPI schema documents it. It goes last
+# in `Annotated[int, Field(ge=...), JSON_INTEGER]`: put first, it would hide the bounds
+# from the JSON schema.
+JSON_INTEGER = BeforeValidator(only_json_numbers)
 
 
 class Schema(BaseModel):

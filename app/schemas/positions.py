@@ -6,15 +6,17 @@ import uuid
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from app.schemas.common import UtcDatetime
 from app.schemas.orders import OrderPrice
 
 
 class PositionUpdate(BaseModel):
-    """New stop-loss and/or take-profit. A field left out stays as it is; `null` removes it."""
+    """New stop-loss and/or take-profit. A field left out stays as it is; `null` removes it.
+    An empty body changes nothing and is refused: 422 with the error type `nothing_to_change`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
     sl: OrderPrice | None = None
     tp: OrderPrice | None = None
@@ -22,7 +24,9 @@ class PositionUpdate(BaseModel):
     @model_validator(mode="after")
     def _changes_something(self) -> PositionUpdate:
         if not self.model_fields_set:
-            raise ValueError("give sl, tp or both (null removes one)")
+            raise PydanticCustomError(
+                "nothing_to_change", "Give sl, tp or both (null removes one)."
+            )
         return self
 
     def job_input(self, ticket: int) -> dict[str, object]:

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, Request, Response, status
 
 from app.api.deps import CurrentAgent, JobStoreDep, RedisDep, SessionFactoryDep, SettingsDep
+from app.api.docs import cross_field_rules
 from app.core.errors import InvalidAgentToken
 from app.core.security import decrypt_secret
 from app.models import BrokerConnection
@@ -84,7 +85,11 @@ async def next_job(
     "/jobs/{job_id}/result",
     responses={
         409: {"model": ErrorBody, "description": "job_not_running"},
-        422: {"description": "invalid_result, or a malformed body"},
+        422: {
+            "model": ErrorBody,
+            "description": "`invalid_result`: `output_data` has the wrong shape for the job "
+            "type (the job stays running)",
+        },
     },
 )
 async def post_result(
@@ -101,6 +106,7 @@ async def post_result(
     "/prices",
     status_code=status.HTTP_202_ACCEPTED,
     responses={403: {"model": ErrorBody, "description": "not_price_source"}},
+    openapi_extra=cross_field_rules("a tick's `ask` is not below its `bid`"),
 )
 async def push_prices(agent: CurrentAgent, redis: RedisDep, ticks: PricePush) -> PricesAccepted:
     """Price sources only: stores each tick as `prices:{instrument}` and publishes it."""

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 from app.api.deps import OnboardedUser, RedisDep, ResourcesDep, get_onboarded_user
+from app.api.docs import cross_field_rules
 from app.core.errors import OrderRejected
 from app.schemas.common import ErrorBody
 from app.schemas.orders import OrderCreate, OrderRead, OrderRejectedBody
@@ -45,7 +46,7 @@ BROKER_ERROR: Responses = {
     422: {
         "model": BrokerErrorBody,
         "description": "`broker_error`: the broker or the terminal refused; `error.code` says "
-        "why (`invalid_symbol`, `market_closed`, ...). Also FastAPI's validation errors.",
+        "why (`invalid_symbol`, `market_closed`, ...).",
     }
 }
 READ_TIMEOUT: Responses = {504: error("agent_timeout", "no answer within the wait budget.")}
@@ -117,8 +118,7 @@ ORDER_STATUS_CODES = {
         ),
         422: {
             "model": OrderRejectedBody,
-            "description": "`order_rejected`: the broker said no (`order.error`). Also "
-            "FastAPI's validation errors.",
+            "description": "`order_rejected`: the broker said no (`order.error`).",
         },
         404: AGENT_ERRORS[404],
         503: AGENT_ERRORS[503],
@@ -322,6 +322,7 @@ CACHE_HEADER = {"X-Cache": {"description": "`hit` or `miss`", "schema": {"type":
         ),
         504: error("agent_timeout", "no answer within 10 s."),
     },
+    openapi_extra=cross_field_rules("`broker_connection_id` needs `source=account`"),
 )
 async def candles(
     instrument: Annotated[str, Path(pattern=SYMBOL_PATTERN, examples=["EURUSD"])],
