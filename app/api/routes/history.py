@@ -1,0 +1,85 @@
+"""The broker's history: deals and finished orders, newest first."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from app.api.deps import OnboardedUser, get_onboarded_user
+from app.api.routes.trading import (
+    AGENT_ERRORS,
+    BROKER_ERROR,
+    ConnectionQuery,
+    Responses,
+    TradingDep,
+    error,
+)
+from app.schemas.trading import SYMBOL_PATTERN, Deal, HistoryOrder
+from app.services import history as service
+from app.services.history import HistoryQuery
+
+router = APIRouter(
+    prefix="/history",
+    tags=["history"],
+    dependencies=[Depends(get_onboarded_user)],
+    responses={
+        401: error("invalid_token"),
+        403: error("onboarding_incomplete"),
+        **AGENT_ERRORS,
+        **BROKER_ERROR,
+        504: error("agent_timeout", "no answer within 10 s."),
+    },
+)
+
+
+async def history_query(
+    start: Annotated[
+        datetime | None,
+        Query(alias="from", description="ISO-8601 UTC, inclusive; default `to` − 7 days."),
+    ] = None,
+    end: Annotated[
+        datetime | None, Query(alias="to", description="ISO-8601 UTC, exclusive; default now.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before: Annotated[
+        int | None, Query(ge=0, lt=2**63, description="A ticket: the records older than it.")
+    ] = None,
+    symbol: Annotated[str | None, Query(pattern=SYMBOL_PATTERN)] = None,
+    position_id: Annotated[int | None, Query(ge=0, lt=2**63)] = None,
+) -> HistoryQuery:
+    return HistoryQuery(start, end, limit, before, symbol, position_id)
+
+
+HistoryQueryDep = Annotated[HistoryQuery, Depends(history_query)]
+RANGE_ERROR: Responses = {
+    422: {"description": "`invalid_range` (`to` not after `from`, or over 366 days apart), "
+          "`broker_error`, or FastAPI's validation errors."}
+}  # fmt: skip
+
+
+@router.get("/deals", responses=RANGE_ERROR)
+async def list_deals(
+    user: OnboardedUser,
+    trading: TradingDep,
+    query: HistoryQueryDep,
+    broker_connection_id: ConnectionQuery = None,
+) -> list[Deal]:
+    """The account's deals in `[from, to)`, newest first (waits up to 10 s)."""
+    return await service.list_deals(
+        trading, user_id=user.id, connection_id=broker_connection_id, query=query
+    )
+
+
+@router.get("/orders", responses=RANGE_ERROR)
+async def list_history_orders(
+    user: OnboardedUser,
+    trading: TradingDep,
+    query: HistoryQueryDep,
+    broker_connection_id: ConnectionQuery = None,
+) -> list[HistoryOrder]:
+    """The account's finished orders in `[from, to)`, newest first (waits up to 10 s)."""
+    return await service.list_history_orders(
+        trading, user_id=user.id, connection_id=broker_connection_id, query=query
+    )

@@ -1,0 +1,43 @@
+"""Pending orders: what a client sends to change or cancel one, and what it gets back."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.schemas.common import UtcDatetime
+from app.schemas.orders import ExpirationIn, OrderPrice, expiration_input
+
+
+class PendingOrderUpdate(BaseModel):
+    """New levels for a pending order. A field left out stays as it is; `null` removes
+    `sl` or `tp`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    price: OrderPrice | None = None
+    stop_limit_price: OrderPrice | None = None
+    sl: OrderPrice | None = None
+    tp: OrderPrice | None = None
+    expiration: ExpirationIn | None = None
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> PendingOrderUpdate:
+        if not self.model_fields_set:
+            raise ValueError("give price, stop_limit_price, sl, tp or expiration")
+        for name in ("price", "stop_limit_price", "expiration"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be removed (only sl and tp can)")
+        return self
+
+    def job_input(self, ticket: int) -> dict[str, object]:
+        """`{ticket, ...}` with only the fields given: the agent keeps an absent one."""
+        changes: dict[str, object] = {"ticket": ticket}
+        for name in self.model_fields_set:
+            value = getattr(self, name)
+            changes[name] = expiration_input(value) if name == "expiration" else value
+        return changes
+
+
+class PendingOrderCancelled(BaseModel):
+    ticket: int
+    cancelled_at: UtcDatetime = Field(description="When the broker deleted it.")

@@ -1,0 +1,108 @@
+"""The broker's history (deals, finished orders): one `get_history` job per read.
+
+The range is checked here, before any job: `to` after `from`, at most 366 days apart; both
+default to the last 7 days. The agent answers newest first; the answer is re-sorted here
+anyway, so that the order holds whatever the agent did.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from app.core.errors import InvalidRange
+from app.models import utcnow
+from app.schemas.trading import Deal, GetHistoryInput, HistoryOrder
+from app.services.orders import Trading
+from app.services.trading import read_output, run_job
+
+DEFAULT_SPAN = timedelta(days=7)
+MAX_SPAN = timedelta(days=366)
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    start: datetime | None
+    end: datetime | None
+    limit: int
+    before: int | None
+    symbol: str | None
+    position_id: int | None
+
+
+def as_utc(moment: datetime) -> datetime:
+    """A time without a zone is taken as UTC, the contract's zone."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def history_range(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+    """`[from, to)`: the defaults filled in, the span checked (422 `invalid_range`)."""
+    end = as_utc(end) if end is not None else None
+    start = as_utc(start) if start is not None else None
+    if end is None:
+        end = utcnow() if start is None else max(utcnow(), start + timedelta(seconds=1))
+    if start is None:
+        start = end - DEFAULT_SPAN
+    if end <= start:
+        raise InvalidRange("`to` must be after `from`.")
+    if end - start > MAX_SPAN:
+        raise InvalidRange("`from` and `to` may be at most 366 days apart.")
+    return start, end
+
+
+async def fetch_history(
+    trading: Trading,
+    *,
+    user_id: uuid.UUID,
+    connection_id: uuid.UUID | None,
+    kind: Literal["deals", "orders"],
+    query: HistoryQuery,
+) -> list[dict[str, Any]]:
+    """The agent's records of `kind` for the query (a 504 when it does not answer)."""
+    start, end = history_range(query.start, query.end)
+    request = GetHistoryInput.model_validate(
+        {
+            "kind": kind,
+            "from": start,
+            "to": end,
+            "limit": query.limit,
+            "before": query.before,
+            "symbol": query.symbol,
+            "position_id": query.position_id,
+        }
+    )
+    job = await run_job(
+        trading,
+        user_id=user_id,
+        connection_id=connection_id,
+        job_type="get_history",
+        input_data=request.model_dump(mode="json", by_alias=True, exclude_none=True),
+        ttl_seconds=trading.settings.read_job_ttl_seconds,
+        wait=trading.settings.history_wait_seconds,
+    )
+    records: list[dict[str, Any]] = read_output(job).get(kind) or []
+    return records
+
+
+async def list_deals(
+    trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None, query: HistoryQuery
+) -> list[Deal]:
+    records = await fetch_history(
+        trading, user_id=user_id, connection_id=connection_id, kind="deals", query=query
+    )
+    deals = [Deal.model_validate(record) for record in records]
+    deals.sort(key=lambda d: (d.time, d.ticket), reverse=True)
+    return deals[: query.limit]
+
+
+async def list_history_orders(
+    trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None, query: HistoryQuery
+) -> list[HistoryOrder]:
+    records = await fetch_history(
+        trading, user_id=user_id, connection_id=connection_id, kind="orders", query=query
+    )
+    orders = [HistoryOrder.model_validate(record) for record in records]
+    orders.sort(key=lambda o: (o.done_at or o.placed_at, o.ticket), reverse=True)
+    return orders[: query.limit]
