@@ -18,7 +18,10 @@ from app.api.routes import (
     broker_connections,
     health,
     history,
+    jobs,
     pending_orders,
+    prices,
+    symbols,
     trading,
     users,
 )
@@ -63,6 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(api_keys.router)
     api.include_router(pending_orders.router)
     api.include_router(history.router)
+    api.include_router(symbols.router)
+    api.include_router(jobs.router)
+    api.include_router(prices.router)
     app.include_router(api)
     app.include_router(health.router)
     app.state.route_templates = route_templates(app)
