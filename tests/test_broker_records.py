@@ -39,21 +39,22 @@ async def get(client: httpx.AsyncClient, trader: Trader, path: str, **params: An
 async def test_history_is_filtered_by_time_newest_first(
     client: httpx.AsyncClient, trader: Trader, market: SimAgent
 ) -> None:
-    times, tickets = [], []
+    times, tickets, order_ids = [], [], []
     for _ in range(3):
         market.clock.advance(3600)
         times.append(market.clock.now)
         response = await client.post("/orders", json=BUY, headers=trader.headers)
         tickets.append(response.json()["ticket"])
+        order_ids.append(response.json()["order_id"])
     # The last two hours: the two newest orders, not the first (nor the deposit).
     window = {"from": iso(times[1] - 1), "to": iso(times[2] + 1)}
     deals = await get(client, trader, "/history/deals", **window)
     assert [d["position_id"] for d in deals] == [tickets[2], tickets[1]]
     assert all(d["reason"] == "mt5gate" and d["entry"] == "in" for d in deals)
     orders = await get(client, trader, "/history/orders", **window)
-    assert [(o["ticket"], o["type"], o["state"]) for o in orders] == [
-        (tickets[2], "market", "filled"),
-        (tickets[1], "market", "filled"),
+    assert [(o["ticket"], o["type"], o["state"], o["order_id"]) for o in orders] == [
+        (tickets[2], "market", "filled", order_ids[2]),
+        (tickets[1], "market", "filled", order_ids[1]),
     ]
     everything = await get(client, trader, "/history/deals", to=iso(times[2] + 1))
     assert [d["position_id"] for d in everything] == [*reversed(tickets), None]

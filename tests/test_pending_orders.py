@@ -237,6 +237,9 @@ INVALID_ORDERS = {
     "buy stop_limit above its trigger": {
         "type": "stop_limit", "price": 1.2, "stop_limit_price": 1.21,
     },
+    "sell stop_limit below its trigger": {
+        "side": "sell", "type": "stop_limit", "price": 1.0, "stop_limit_price": 0.99,
+    },
     "expiration at in the past": {
         "type": "limit", "price": 1.05,
         "expiration": {"type": "specified", "at": "2020-01-01T00:00:00Z"},

@@ -128,8 +128,9 @@ class OrderCreate(BaseModel):
         if self.type == "stop_limit":
             if self.stop_limit_price is None:
                 raise ValueError("stop_limit_price is required for a stop_limit order")
-            below = self.stop_limit_price <= self.price
-            if (self.side == "buy") != below and self.stop_limit_price != self.price:
+            # The limit a triggered stop-limit places: at or below the trigger for a buy.
+            sign = 1 if self.side == "buy" else -1
+            if sign * (self.price - self.stop_limit_price) < 0:
                 word = "≤" if self.side == "buy" else "≥"
                 raise ValueError(f"a {self.side} stop_limit needs stop_limit_price {word} price")
         elif self.stop_limit_price is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -90,7 +91,7 @@ class Expiration(Strict):
 
 class PendingOrder(Strict):
     ticket: Ticket
-    order_id: str | None = Field(
+    order_id: uuid.UUID | None = Field(
         default=None, description="The order's id in mt5gate; null for one placed elsewhere."
     )
     symbol: Symbol
@@ -125,7 +126,9 @@ class Deal(Strict):
 
 class HistoryOrder(Strict):
     ticket: Ticket
-    order_id: str | None = None
+    order_id: uuid.UUID | None = Field(
+        default=None, description="The order's id in mt5gate; null for one placed elsewhere."
+    )
     position_id: Ticket | None = None
     symbol: Symbol
     side: Side

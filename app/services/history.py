@@ -3,6 +3,10 @@
 The range is checked here, before any job: `to` after `from`, at most 366 days apart; both
 default to the last 7 days. The agent answers newest first; the answer is re-sorted here
 anyway, so that the order holds whatever the agent did.
+
+The records are served as the job stored them: the agent's answer was validated against
+`HistoryOutput` and normalised (`model_dump(mode="json")`) before it was written, so a
+thousand deals are not validated a second time on their way out.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from app.core.errors import InvalidRange
-from app.models import utcnow
-from app.schemas.trading import Deal, GetHistoryInput, HistoryOrder
-from app.services.orders import Trading
+from app.models import Job, utcnow
+from app.schemas.trading import GetHistoryInput
+from app.services.orders import Trading, order_ids_by_ticket
 from app.services.trading import read_output, run_job
 
 DEFAULT_SPAN = timedelta(days=7)
@@ -59,8 +63,8 @@ async def fetch_history(
     connection_id: uuid.UUID | None,
     kind: Literal["deals", "orders"],
     query: HistoryQuery,
-) -> list[dict[str, Any]]:
-    """The agent's records of `kind` for the query (a 504 when it does not answer)."""
+) -> tuple[Job, list[dict[str, Any]]]:
+    """The job and the agent's records of `kind` for the query (504 without an answer)."""
     start, end = history_range(query.start, query.end)
     request = GetHistoryInput.model_validate(
         {
@@ -83,26 +87,43 @@ async def fetch_history(
         wait=trading.settings.history_wait_seconds,
     )
     records: list[dict[str, Any]] = read_output(job).get(kind) or []
-    return records
+    return job, records
+
+
+def newest_first(records: list[dict[str, Any]], *, time_field: str) -> list[dict[str, Any]]:
+    """By time, then ticket, descending. The times are the normalised ISO-8601 UTC strings
+    of the stored answer (one format, one zone), which sort as the times do."""
+
+    def key(record: dict[str, Any]) -> tuple[str, int]:
+        return (record.get(time_field) or record.get("placed_at") or "", record["ticket"])
+
+    return sorted(records, key=key, reverse=True)
 
 
 async def list_deals(
     trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None, query: HistoryQuery
-) -> list[Deal]:
-    records = await fetch_history(
+) -> list[dict[str, Any]]:
+    """The `deal` records, newest first, at most `limit`."""
+    _, records = await fetch_history(
         trading, user_id=user_id, connection_id=connection_id, kind="deals", query=query
     )
-    deals = [Deal.model_validate(record) for record in records]
-    deals.sort(key=lambda d: (d.time, d.ticket), reverse=True)
-    return deals[: query.limit]
+    return newest_first(records, time_field="time")[: query.limit]
 
 
 async def list_history_orders(
     trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None, query: HistoryQuery
-) -> list[HistoryOrder]:
-    records = await fetch_history(
+) -> list[dict[str, Any]]:
+    """The `history_order` records, newest first, at most `limit`, each with the `order_id`
+    of the mt5gate order it was (null for one placed elsewhere)."""
+    job, records = await fetch_history(
         trading, user_id=user_id, connection_id=connection_id, kind="orders", query=query
     )
-    orders = [HistoryOrder.model_validate(record) for record in records]
-    orders.sort(key=lambda o: (o.done_at or o.placed_at, o.ticket), reverse=True)
-    return orders[: query.limit]
+    orders = newest_first(records, time_field="done_at")[: query.limit]
+    # A filled market order's ticket is its position's, which MT5 numbers after the order.
+    order_ids = await order_ids_by_ticket(
+        trading, agent_id=job.agent_id, tickets=[o["ticket"] for o in orders]
+    )
+    for order in orders:
+        order_id = order_ids.get(order["ticket"])
+        order["order_id"] = str(order_id) if order_id is not None else None
+    return orders

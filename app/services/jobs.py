@@ -148,7 +148,9 @@ FINISH = (
         completed_at=bindparam("p_now"),
         ticket=bindparam("p_ticket"),
     )
-    .returning(*JOBS.c)
+    # Not the output: it is what was just written (a history answer is hundreds of KB, not
+    # worth sending back and decoding again).
+    .returning(*(column for column in JOBS.c if column.key != "output_data"))
 )
 EXPIRE_DUE = (
     update(JOBS)
@@ -328,7 +330,7 @@ async def complete_job(
     if row is None:  # not running under this agent, or another answer won the race
         raise JobNotRunning()
     store.handed_out.pop(job_id, None)
-    finished = job_from(row)
+    finished = job_from({**row._mapping, "output_data": values["p_output_data"]})
     await store.events.job_finished(str(job_id), finished)
     return finished
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Table, and_, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
@@ -40,6 +40,14 @@ from app.services.jobs import (
 TRADE = "trade"
 PLACE_PENDING = "place_pending_order"
 ORDER_TYPES = (TRADE, PLACE_PENDING)
+JOBS = cast(Table, Job.__table__)
+# The orders an agent placed, by their broker tickets (a fill's ticket is its position's,
+# which MT5 numbers after the order that opened it).
+ORDERS_BY_TICKET = select(JOBS.c.ticket, JOBS.c.id).where(
+    JOBS.c.agent_id == bindparam("p_agent_id"),
+    JOBS.c.job_type.in_(ORDER_TYPES),
+    JOBS.c.ticket.in_(bindparam("p_tickets", expanding=True)),
+)
 
 
 @dataclass(frozen=True)
@@ -213,3 +221,14 @@ async def list_orders(
         found = list(jobs)
     now = utcnow()
     return [order_from_job(job, now=now) for job in found]
+
+
+async def order_ids_by_ticket(
+    trading: Trading, *, agent_id: uuid.UUID | None, tickets: list[int]
+) -> dict[int, uuid.UUID]:
+    """The `order_id` of each ticket that an order placed through mt5gate holds."""
+    if not tickets or agent_id is None:
+        return {}
+    async with trading.jobs.db.connect() as conn:
+        rows = await conn.execute(ORDERS_BY_TICKET, {"p_agent_id": agent_id, "p_tickets": tickets})
+        return {row.ticket: row.id for row in rows}

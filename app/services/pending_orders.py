@@ -11,23 +11,17 @@ from __future__ import annotations
 import uuid
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Table, bindparam, update
 
 from app.core.errors import PendingOrderNotFound
 from app.models import Job
 from app.schemas.pending_orders import PendingOrderCancelled, PendingOrderUpdate
 from app.schemas.positions import JobPending
 from app.schemas.trading import PendingOrder
-from app.services.orders import PLACE_PENDING, Trading
+from app.services.orders import PLACE_PENDING, Trading, order_ids_by_ticket
 from app.services.trading import read_output, run_job, write_output
 
 JOBS = cast(Table, Job.__table__)
-# The orders (placed through this agent) behind broker tickets.
-ORDERS_BY_TICKET = select(JOBS.c.ticket, JOBS.c.id).where(
-    JOBS.c.agent_id == bindparam("p_agent_id"),
-    JOBS.c.job_type == PLACE_PENDING,
-    JOBS.c.ticket.in_(bindparam("p_tickets", expanding=True)),
-)
 ORDER_OF_TICKET = update(JOBS).where(
     JOBS.c.agent_id == bindparam("p_agent_id"),
     JOBS.c.job_type == PLACE_PENDING,
@@ -50,15 +44,11 @@ async def list_pending_orders(
         wait=trading.settings.read_wait_seconds,
     )
     orders = [PendingOrder.model_validate(o) for o in read_output(job)["pending_orders"]]
-    if orders and job.agent_id is not None:
-        async with trading.jobs.db.connect() as conn:
-            rows = await conn.execute(
-                ORDERS_BY_TICKET,
-                {"p_agent_id": job.agent_id, "p_tickets": [o.ticket for o in orders]},
-            )
-            order_ids = {ticket: str(order_id) for ticket, order_id in rows}
-        for order in orders:
-            order.order_id = order_ids.get(order.ticket)
+    order_ids = await order_ids_by_ticket(
+        trading, agent_id=job.agent_id, tickets=[o.ticket for o in orders]
+    )
+    for order in orders:
+        order.order_id = order_ids.get(order.ticket)
     return orders
 
 

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
+from fastapi.responses import JSONResponse
 
 from app.api.deps import OnboardedUser, get_onboarded_user
 from app.api.routes.trading import (
@@ -59,27 +60,29 @@ RANGE_ERROR: Responses = {
 }  # fmt: skip
 
 
-@router.get("/deals", responses=RANGE_ERROR)
+@router.get("/deals", response_model=list[Deal], responses=RANGE_ERROR)
 async def list_deals(
     user: OnboardedUser,
     trading: TradingDep,
     query: HistoryQueryDep,
     broker_connection_id: ConnectionQuery = None,
-) -> list[Deal]:
+) -> JSONResponse:
     """The account's deals in `[from, to)`, newest first (waits up to 10 s)."""
-    return await service.list_deals(
+    deals = await service.list_deals(
         trading, user_id=user.id, connection_id=broker_connection_id, query=query
     )
+    return JSONResponse(deals)  # validated when the agent answered
 
 
-@router.get("/orders", responses=RANGE_ERROR)
+@router.get("/orders", response_model=list[HistoryOrder], responses=RANGE_ERROR)
 async def list_history_orders(
     user: OnboardedUser,
     trading: TradingDep,
     query: HistoryQueryDep,
     broker_connection_id: ConnectionQuery = None,
-) -> list[HistoryOrder]:
+) -> JSONResponse:
     """The account's finished orders in `[from, to)`, newest first (waits up to 10 s)."""
-    return await service.list_history_orders(
+    orders = await service.list_history_orders(
         trading, user_id=user.id, connection_id=broker_connection_id, query=query
     )
+    return JSONResponse(orders)  # validated when the agent answered
