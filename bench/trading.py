@@ -213,7 +213,6 @@ def report(results: list[Samples]) -> None:
     print()
     for result in results:
         floor = result.p(KINDS[0], 50)
-        order, hit = result.p("POST /orders", 50), result.p("candles hit", 50)
         job_target, hit_target = 2 * floor + 3, 1.5 * floor
         for kind in JOB_ROUTES:
             took = result.p(kind, 50)

@@ -86,7 +86,10 @@ async def test_a_pending_order_is_placed_listed_modified_and_cancelled(
         f"/pending-orders/{order['ticket']}", json=changes, headers=trader.headers
     )
     assert response.status_code == 200, response.text
-    assert response.json()["price"] == new_price
+    assert (response.json()["price"], response.json()["order_id"]) == (
+        new_price,
+        order["order_id"],
+    )
     response = await client.get(f"/orders/{order['order_id']}", headers=trader.headers)
     assert response.json()["price"] == new_price
 

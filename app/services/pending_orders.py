@@ -75,6 +75,8 @@ async def modify_pending_order(
     order = PendingOrder.model_validate(output["pending_order"])
     changes = order.model_dump(mode="json", include=set(CHANGEABLE))
     await record_on_order(trading, job, ticket=ticket, order_changes=changes)
+    order_ids = await order_ids_by_ticket(trading, agent_id=job.agent_id, tickets=[ticket])
+    order.order_id = order_ids.get(ticket)
     return order
 
 
