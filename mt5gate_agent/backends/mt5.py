@@ -16,10 +16,12 @@ flags: FOK, else IOC, else RETURN, with the same fallback on 10030.
 Times: the terminal counts every time (ticks, positions, orders, deals, bars) in the broker
 server's zone as if it were UTC — a broker on UTC+2 reports 14:00 UTC as 16:00 "UTC". The
 agent measures that offset (:meth:`Mt5Backend.server_offset`): the newest tick time among
-the Market Watch symbols minus the UTC clock, rounded to a quarter hour; a measurement is
-trusted only when that tick is fresh (within two minutes of the rounded offset, i.e. the
-market is open), and it is redone every ten minutes so a daylight-saving change is followed.
-Until one succeeds (a start on a weekend) the last offset holds, 0 at first. Every time the
+the Market Watch symbols minus the UTC clock, rounded to half an hour; a measurement is
+trusted only when it lies within two minutes of that rounding and between UTC-12 and
+UTC+14, and (after the first) when the newest tick moved since the previous probe, i.e. the
+market is open. It is redone every ten minutes, so a daylight-saving change is followed;
+while none succeeds (a closed market) the last offset holds, 0 at first, and the probe is
+retried every minute. Every time the
 agent reports is converted to UTC with it, and every time it sends (a `specified`
 expiration, a history range) is converted to the server's zone.
 """
@@ -121,9 +123,13 @@ DEAL_ENTRIES = {0: "in", 1: "out", 2: "inout", 3: "out_by"}
 EXPIRATION_TIMES = {"gtc": 0, "day": 1, "specified": 2}
 EXPIRATION_NAMES = {0: "gtc", 1: "day", 2: "specified", 3: "specified"}
 # The server's zone is measured from tick times (see the module docstring).
-OFFSET_STEP_SECONDS = 900
+# Servers keep whole or half hours; zones run from UTC-12 to UTC+14.
+OFFSET_STEP_SECONDS = 1800
+MIN_OFFSET_SECONDS = -12 * 3600
+MAX_OFFSET_SECONDS = 14 * 3600
 OFFSET_TOLERANCE_SECONDS = 120
 OFFSET_REMEASURE_SECONDS = 600
+OFFSET_RETRY_SECONDS = 60
 OFFSET_PROBE_SYMBOLS = 50
 REQUOTE_RETRIES = 2
 MAGIC = 5_500_500
@@ -153,6 +159,8 @@ class Mt5Backend:
         self._link_lost = False
         self._selected: set[str] = set()
         self._offset = 0.0
+        self._offset_known = False
+        self._newest_seen: float | None = None
         self._offset_measured_at: float | None = None
 
     # -- the Backend protocol ------------------------------------------------------------
@@ -503,22 +511,28 @@ class Mt5Backend:
         """The broker server's zone in seconds east of UTC, measured from tick times (see
         the module docstring); the last good measurement while none can be made."""
         now = self._clock()
-        measured_at = self._offset_measured_at
-        if measured_at is not None and now - measured_at < OFFSET_REMEASURE_SECONDS:
+        tried_at = self._offset_measured_at
+        if tried_at is not None and now - tried_at < OFFSET_REMEASURE_SECONDS:
             return self._offset
         newest = self._newest_tick_time()
-        if newest is not None:
+        previous, self._newest_seen = self._newest_seen, newest
+        # A tick that did not move since the last probe may be hours old (a closed market):
+        # only the first probe, with nothing to compare, goes without that check.
+        advanced = newest is not None and (previous is None or newest > previous)
+        if newest is not None and advanced:
             difference = newest - now
             offset = round(difference / OFFSET_STEP_SECONDS) * OFFSET_STEP_SECONDS
-            if abs(difference - offset) <= OFFSET_TOLERANCE_SECONDS:
-                if offset != self._offset:
+            fresh = abs(difference - offset) <= OFFSET_TOLERANCE_SECONDS
+            if fresh and MIN_OFFSET_SECONDS <= offset <= MAX_OFFSET_SECONDS:
+                if offset != self._offset or not self._offset_known:
                     log.info("event=server_offset seconds=%d", offset)
-                self._offset = float(offset)
+                self._offset, self._offset_known = float(offset), True
                 self._offset_measured_at = now
                 return self._offset
-        if measured_at is None:
+        if not self._offset_known and tried_at is None:
             log.warning("event=server_offset_unknown assumed_seconds=%d", self._offset)
-            self._offset_measured_at = now - OFFSET_REMEASURE_SECONDS + 60  # retry in a minute
+        # No fresh tick (the market is closed): keep the offset, try again in a minute.
+        self._offset_measured_at = now - OFFSET_REMEASURE_SECONDS + OFFSET_RETRY_SECONDS
         return self._offset
 
     def _newest_tick_time(self) -> float | None:

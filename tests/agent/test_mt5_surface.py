@@ -72,12 +72,32 @@ def test_a_daylight_saving_change_is_followed_at_the_next_measurement(
     assert backend.server_offset() == 3 * 3600
 
 
-def test_with_no_fresh_tick_the_last_offset_holds(
+def test_a_start_with_the_market_closed_assumes_utc_until_ticks_come(
+    fake_mt5: Any, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_mt5.terminal.server_offset = UTC_PLUS_2
+    clock.now = CLOCK + 3 * 86_400  # the last ticks are from three days ago
+    backend = Mt5Backend(module=fake_mt5, clock=clock)
+    caplog.set_level("INFO", logger="mt5gate_agent.mt5")
+    backend.login("Demo-Server", 12345678, "secret")
+    assert backend.server_offset() == 0
+    assert "event=server_offset_unknown" in caplog.text
+    fake_mt5.terminal.now = clock.now  # the market opens
+    assert backend.server_offset() == 0  # probed again only after a minute
+    clock.now += 61
+    fake_mt5.terminal.now = clock.now
+    assert backend.server_offset() == UTC_PLUS_2
+    assert "event=server_offset seconds=7200" in caplog.text
+
+
+def test_a_tick_that_stopped_moving_measures_nothing(
     backend: Mt5Backend, fake_mt5: Any, clock: Clock
 ) -> None:
     assert backend.server_offset() == UTC_PLUS_2
-    # The market closed: the terminal's clock (its last ticks) stops while UTC goes on.
-    clock.now += 2 * 86_400 + OFFSET_REMEASURE_SECONDS + 17
+    # The market closes; ten hours later its last tick looks like a UTC-8 server's "now".
+    clock.now += 10 * 3600
+    assert backend.server_offset() == UTC_PLUS_2
+    clock.now += 3600
     assert backend.server_offset() == UTC_PLUS_2
 
 
