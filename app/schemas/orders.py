@@ -25,10 +25,9 @@ OrderPrice = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
 ClientOrderId = Annotated[Text, StringConstraints(min_length=1, max_length=64)]
 
 OrderStatus = Literal["pending", "filled", "placed", "cancelled", "rejected", "expired", "unknown"]
-PENDING_TYPES = ("limit", "stop", "stop_limit")
 
 ORDER_STATUS_DESCRIPTION = """\
-Derived from the order's trade job, never stored twice:
+Derived from the order's job, never stored twice:
 
 * `pending`: no result yet (the agent has not taken it, or is executing it).
 * `filled`: executed; `fill_price`, `ticket`, `filled_at` are set.
