@@ -142,6 +142,19 @@ async def test_symbols_are_listed_and_then_served_from_the_connections_cache(
     assert all(key.decode().startswith(f"symbols:{trader.connection_id}:") for key in keys)
 
 
+async def test_a_malformed_symbols_cache_is_a_miss_and_is_replaced(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader, market: SimAgent
+) -> None:
+    key = f"symbols:{trader.connection_id}:list:0:"
+    await api.resources.redis.set(key, "not a list of symbols")
+    symbols = await get(client, trader, "/symbols")
+    assert symbols
+    assert await job_count(api, "get_symbols") == 1
+    cached = json.loads(await api.resources.redis.get(key))
+    assert [s["name"] for s in cached] == [s["name"] for s in symbols]
+    assert 0 < await api.resources.redis.ttl(key) <= 300
+
+
 async def test_an_unknown_symbol_is_symbol_not_found(
     client: httpx.AsyncClient, trader: Trader, market: SimAgent
 ) -> None:

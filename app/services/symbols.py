@@ -8,24 +8,19 @@ are ever written there. Redis is an optimisation: down or holding garbage, it is
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import uuid
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from app.core.errors import SymbolNotFound
 from app.schemas.trading import GetSymbolsInput, SymbolInfo
 from app.services.jobs import run_job
 from app.services.orders import Trading
+from app.services.redis_cache import read_cached, write_cached
 from app.services.trading import online_agent, read_output
 
-log = logging.getLogger("mt5gate.symbols")
-
 SYMBOLS = TypeAdapter(list[SymbolInfo])
-CACHE_TIMEOUT_SECONDS = 1.0
 
 
 def list_key(connection_id: uuid.UUID, *, all_symbols: bool, group: str | None) -> str:
@@ -34,30 +29,6 @@ def list_key(connection_id: uuid.UUID, *, all_symbols: bool, group: str | None) 
 
 def symbol_key(connection_id: uuid.UUID, name: str) -> str:
     return f"symbols:{connection_id}:symbol:{name}"
-
-
-async def cached(redis: Redis, key: str) -> list[SymbolInfo] | None:
-    try:
-        async with asyncio.timeout(CACHE_TIMEOUT_SECONDS):
-            raw = await redis.get(key)
-    except (RedisError, OSError, TimeoutError) as exc:
-        log.warning("event=symbols_cache_unavailable op=get reason=%r", exc)
-        return None
-    if raw is None:
-        return None
-    try:
-        return SYMBOLS.validate_json(raw)
-    except ValidationError:
-        log.warning("event=symbols_cache_malformed key=%s", key)
-        return None
-
-
-async def cache(redis: Redis, key: str, symbols: list[SymbolInfo], *, ttl: int) -> None:
-    try:
-        async with asyncio.timeout(CACHE_TIMEOUT_SECONDS):
-            await redis.set(key, SYMBOLS.dump_json(symbols), ex=ttl)
-    except (RedisError, OSError, TimeoutError) as exc:
-        log.warning("event=symbols_cache_unavailable op=set reason=%r", exc)
 
 
 async def fetch_symbols(
@@ -74,7 +45,7 @@ async def fetch_symbols(
         key = symbol_key(agent.connection_id, request.symbol)
     else:
         key = list_key(agent.connection_id, all_symbols=request.all, group=request.group)
-    hit = await cached(redis, key)
+    hit = await read_cached(redis, key, SYMBOLS, what="symbols")
     if hit is not None:
         return hit
     job = await run_job(
@@ -89,7 +60,8 @@ async def fetch_symbols(
     if (job.error or {}).get("code") == "symbol_not_found":
         raise SymbolNotFound()
     symbols = SYMBOLS.validate_python(read_output(job)["symbols"])
-    await cache(redis, key, symbols, ttl=trading.settings.symbols_cache_ttl_seconds)
+    ttl = trading.settings.symbols_cache_ttl_seconds
+    await write_cached(redis, key, SYMBOLS, symbols, ttl=ttl, what="symbols")
     return symbols
 
 

@@ -181,11 +181,46 @@ def parse_time(value: Any, key: str) -> float:
     return moment.timestamp()
 
 
-def parse_pending_type(input_data: dict[str, Any]) -> str:
+@dataclass(frozen=True, slots=True)
+class PendingRequest:
+    """A `place_pending_order` job's input, checked."""
+
+    symbol: str
+    side: str
+    type: str  # "limit", "stop" or "stop_limit"
+    volume: float
+    price: float
+    stop_limit_price: float | None  # set for a stop_limit only
+    sl: float | None
+    tp: float | None
+    expiration: dict[str, Any]  # {"type", "at"} as the contract writes it
+    expires_at: float | None  # `at` in epoch seconds (UTC), for `specified`
+
+
+def parse_pending_request(input_data: dict[str, Any]) -> PendingRequest:
     kind = str(require(input_data, "type"))
     if kind not in PENDING_TYPES:
         raise BrokerError("invalid_request", f"type must be one of {PENDING_TYPES}, not {kind!r}")
-    return kind
+    volume = parse_positive(input_data, "volume")
+    price = parse_positive(input_data, "price")
+    assert volume is not None
+    assert price is not None
+    stop_limit = parse_positive(input_data, "stop_limit_price", optional=True)
+    if kind == "stop_limit" and stop_limit is None:
+        raise BrokerError("invalid_request", "a stop_limit order needs stop_limit_price")
+    expiration, expires_at = parse_expiration(input_data)
+    return PendingRequest(
+        symbol=str(require(input_data, "symbol")),
+        side=parse_side(require(input_data, "side")),
+        type=kind,
+        volume=volume,
+        price=price,
+        stop_limit_price=stop_limit if kind == "stop_limit" else None,
+        sl=parse_positive(input_data, "sl", optional=True),
+        tp=parse_positive(input_data, "tp", optional=True),
+        expiration=expiration,
+        expires_at=expires_at,
+    )
 
 
 def parse_expiration(input_data: dict[str, Any]) -> tuple[dict[str, Any], float | None]:

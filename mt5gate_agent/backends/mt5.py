@@ -42,7 +42,7 @@ from mt5gate_agent.backends.base import (
     parse_candles_request,
     parse_expiration,
     parse_history_request,
-    parse_pending_type,
+    parse_pending_request,
     parse_positive,
     parse_side,
     parse_ticket,
@@ -362,26 +362,17 @@ class Mt5Backend:
 
     def _place_pending_order(self, input_data: dict[str, Any]) -> dict[str, Any]:
         mt5 = self._module()
-        symbol = str(require(input_data, "symbol"))
-        side = parse_side(require(input_data, "side"))
-        kind = parse_pending_type(input_data)
-        requested = parse_positive(input_data, "volume")
-        price = parse_positive(input_data, "price")
-        assert requested is not None
-        assert price is not None
-        stop_limit = parse_positive(input_data, "stop_limit_price", optional=True)
-        if kind == "stop_limit" and stop_limit is None:
-            raise BrokerError("invalid_request", "a stop_limit order needs stop_limit_price")
-        info = self._symbol(symbol)
+        order = parse_pending_request(input_data)
+        info = self._symbol(order.symbol)
         request: dict[str, Any] = {
             "action": mt5.TRADE_ACTION_PENDING,
-            "symbol": symbol,
-            "volume": self._normalize_volume(info, requested),
-            "type": getattr(mt5, PENDING_ORDER_TYPES[(side, kind)]),
-            "price": price,
-            "stoplimit": stop_limit if kind == "stop_limit" else 0.0,
-            "sl": parse_positive(input_data, "sl", optional=True) or 0.0,
-            "tp": parse_positive(input_data, "tp", optional=True) or 0.0,
+            "symbol": order.symbol,
+            "volume": self._normalize_volume(info, order.volume),
+            "type": getattr(mt5, PENDING_ORDER_TYPES[(order.side, order.type)]),
+            "price": order.price,
+            "stoplimit": order.stop_limit_price or 0.0,
+            "sl": order.sl or 0.0,
+            "tp": order.tp or 0.0,
             "deviation": self.deviation,
             "magic": self.magic,
             "comment": COMMENT,

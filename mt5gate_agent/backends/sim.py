@@ -51,7 +51,7 @@ from mt5gate_agent.backends.base import (
     parse_candles_request,
     parse_expiration,
     parse_history_request,
-    parse_pending_type,
+    parse_pending_request,
     parse_positive,
     parse_side,
     parse_ticket,
@@ -505,39 +505,28 @@ class SimBackend:
         return {"candles": self.candles(symbol, timeframe, count)}
 
     def _place_pending_order(self, input_data: dict[str, Any]) -> dict[str, Any]:
-        market = self._market(str(require(input_data, "symbol")))
+        request = parse_pending_request(input_data)
+        market = self._market(request.symbol)
         spec = market.spec
-        side = parse_side(require(input_data, "side"))
-        kind = parse_pending_type(input_data)
-        volume = parse_positive(input_data, "volume")
-        price = parse_positive(input_data, "price")
-        assert volume is not None
-        assert price is not None
-        stop_limit = parse_positive(input_data, "stop_limit_price", optional=True)
-        if kind == "stop_limit" and stop_limit is None:
-            raise BrokerError("invalid_request", "a stop_limit order needs stop_limit_price")
-        if kind != "stop_limit":
-            stop_limit = None
-        sl = parse_positive(input_data, "sl", optional=True)
-        tp = parse_positive(input_data, "tp", optional=True)
-        expiration, expires_at = parse_expiration(input_data)
-        self._check_volume(spec, volume)
+        self._check_volume(spec, request.volume)
         now = self._clock()
         order = SimPendingOrder(
             ticket=self._take_ticket(),
             symbol=spec.name,
-            side=side,
-            type=kind,
-            volume=round_volume(volume),
-            price=round(price, spec.digits),
-            stop_limit_price=None if stop_limit is None else round(stop_limit, spec.digits),
-            sl=sl,
-            tp=tp,
-            expiration=expiration,
-            expires_at=self._expiry(expiration, expires_at, now),
+            side=request.side,
+            type=request.type,
+            volume=round_volume(request.volume),
+            price=round(request.price, spec.digits),
+            stop_limit_price=None
+            if request.stop_limit_price is None
+            else round(request.stop_limit_price, spec.digits),
+            sl=request.sl,
+            tp=request.tp,
+            expiration=request.expiration,
+            expires_at=self._expiry(request.expiration, request.expires_at, now),
             placed_at=now,
             client_order_id=input_data.get("client_order_id"),
-            placed_type=kind,
+            placed_type=request.type,
         )
         self._check_pending(market, order)
         self.pending_orders[order.ticket] = order
