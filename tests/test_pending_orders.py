@@ -52,15 +52,24 @@ async def listed(client: httpx.AsyncClient, trader: Trader) -> list[dict[str, An
 
 @pytest.mark.parametrize(
     ("kind", "side"),
-    [("limit", "buy"), ("limit", "sell"), ("stop", "buy"), ("stop", "sell"), ("stop_limit", "buy")],
+    [
+        ("limit", "buy"),
+        ("limit", "sell"),
+        ("stop", "buy"),
+        ("stop", "sell"),
+        ("stop_limit", "buy"),
+        ("stop_limit", "sell"),
+    ],
 )
 async def test_a_pending_order_is_placed_listed_modified_and_cancelled(
     client: httpx.AsyncClient, trader: Trader, market: SimAgent, kind: str, side: str
 ) -> None:
     price = away(market, side, kind)
+    # A stop-limit's limit: under its trigger for a buy, over it for a sell.
+    limit_offset = -20 * POINT if side == "buy" else 20 * POINT
     extra: dict[str, Any] = {}
     if kind == "stop_limit":
-        extra["stop_limit_price"] = round(price - 20 * POINT, 5)
+        extra["stop_limit_price"] = round(price + limit_offset, 5)
     order = await place(client, trader, pending(kind, side, price, **extra))
     assert order["status"] == "placed"
     assert (order["type"], order["price"], order["expiration"]) == (
@@ -81,7 +90,7 @@ async def test_a_pending_order_is_placed_listed_modified_and_cancelled(
     new_price = away(market, side, kind, points=150)
     changes: dict[str, Any] = {"price": new_price}
     if kind == "stop_limit":
-        changes["stop_limit_price"] = round(new_price - 20 * POINT, 5)
+        changes["stop_limit_price"] = round(new_price + limit_offset, 5)
     response = await client.patch(
         f"/pending-orders/{order['ticket']}", json=changes, headers=trader.headers
     )
