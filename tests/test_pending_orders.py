@@ -9,11 +9,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.flows import Trader
+from tests.flows import Trader, onboard_trader
 from tests.servers import RunningApi
 from tests.sim_agent import SimAgent, sim_agent
 from tests.stores import Store
-from tests.trading_agent import SHORT_BUDGETS, job_count, second_api
+from tests.trading_agent import SHORT_BUDGETS, fake_agent, job_count, second_api
 
 POINT = 0.00001
 
@@ -310,3 +310,43 @@ async def test_a_pending_order_change_without_an_answer_is_202(
     assert response.status_code == 202, response.text
     assert response.json()["status"] == "pending"
     assert response.json()["job_id"]
+
+
+async def test_another_accounts_ticket_never_names_or_changes_your_order(
+    client: httpx.AsyncClient, trader: Trader
+) -> None:
+    # Tickets are the broker's numbers: two accounts can hold the same one. B's agent
+    # reporting (and cancelling) ticket 777 must not reach A's order under that ticket.
+    placed_at = "2026-11-24T21:15:03.120Z"
+    resting = {
+        "ticket": 777,
+        "symbol": "EURUSD",
+        "side": "buy",
+        "type": "limit",
+        "volume": 0.1,
+        "price": 1.05,
+        "placed_at": placed_at,
+    }
+
+    def broker(job: dict[str, Any]) -> dict[str, Any]:
+        outputs = {
+            "place_pending_order": {"ticket": 777, "placed_at": placed_at},
+            "get_pending_orders": {"pending_orders": [resting]},
+            "cancel_pending_order": {"ticket": 777, "cancelled_at": placed_at},
+        }
+        return {"status": "completed", "output_data": outputs[job["job_type"]]}
+
+    other = await onboard_trader(client)
+    async with (
+        fake_agent(client, trader).running(broker),
+        fake_agent(client, other).running(broker),
+    ):
+        mine = await place(client, trader, pending("limit", "buy", 1.05))
+        (theirs,) = await listed(client, other)
+        assert (theirs["ticket"], theirs["order_id"]) == (777, None)
+        response = await client.delete("/pending-orders/777", headers=other.headers)
+        assert response.status_code == 200, response.text
+        (own,) = await listed(client, trader)
+        assert own["order_id"] == mine["order_id"]
+    response = await client.get(f"/orders/{mine['order_id']}", headers=trader.headers)
+    assert response.json()["status"] == "placed"
