@@ -17,7 +17,13 @@ from pydantic import (
 )
 
 from app.schemas.common import Text, UtcDatetime
-from app.schemas.trading import SYMBOL_PATTERN, Expiration, OrderType, Side
+from app.schemas.trading import (
+    SYMBOL_PATTERN,
+    Expiration,
+    OrderType,
+    PlacePendingOrderInput,
+    Side,
+)
 
 # Strict numbers: a JSON string such as "0.1" or a boolean is a 422, not a guess.
 OrderVolume = Annotated[float, Field(gt=0, le=100, allow_inf_nan=False, strict=True)]
@@ -147,18 +153,20 @@ class OrderCreate(BaseModel):
         """The job's `input_data`, as the agent contract names it (`trade` for a market
         order, `place_pending_order` for the others)."""
         if self.is_pending:
-            return {
-                "symbol": self.symbol,
-                "side": self.side,
-                "volume": self.volume,
-                "type": self.type,
-                "price": self.price,
-                "stop_limit_price": self.stop_limit_price,
-                "expiration": expiration_input(self.expiration),
-                "sl": self.sl,
-                "tp": self.tp,
-                "client_order_id": self.client_order_id,
-            }
+            return PlacePendingOrderInput.model_validate(
+                {
+                    "symbol": self.symbol,
+                    "side": self.side,
+                    "volume": self.volume,
+                    "type": self.type,
+                    "price": self.price,
+                    "stop_limit_price": self.stop_limit_price,
+                    "expiration": expiration_input(self.expiration),
+                    "sl": self.sl,
+                    "tp": self.tp,
+                    "client_order_id": self.client_order_id,
+                }
+            ).model_dump(mode="json")
         return {
             "symbol": self.symbol,
             "side": self.side,

@@ -17,7 +17,7 @@ from app.core.errors import PendingOrderNotFound
 from app.models import Job
 from app.schemas.pending_orders import PendingOrderCancelled, PendingOrderUpdate
 from app.schemas.positions import JobPending
-from app.schemas.trading import PendingOrder
+from app.schemas.trading import CancelPendingOrderInput, PendingOrder
 from app.services.orders import PLACE_PENDING, Trading, order_ids_by_ticket
 from app.services.trading import read_output, run_job, write_output
 
@@ -88,7 +88,7 @@ async def cancel_pending_order(
         user_id=user_id,
         connection_id=connection_id,
         job_type="cancel_pending_order",
-        input_data={"ticket": ticket},
+        input_data=CancelPendingOrderInput(ticket=ticket).model_dump(),
         ttl_seconds=trading.settings.trade_job_ttl_seconds,
         wait=trading.settings.trade_wait_seconds,
     )
