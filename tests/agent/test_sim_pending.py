@@ -289,3 +289,25 @@ def test_an_unknown_job_type_is_unsupported_job_type() -> None:
     assert (
         refused(lambda: eurusd_only().execute("trailing_stop", {})).code == "unsupported_job_type"
     )
+
+
+def test_pending_orders_trigger_on_the_random_walk() -> None:
+    clock = ManualClock()
+    sim = SimBackend(seed=5, clock=clock, symbols=[EURUSD])
+    _, ask = sim.quote("EURUSD")
+    limit_price, stop_price = round(ask - 12 * POINT, 5), round(ask + 12 * POINT, 5)
+    below = place(sim, "limit", "buy", limit_price)
+    above = place(sim, "stop", "buy", stop_price)
+    for _ in range(20_000):
+        clock.advance(0.5)
+        sim.ticks(["EURUSD"])
+        if len(sim.positions) == 2:
+            break
+    assert sim.pending_orders == {}
+    assert sim.positions[below].open_price <= limit_price
+    assert sim.positions[above].open_price >= stop_price
+    filled = sim.execute("get_history", {"kind": "orders", **EVER})["orders"]
+    assert sorted((o["ticket"], o["state"]) for o in filled) == [
+        (below, "filled"),
+        (above, "filled"),
+    ]
