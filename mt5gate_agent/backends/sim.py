@@ -15,6 +15,16 @@ What a trader would recognise:
 - MT5's validation and retcodes: ``invalid_volume`` (10014), ``invalid_stops`` (10016),
   ``no_money`` (10019), ``invalid_close_volume`` (10038), ``invalid_symbol``;
 - stop loss and take profit that trigger on the tick stream, at the tick's price;
+- pending orders resting in the book with MT5's rules: placed on the right side of the
+  market and at least ``stops_level`` points from it (``invalid_price`` 10015), their sl/tp
+  checked against their own price, frozen within ``freeze_level`` points (``frozen``
+  10029), triggered by the first tick at or beyond them (a buy limit when the ask comes
+  down to it, a buy stop when it goes up to it; sells on the bid) and filled at that tick's
+  price; a triggered stop-limit becomes a limit under the same ticket; ``day`` orders expire
+  at the end of the (UTC) server day, ``specified`` ones at their time;
+- the account history MT5 keeps: a deal per fill and close (``reason`` ``mt5gate`` for what
+  the agent sent, ``sl``/``tp`` for the stops; the deposit is a ``balance`` deal) and a
+  finished order per market order, close, fill, cancellation and expiry;
 - an optional execution latency (``latency_seconds``) on the requests that go to the
   trade server (orders, closes, SL/TP changes), as MT5's ``order_send`` takes tens of
   milliseconds; reads (positions, account, candles) are the terminal's own data, instant;
