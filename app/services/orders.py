@@ -40,6 +40,8 @@ from app.services.jobs import (
 TRADE = "trade"
 PLACE_PENDING = "place_pending_order"
 ORDER_TYPES = (TRADE, PLACE_PENDING)
+# What a placed order can become at the broker (written to `jobs.order_status`).
+LATER_STATUSES: frozenset[OrderStatus] = frozenset({"filled", "cancelled", "expired"})
 JOBS = cast(Table, Job.__table__)
 # The orders an agent placed, by their broker tickets (a fill's ticket is its position's,
 # which MT5 numbers after the order that opened it).
@@ -63,7 +65,9 @@ def order_status(job: Job, *, now: datetime) -> OrderStatus:
     if job.status == COMPLETED:
         if job.job_type == TRADE:
             return "filled"
-        return "cancelled" if job.order_status == "cancelled" else "placed"
+        # A placed order's later status, when mt5gate learned one (see the module docstring).
+        later = job.order_status
+        return cast(OrderStatus, later) if later in LATER_STATUSES else "placed"
     if job.status == FAILED:
         # An agent that finds the job past its expiry refuses it unexecuted.
         code = (job.error or {}).get("code")
