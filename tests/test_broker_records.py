@@ -124,6 +124,33 @@ async def test_history_defaults_to_the_last_seven_days(
     assert (data["kind"], data["limit"]) == ("deals", 100)
 
 
+async def test_records_outside_the_query_are_dropped_whatever_the_agent_sends(
+    client: httpx.AsyncClient, trader: Trader
+) -> None:
+    def deal(ticket: int, time: str, symbol: str = "EURUSD") -> dict[str, Any]:
+        return {"ticket": ticket, "type": "buy", "symbol": symbol, "side": "buy", "entry": "in",
+                "volume": 0.1, "price": 1.08, "reason": "client", "time": time}  # fmt: skip
+
+    sloppy = [
+        deal(1, "2026-10-31T23:59:59.999Z"),  # before `from`
+        deal(2, "2026-11-01T00:00:00.000Z"),
+        deal(3, "2026-11-15T00:00:00.000Z", symbol="GBPUSD"),
+        deal(4, "2026-11-20T00:00:00.000Z"),
+        deal(5, "2026-12-01T00:00:00.000Z"),  # `to` is exclusive
+    ]
+    agent = fake_agent(client, trader)
+    async with agent.running(lambda job: {"status": "completed", "output_data": {"deals": sloppy}}):
+        window = {"from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"}
+        deals = await get(client, trader, "/history/deals", **window, symbol="EURUSD")
+        assert [d["ticket"] for d in deals] == [4, 2]
+        assert [
+            d["ticket"] for d in await get(client, trader, "/history/deals", **window, before=4)
+        ] == [3, 2]
+        assert [
+            d["ticket"] for d in await get(client, trader, "/history/deals", **window, limit=1)
+        ] == [4]
+
+
 async def test_symbols_are_listed_and_then_served_from_the_connections_cache(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader, market: SimAgent
 ) -> None:

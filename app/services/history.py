@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from app.core.errors import InvalidRange
 from app.models import Job, utcnow
+from app.schemas.common import iso_utc
 from app.schemas.trading import GetHistoryInput
 from app.services.orders import Trading, order_ids_by_ticket
 from app.services.trading import read_output, run_job
@@ -64,7 +65,8 @@ async def fetch_history(
     kind: Literal["deals", "orders"],
     query: HistoryQuery,
 ) -> tuple[Job, list[dict[str, Any]]]:
-    """The job and the agent's records of `kind` for the query (504 without an answer)."""
+    """The job and the agent's records of `kind` that the query selects, newest first, at
+    most `limit` (504 without an answer)."""
     start, end = history_range(query.start, query.end)
     request = GetHistoryInput.model_validate(
         {
@@ -87,27 +89,44 @@ async def fetch_history(
         wait=trading.settings.history_wait_seconds,
     )
     records: list[dict[str, Any]] = read_output(job).get(kind) or []
-    return job, records
+    # The agent filters too; this holds the answer to the query whatever an agent did.
+    since, until = iso_utc(start), iso_utc(end)
+    time_field = "time" if kind == "deals" else "done_at"
+    kept = [
+        record
+        for record in records
+        if since <= record_time(record, time_field) < until
+        and (query.before is None or record["ticket"] < query.before)
+        and (query.symbol is None or record.get("symbol") == query.symbol)
+        and (query.position_id is None or record.get("position_id") == query.position_id)
+    ]
+    return job, newest_first(kept, time_field=time_field)[: query.limit]
+
+
+def record_time(record: dict[str, Any], time_field: str) -> str:
+    """A stored record's time: the normalised ISO-8601 UTC string of the answer (one format,
+    one zone), which compares and sorts as the times do. An order not done yet counts from
+    when it was placed."""
+    return str(record.get(time_field) or record.get("placed_at") or "")
 
 
 def newest_first(records: list[dict[str, Any]], *, time_field: str) -> list[dict[str, Any]]:
-    """By time, then ticket, descending. The times are the normalised ISO-8601 UTC strings
-    of the stored answer (one format, one zone), which sort as the times do."""
-
-    def key(record: dict[str, Any]) -> tuple[str, int]:
-        return (record.get(time_field) or record.get("placed_at") or "", record["ticket"])
-
-    return sorted(records, key=key, reverse=True)
+    """By time, then ticket, descending."""
+    return sorted(
+        records,
+        key=lambda record: (record_time(record, time_field), record["ticket"]),
+        reverse=True,
+    )
 
 
 async def list_deals(
     trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None, query: HistoryQuery
 ) -> list[dict[str, Any]]:
     """The `deal` records, newest first, at most `limit`."""
-    _, records = await fetch_history(
+    _, deals = await fetch_history(
         trading, user_id=user_id, connection_id=connection_id, kind="deals", query=query
     )
-    return newest_first(records, time_field="time")[: query.limit]
+    return deals
 
 
 async def list_history_orders(
@@ -115,10 +134,9 @@ async def list_history_orders(
 ) -> list[dict[str, Any]]:
     """The `history_order` records, newest first, at most `limit`, each with the `order_id`
     of the mt5gate order it was (null for one placed elsewhere)."""
-    job, records = await fetch_history(
+    job, orders = await fetch_history(
         trading, user_id=user_id, connection_id=connection_id, kind="orders", query=query
     )
-    orders = newest_first(records, time_field="done_at")[: query.limit]
     # A filled market order's ticket is its position's, which MT5 numbers after the order.
     order_ids = await order_ids_by_ticket(
         trading, agent_id=job.agent_id, tickets=[o["ticket"] for o in orders]
