@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from app.core.redis import redis_key
 from tests.flows import TestUser, Trader, onboard_trader
 from tests.servers import RunningApi
 from tests.sim_agent import SimAgent, sim_agent
@@ -165,21 +166,25 @@ async def test_symbols_are_listed_and_then_served_from_the_connections_cache(
     assert set(gold["filling_modes"]) <= {"fok", "ioc", "return"}
     assert await get(client, trader, "/symbols/XAUUSD") == gold
     assert await job_count(api, "get_symbols") == 3
-    keys = sorted(await api.resources.redis.keys("symbols:*"))
-    assert all(key.decode().startswith(f"symbols:{trader.connection_id}:") for key in keys)
+    redis = api.resources.redis
+    keys = sorted(await redis.keys(redis_key(redis, "symbols:*")))
+    own = redis_key(redis, f"symbols:{trader.connection_id}:")
+    assert len(keys) == 3
+    assert all(key.decode().startswith(own) for key in keys)
 
 
 async def test_a_malformed_symbols_cache_is_a_miss_and_is_replaced(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader, market: SimAgent
 ) -> None:
-    key = f"symbols:{trader.connection_id}:list:0:"
-    await api.resources.redis.set(key, "not a list of symbols")
+    redis = api.resources.redis
+    key = redis_key(redis, f"symbols:{trader.connection_id}:list:0:")
+    await redis.set(key, "not a list of symbols")
     symbols = await get(client, trader, "/symbols")
     assert symbols
     assert await job_count(api, "get_symbols") == 1
-    cached = json.loads(await api.resources.redis.get(key))
+    cached = json.loads(await redis.get(key))
     assert [s["name"] for s in cached] == [s["name"] for s in symbols]
-    assert 0 < await api.resources.redis.ttl(key) <= 300
+    assert 0 < await redis.ttl(key) <= 300
 
 
 async def test_an_unknown_symbol_is_symbol_not_found(
@@ -205,7 +210,8 @@ async def test_the_last_tick_is_read_from_the_feed(
     api: RunningApi, client: httpx.AsyncClient, user: TestUser
 ) -> None:
     tick = {"instrument": "EURUSD", "bid": 1.0845, "ask": 1.0847, "ts": 1764018903120}
-    await api.resources.redis.set("prices:EURUSD", json.dumps(tick))
+    redis = api.resources.redis
+    await redis.set(redis_key(redis, "prices:EURUSD"), json.dumps(tick))
     # A valid token is enough: `user` has not onboarded.
     response = await client.get("/prices/EURUSD", headers=user.headers)
     assert response.status_code == 200, response.text
@@ -219,7 +225,8 @@ async def test_no_valid_tick_is_no_price(
     api: RunningApi, client: httpx.AsyncClient, user: TestUser, stored: str | None
 ) -> None:
     if stored is not None:
-        await api.resources.redis.set("prices:EURUSD", stored)
+        redis = api.resources.redis
+        await redis.set(redis_key(redis, "prices:EURUSD"), stored)
     response = await client.get("/prices/EURUSD", headers=user.headers)
     assert response.status_code == 404, response.text
     assert response.json()["detail"] == "no_price"

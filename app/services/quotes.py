@@ -19,7 +19,7 @@ REDIS_TIMEOUT_SECONDS = 1.0
 
 async def last_tick(redis: Redis, instrument: str) -> TickRead:
     """404 `no_price` when the feed never sent one (or the key holds no valid tick)."""
-    key = channel_for(instrument)
+    key = channel_for(redis, instrument)
     try:
         async with asyncio.timeout(REDIS_TIMEOUT_SECONDS):
             raw = await redis.get(key)

@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 from redis.asyncio import Redis
 
 from app.core.errors import SymbolNotFound
+from app.core.redis import redis_key
 from app.schemas.trading import GetSymbolsInput, SymbolInfo
 from app.services.jobs import run_job
 from app.services.orders import Trading
@@ -42,9 +43,10 @@ async def fetch_symbols(
     """The agent's answer to `request`, from the connection's cache when it holds it."""
     agent = await online_agent(trading, user_id=user_id, connection_id=connection_id)
     if request.symbol is not None:
-        key = symbol_key(agent.connection_id, request.symbol)
+        name = symbol_key(agent.connection_id, request.symbol)
     else:
-        key = list_key(agent.connection_id, all_symbols=request.all, group=request.group)
+        name = list_key(agent.connection_id, all_symbols=request.all, group=request.group)
+    key = redis_key(redis, name)
     hit = await read_cached(redis, key, SYMBOLS, what="symbols")
     if hit is not None:
         return hit
