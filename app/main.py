@@ -12,7 +12,20 @@ from app.api.body_limit import BodySizeLimit
 from app.api.docs import DESCRIPTION, install_docs
 from app.api.observability import RequestObservability
 from app.api.route_templates import route_templates
-from app.api.routes import agents, api_keys, auth, broker_connections, health, trading, users
+from app.api.routes import (
+    agents,
+    api_keys,
+    auth,
+    broker_connections,
+    health,
+    history,
+    jobs,
+    pending_orders,
+    prices,
+    symbols,
+    trading,
+    users,
+)
 from app.core.config import Settings
 from app.core.errors import install_error_handlers
 from app.core.migrate import upgrade_to_head_async
@@ -56,6 +69,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(agents.router)
     api.include_router(trading.router)
     api.include_router(api_keys.router)
+    api.include_router(pending_orders.router)
+    api.include_router(history.router)
+    api.include_router(symbols.router)
+    api.include_router(jobs.router)
+    api.include_router(prices.router)
     app.include_router(api)
     app.include_router(health.router)
     install_docs(app)

@@ -117,6 +117,7 @@ class Job(Base):
         Index("ix_jobs_user_type_created", "user_id", "job_type", "created_at"),
         Index("uq_jobs_user_client_order_id", "user_id", "client_order_id", unique=True),
         Index("ix_jobs_status_claimed", "status", "claimed_at"),
+        Index("ix_jobs_agent_ticket", "agent_id", "ticket"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -135,6 +136,14 @@ class Job(Base):
     claimed_at: Mapped[datetime | None] = mapped_column()
     completed_at: Mapped[datetime | None] = mapped_column()
     expires_at: Mapped[datetime] = mapped_column()
+    # An order's broker ticket (the fill's position, or the placed pending order), copied
+    # from its result so that a ticket the broker reports finds its order.
+    ticket: Mapped[int | None] = mapped_column(BigInteger)
+    # What mt5gate learned of a placed order after its job ended: a later status
+    # (`cancelled` through the API; the account events add `filled`, `expired`) and the
+    # fields a modification changed (price, stop_limit_price, sl, tp, expiration).
+    order_status: Mapped[str | None] = mapped_column(String(16))
+    order_changes: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
 
 
 class ApiKey(Base):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import multiprocessing
 from datetime import UTC, datetime
 from multiprocessing.synchronize import Event as EventType
@@ -57,11 +58,57 @@ def candles_output(count: int) -> dict[str, Any]:
     }
 
 
+CANNED_OUTPUT["place_pending_order"] = {"ticket": 2001, "placed_at": NOW}
+CANNED_OUTPUT["cancel_pending_order"] = {"ticket": 2001, "cancelled_at": NOW}
+
+
+def deal(index: int) -> dict[str, Any]:
+    return {
+        "ticket": 9_000_000 - index,
+        "order_ticket": 8_000_000 - index,
+        "position_id": 7_000_000 - index // 2,
+        "type": "buy" if index % 2 else "sell",
+        "symbol": "EURUSD",
+        "side": "buy" if index % 2 else "sell",
+        "entry": "in" if index % 2 else "out",
+        "volume": 0.1,
+        "price": 1.08 + index * 1e-5,
+        "profit": 0.0 if index % 2 else 12.5,
+        "commission": -0.35,
+        "swap": 0.0,
+        "fee": 0.0,
+        "reason": "mt5gate",
+        "time": NOW,
+    }
+
+
+DEALS = [deal(index) for index in range(1000)]
+
+
 def output_for(job: dict[str, Any]) -> dict[str, Any]:
     if job["job_type"] == "get_candles":
         return candles_output(int(job["input_data"].get("count", 200)))
+    if job["job_type"] == "get_history":
+        return {"deals": DEALS[: int(job["input_data"].get("limit", 100))]}
     output: dict[str, Any] = CANNED_OUTPUT[job["job_type"]]
     return output
+
+
+_BODIES: dict[tuple[str, int], bytes] = {}
+
+
+def result_body(job: dict[str, Any]) -> bytes:
+    """The result's JSON, encoded once per job type and size: the agent's own cost stays
+    out of the figures (a thousand deals take milliseconds to encode)."""
+    key = (
+        job["job_type"],
+        int(job["input_data"].get("limit") or job["input_data"].get("count") or 0),
+    )
+    body = _BODIES.get(key)
+    if body is None:
+        body = json.dumps({"status": "completed", "output_data": output_for(job)}).encode()
+        _BODIES[key] = body
+    return body
 
 
 async def _serve_jobs(
@@ -81,7 +128,8 @@ async def _serve_jobs(
                 job = response.json()
                 await http.post(
                     f"/jobs/{job['id']}/result",
-                    json={"status": "completed", "output_data": output_for(job)},
+                    content=result_body(job),
+                    headers={"Content-Type": "application/json"},
                 )
 
         await asyncio.gather(*(worker() for _ in range(workers)))

@@ -226,6 +226,35 @@ async def test_closing_a_position_returns_the_pnl_the_simulator_computed(
     assert account["margin_used"] == 0.0
 
 
+async def test_a_pending_order_lives_at_the_sim_agent_process(trading: TraderWithAgent) -> None:
+    # Far under the market: it rests there while the test lists, modifies and cancels it.
+    (eurusd,) = [s for s in await trading.get("/symbols") if s["name"] == "EURUSD"]
+    assert eurusd["stops_level"] == 10
+    order = await trading.place({**BUY, "type": "limit", "price": 0.9, "sl": 0.8})
+    assert (order["status"], order["type"]) == ("placed", "limit")
+    (resting,) = await trading.get("/pending-orders")
+    assert (resting["ticket"], resting["order_id"], resting["sl"]) == (
+        order["ticket"],
+        order["order_id"],
+        0.8,
+    )
+    headers = trading.trader.headers
+    response = await trading.client.patch(
+        f"/pending-orders/{order['ticket']}", json={"price": 0.95}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    response = await trading.client.delete(f"/pending-orders/{order['ticket']}", headers=headers)
+    assert response.status_code == 200, response.text
+    assert await trading.get("/pending-orders") == []
+    assert (await trading.get(f"/orders/{order['order_id']}"))["status"] == "cancelled"
+    (record,) = await trading.get("/history/orders")
+    assert (record["ticket"], record["state"], record["price"]) == (
+        order["ticket"],
+        "cancelled",
+        0.95,
+    )
+
+
 async def test_candles_are_sane(trading: TraderWithAgent) -> None:
     response = await trading.client.get(
         "/candles/EURUSD",

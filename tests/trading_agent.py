@@ -56,6 +56,64 @@ CLOSED = {
 }
 
 
+NOW = "2026-11-24T21:15:03.120Z"
+PENDING_ORDER = {
+    "ticket": 7001,
+    "symbol": "EURUSD",
+    "side": "buy",
+    "type": "limit",
+    "volume": 0.1,
+    "price": 1.05,
+    "placed_at": NOW,
+}
+DEAL = {
+    "ticket": 9001,
+    "order_ticket": 7001,
+    "position_id": 7001,
+    "type": "buy",
+    "symbol": "EURUSD",
+    "side": "buy",
+    "entry": "in",
+    "volume": 0.1,
+    "price": 1.05,
+    "reason": "mt5gate",
+    "time": NOW,
+}
+HISTORY = {
+    "ticket": 7001,
+    "position_id": 7001,
+    "symbol": "EURUSD",
+    "side": "buy",
+    "type": "limit",
+    "volume_initial": 0.1,
+    "volume_filled": 0.1,
+    "price": 1.05,
+    "state": "filled",
+    "reason": "mt5gate",
+    "placed_at": NOW,
+    "done_at": NOW,
+}
+SYMBOL = {
+    "name": "EURUSD",
+    "description": "Euro vs US Dollar",
+    "digits": 5,
+    "point": 0.00001,
+    "contract_size": 100000,
+    "currency_base": "EUR",
+    "currency_profit": "USD",
+    "volume_min": 0.01,
+    "volume_max": 100,
+    "volume_step": 0.01,
+    "stops_level": 0,
+    "freeze_level": 0,
+    "trade_mode": "full",
+    "execution_mode": "market",
+    "filling_modes": ["fok", "ioc"],
+    "expiration_modes": ["gtc", "day", "specified"],
+    "order_modes": ["market", "limit", "stop", "stop_limit", "sl", "tp"],
+}
+
+
 def candles(n: int, start: int = 1_700_000_000, step: int = 3600) -> list[dict[str, Any]]:
     return [
         {
@@ -101,6 +159,19 @@ def instant(job: dict[str, Any]) -> dict[str, Any]:
         return completed(ACCOUNT)
     if job_type == "get_candles":
         return completed({"candles": candles(data["count"])})
+    if job_type == "place_pending_order":
+        return completed({"ticket": PENDING_ORDER["ticket"], "placed_at": NOW})
+    if job_type == "get_pending_orders":
+        return completed({"pending_orders": [PENDING_ORDER]})
+    if job_type == "modify_pending_order":
+        changed = {k: v for k, v in data.items() if k != "ticket"}
+        return completed({"pending_order": {**PENDING_ORDER, **changed}})
+    if job_type == "cancel_pending_order":
+        return completed({"ticket": data["ticket"], "cancelled_at": NOW})
+    if job_type == "get_history":
+        return completed({"deals": [DEAL]} if data["kind"] == "deals" else {"orders": [HISTORY]})
+    if job_type == "get_symbols":
+        return completed({"symbols": [SYMBOL]})
     raise AssertionError(job_type)
 
 

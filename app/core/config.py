@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     read_wait_seconds: float = Field(default=5, gt=0)
     candles_wait_seconds: float = Field(default=10, gt=0)
     candles_cache_ttl_seconds: int = Field(default=30, gt=0)
+    # The broker's records: deal and order history, symbol specifications (the latter
+    # cached per connection in Redis).
+    history_wait_seconds: float = Field(default=10, gt=0)
+    symbols_wait_seconds: float = Field(default=10, gt=0)
+    symbols_cache_ttl_seconds: int = Field(default=300, gt=0)
     # A WebSocket whose client has read nothing for this long while ticks wait for it (one
     # send blocked this long on a full buffer) is closed with 1013.
     ws_stall_timeout_seconds: float = Field(default=10, gt=0)

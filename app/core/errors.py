@@ -76,6 +76,30 @@ class PositionNotFound(DomainError):
     status_code, code, message = 404, "position_not_found", "No open position with that id."
 
 
+class PendingOrderNotFound(DomainError):
+    status_code, code, message = (
+        404,
+        "pending_order_not_found",
+        "No pending order with that ticket.",
+    )
+
+
+class SymbolNotFound(DomainError):
+    status_code, code, message = 404, "symbol_not_found", "The broker has no such symbol."
+
+
+class NoPrice(DomainError):
+    status_code, code, message = 404, "no_price", "The feed has no tick for that instrument."
+
+
+class InvalidRange(DomainError):
+    status_code, code, message = (
+        422,
+        "invalid_range",
+        "`from` must be before `to`, at most 366 days apart.",
+    )
+
+
 class EmailTaken(DomainError):
     status_code, code, message = 409, "email_taken", "An account with that email exists."
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -61,6 +62,143 @@ class ClosedPosition(Strict):
     closed_at: UtcDatetime
 
 
+# -- pending orders, history, symbols -------------------------------------------------------
+
+PendingType = Literal["limit", "stop", "stop_limit"]
+OrderType = Literal["market", "limit", "stop", "stop_limit"]
+DealReason = Literal[
+    "mt5gate",
+    "client",
+    "mobile",
+    "web",
+    "expert",
+    "sl",
+    "tp",
+    "stop_out",
+    "rollover",
+    "vmargin",
+    "split",
+    "other",
+]
+
+
+class Expiration(Strict):
+    """`gtc` (the default), `day` (the broker's trading day) or `specified` with `at`."""
+
+    type: Literal["gtc", "day", "specified"] = "gtc"
+    at: UtcDatetime | None = None
+
+
+class PendingOrder(Strict):
+    ticket: Ticket
+    order_id: uuid.UUID | None = Field(
+        default=None, description="The order's id in mt5gate; null for one placed elsewhere."
+    )
+    symbol: Symbol
+    side: Side
+    type: PendingType
+    volume: Volume
+    price: Price
+    stop_limit_price: Price | None = None
+    sl: Price | None = None
+    tp: Price | None = None
+    expiration: Expiration = Field(default_factory=Expiration)
+    placed_at: UtcDatetime
+
+
+class Deal(Strict):
+    ticket: Ticket
+    order_ticket: Ticket | None = None
+    position_id: Ticket | None = None
+    type: Literal["buy", "sell", "balance", "credit", "commission", "other"]
+    symbol: Symbol | None = None
+    side: Side | None = None
+    entry: Literal["in", "out", "inout", "out_by"] | None = None
+    volume: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    price: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    profit: Money = 0.0
+    commission: Money = 0.0
+    swap: Money = 0.0
+    fee: Money = 0.0
+    reason: DealReason
+    time: UtcDatetime
+
+
+class HistoryOrder(Strict):
+    ticket: Ticket
+    order_id: uuid.UUID | None = Field(
+        default=None, description="The order's id in mt5gate; null for one placed elsewhere."
+    )
+    position_id: Ticket | None = None
+    symbol: Symbol
+    side: Side
+    type: Literal["market", "limit", "stop", "stop_limit", "close_by"]
+    volume_initial: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    volume_filled: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    price: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    state: Literal["filled", "partial", "cancelled", "expired", "rejected"]
+    reason: DealReason
+    placed_at: UtcDatetime
+    done_at: UtcDatetime | None = None
+
+
+Points = Annotated[int, Field(ge=0, lt=2**31)]
+
+
+class SymbolInfo(Strict):
+    name: Symbol
+    description: Annotated[str, StringConstraints(max_length=256)] = ""
+    digits: int = Field(ge=0, le=16)
+    point: Price
+    contract_size: Price
+    currency_base: Annotated[str, StringConstraints(max_length=16)]
+    currency_profit: Annotated[str, StringConstraints(max_length=16)]
+    volume_min: Price
+    volume_max: Price
+    volume_step: Price
+    stops_level: Points = Field(description="In points.")
+    freeze_level: Points = Field(description="In points.")
+    trade_mode: Literal["full", "long_only", "short_only", "close_only", "disabled"]
+    execution_mode: Literal["request", "instant", "market", "exchange"]
+    filling_modes: list[Literal["fok", "ioc", "return"]]
+    expiration_modes: list[Literal["gtc", "day", "specified"]]
+    order_modes: list[Literal["market", "limit", "stop", "stop_limit", "sl", "tp", "close_by"]]
+
+
+# What a job's `input_data` holds, for the job types that have a model of it.
+class PlacePendingOrderInput(Strict):
+    symbol: Symbol
+    side: Side
+    volume: Volume
+    type: PendingType
+    price: Price
+    stop_limit_price: Price | None = None
+    expiration: Expiration = Field(default_factory=Expiration)
+    sl: Price | None = None
+    tp: Price | None = None
+    client_order_id: str | None = None
+
+
+class CancelPendingOrderInput(Strict):
+    ticket: Ticket
+
+
+class GetHistoryInput(Strict):
+    kind: Literal["deals", "orders"]
+    from_: UtcDatetime = Field(alias="from")
+    to: UtcDatetime
+    limit: int = Field(ge=1, le=1000)
+    before: Ticket | None = None
+    symbol: Symbol | None = None
+    position_id: Ticket | None = None
+
+
+class GetSymbolsInput(Strict):
+    symbol: Symbol | None = None
+    group: Annotated[str, StringConstraints(max_length=256)] | None = None
+    all: bool = False
+
+
 # What an agent's `output_data` must look like, per job type.
 class TradeOutput(Strict):
     ticket: Ticket
@@ -81,6 +219,38 @@ class CandlesOutput(Strict):
     candles: list[Candle]
 
 
+class PlacedPendingOrder(Strict):
+    ticket: Ticket
+    placed_at: UtcDatetime
+
+
+class PendingOrdersOutput(Strict):
+    pending_orders: list[PendingOrder]
+
+
+class ModifyPendingOrderOutput(Strict):
+    pending_order: PendingOrder
+
+
+class CancelledPendingOrder(Strict):
+    ticket: Ticket
+    cancelled_at: UtcDatetime
+
+
+class HistoryOutput(Strict):
+    """`deals` for `kind: deals`, `orders` for `kind: orders`."""
+
+    deals: list[Deal] | None = None
+    orders: list[HistoryOrder] | None = None
+
+
+class SymbolsOutput(Strict):
+    symbols: list[SymbolInfo]
+
+
+# The job types that are an order (`order_id` is their job id; their result's `ticket` is
+# the order's broker ticket).
+ORDER_JOB_TYPES = frozenset({"trade", "place_pending_order"})
 OUTPUT_MODELS: dict[str, type[BaseModel]] = {
     "trade": TradeOutput,
     "get_positions": PositionsOutput,
@@ -88,7 +258,24 @@ OUTPUT_MODELS: dict[str, type[BaseModel]] = {
     "modify_position": ModifyPositionOutput,
     "get_account": Account,
     "get_candles": CandlesOutput,
+    "place_pending_order": PlacedPendingOrder,
+    "get_pending_orders": PendingOrdersOutput,
+    "modify_pending_order": ModifyPendingOrderOutput,
+    "cancel_pending_order": CancelledPendingOrder,
+    "get_history": HistoryOutput,
+    "get_symbols": SymbolsOutput,
 }
 JobType = Literal[
-    "trade", "get_positions", "close_position", "modify_position", "get_account", "get_candles"
+    "trade",
+    "get_positions",
+    "close_position",
+    "modify_position",
+    "get_account",
+    "get_candles",
+    "place_pending_order",
+    "get_pending_orders",
+    "modify_pending_order",
+    "cancel_pending_order",
+    "get_history",
+    "get_symbols",
 ]

@@ -35,7 +35,7 @@ from app.core.job_events import CREATED_CHANNEL, FINISHED_CHANNEL, JobEvents, Wa
 from app.core.metrics import JOB_ROUND_TRIP_SECONDS
 from app.models import Agent, Job, detached, utcnow
 from app.schemas.agents import CompletedResult, FailedResult
-from app.schemas.trading import OUTPUT_MODELS
+from app.schemas.trading import ORDER_JOB_TYPES, OUTPUT_MODELS
 
 log = logging.getLogger("mt5gate.jobs")
 
@@ -146,8 +146,11 @@ FINISH = (
         output_data=bindparam("p_output_data"),
         error=bindparam("p_error"),
         completed_at=bindparam("p_now"),
+        ticket=bindparam("p_ticket"),
     )
-    .returning(*JOBS.c)
+    # Not the output: it is what was just written (a history answer is hundreds of KB, not
+    # worth sending back and decoding again).
+    .returning(*(column for column in JOBS.c if column.key != "output_data"))
 )
 EXPIRE_DUE = (
     update(JOBS)
@@ -215,6 +218,9 @@ async def create_job(
         "claimed_at": None,
         "completed_at": None,
         "expires_at": now + timedelta(seconds=ttl_seconds),
+        "ticket": None,
+        "order_status": None,
+        "order_changes": None,
     }
     async with store.db.connect() as conn:
         try:
@@ -281,6 +287,7 @@ def validate_result(job_type: str, result: CompletedResult | FailedResult) -> di
             "p_status": FAILED,
             "p_output_data": None,
             "p_error": result.error.model_dump(exclude_none=True),
+            "p_ticket": None,
         }
     model: type[BaseModel] = OUTPUT_MODELS[job_type]
     try:
@@ -290,7 +297,13 @@ def validate_result(job_type: str, result: CompletedResult | FailedResult) -> di
             f"output_data does not match the {job_type} shape",
             errors=exc.errors(include_url=False, include_context=False, include_input=False),
         ) from exc
-    return {"p_status": COMPLETED, "p_output_data": output.model_dump(mode="json"), "p_error": None}
+    ticket = getattr(output, "ticket", None) if job_type in ORDER_JOB_TYPES else None
+    return {
+        "p_status": COMPLETED,
+        "p_output_data": output.model_dump(mode="json"),
+        "p_error": None,
+        "p_ticket": ticket,
+    }
 
 
 async def complete_job(
@@ -317,7 +330,7 @@ async def complete_job(
     if row is None:  # not running under this agent, or another answer won the race
         raise JobNotRunning()
     store.handed_out.pop(job_id, None)
-    finished = job_from(row)
+    finished = job_from({**row._mapping, "output_data": values["p_output_data"]})
     await store.events.job_finished(str(job_id), finished)
     return finished
 

@@ -1,7 +1,10 @@
-"""Orders: a `trade` job for the user's agent, and the order read off that job.
+"""Orders: a `trade` job (market) or a `place_pending_order` job (limit, stop, stop-limit)
+for the user's agent, and the order read off that job.
 
 An order is its job: `order_id` is the job id and the order's status is derived from the
-job's each time it is read, so the two can never drift apart.
+job's each time it is read, so the two can never drift apart. What mt5gate learns of a
+placed order later (cancelled through the API, a modification) is kept on the same row
+(`order_status`, `order_changes`) and read with it.
 """
 
 from __future__ import annotations
@@ -9,15 +12,16 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Table, and_, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.errors import ClientOrderIdConflict, NotFound
 from app.models import Job, utcnow
 from app.schemas.orders import OrderCreate, OrderError, OrderRead, OrderStatus
+from app.schemas.trading import Expiration
 from app.services.agents import connection_agent, require_online_agent
 from app.services.jobs import (
     COMPLETED,
@@ -34,8 +38,18 @@ from app.services.jobs import (
 )
 
 TRADE = "trade"
-# The compared fields of a repeated order (client_order_id aside, which matched already).
-ORDER_FIELDS = ("symbol", "side", "volume", "sl", "tp")
+PLACE_PENDING = "place_pending_order"
+ORDER_TYPES = (TRADE, PLACE_PENDING)
+# What a placed order can become at the broker (written to `jobs.order_status`).
+LATER_STATUSES: frozenset[OrderStatus] = frozenset({"filled", "cancelled", "expired"})
+JOBS = cast(Table, Job.__table__)
+# The orders an agent placed, by their broker tickets (a fill's ticket is its position's,
+# which MT5 numbers after the order that opened it).
+ORDERS_BY_TICKET = select(JOBS.c.ticket, JOBS.c.id).where(
+    JOBS.c.agent_id == bindparam("p_agent_id"),
+    JOBS.c.job_type.in_(ORDER_TYPES),
+    JOBS.c.ticket.in_(bindparam("p_tickets", expanding=True)),
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +63,11 @@ class Trading:
 
 def order_status(job: Job, *, now: datetime) -> OrderStatus:
     if job.status == COMPLETED:
-        return "filled"
+        if job.job_type == TRADE:
+            return "filled"
+        # A placed order's later status, when mt5gate learned one (see the module docstring).
+        later = job.order_status
+        return cast(OrderStatus, later) if later in LATER_STATUSES else "placed"
     if job.status == FAILED:
         # An agent that finds the job past its expiry refuses it unexecuted.
         code = (job.error or {}).get("code")
@@ -66,24 +84,33 @@ def order_status(job: Job, *, now: datetime) -> OrderStatus:
 
 def order_from_job(job: Job, *, now: datetime | None = None) -> OrderRead:
     status = order_status(job, now=now or utcnow())
-    request: dict[str, Any] = job.input_data
-    output: dict[str, Any] = (job.output_data or {}) if status == "filled" else {}
+    # The request, with what a modification through mt5gate changed since.
+    request: dict[str, Any] = {**job.input_data, **(job.order_changes or {})}
+    output: dict[str, Any] = (job.output_data or {}) if job.status == COMPLETED else {}
     error: dict[str, Any] | None = None
     if status in ("rejected", "expired", "unknown"):
         error = job.error or (EXPIRED_ERROR if status == "expired" else None)
+    pending = job.job_type == PLACE_PENDING
+    filled = status == "filled"
     return OrderRead(
         order_id=job.id,
         client_order_id=job.client_order_id,
         status=status,
+        type=request["type"] if pending else "market",
         symbol=request["symbol"],
         side=request["side"],
         volume=output.get("volume", request["volume"]),
+        price=request.get("price"),
+        stop_limit_price=request.get("stop_limit_price"),
+        expiration=Expiration.model_validate(request["expiration"]) if pending else None,
         sl=request.get("sl"),
         tp=request.get("tp"),
         fill_price=output.get("fill_price"),
         ticket=output.get("ticket"),
+        position_id=output.get("ticket") if filled else None,
         error=OrderError.model_validate(error) if error else None,
         created_at=job.created_at,
+        placed_at=output.get("placed_at"),
         filled_at=output.get("filled_at"),
     )
 
@@ -91,8 +118,7 @@ def order_from_job(job: Job, *, now: datetime | None = None) -> OrderRead:
 def same_order(job: Job, order: OrderCreate, *, agent_id: uuid.UUID | None) -> bool:
     """Whether a repeat names the same order: same fields, and the same connection's agent
     when the repeat names a connection (`agent_id` is then that connection's agent)."""
-    wanted = order.job_input()
-    if any(job.input_data.get(name) != wanted[name] for name in ORDER_FIELDS):
+    if job.job_type != order.job_type() or job.input_data != order.job_input():
         return False
     return order.broker_connection_id is None or agent_id == job.agent_id
 
@@ -128,7 +154,7 @@ async def submit_order(
         trading.jobs,
         user_id=user_id,
         agent_id=agent.id,
-        job_type=TRADE,
+        job_type=order.job_type(),
         input_data=order.job_input(),
         ttl_seconds=trading.settings.trade_job_ttl_seconds,
         client_order_id=order.client_order_id,
@@ -160,7 +186,9 @@ async def get_order(
 ) -> OrderRead:
     async with session_factory() as session:
         job = await session.scalar(
-            select(Job).where(Job.id == order_id, Job.user_id == user_id, Job.job_type == TRADE)
+            select(Job).where(
+                Job.id == order_id, Job.user_id == user_id, Job.job_type.in_(ORDER_TYPES)
+            )
         )
     if job is None:
         raise NotFound("No such order.")
@@ -175,11 +203,13 @@ async def list_orders(
     before: uuid.UUID | None,
 ) -> list[OrderRead]:
     """The user's orders, newest first; `before` (an order id) starts after that order."""
-    query = select(Job).where(Job.user_id == user_id, Job.job_type == TRADE)
+    query = select(Job).where(Job.user_id == user_id, Job.job_type.in_(ORDER_TYPES))
     async with session_factory() as session:
         if before is not None:
             cursor = await session.scalar(
-                select(Job).where(Job.id == before, Job.user_id == user_id, Job.job_type == TRADE)
+                select(Job).where(
+                    Job.id == before, Job.user_id == user_id, Job.job_type.in_(ORDER_TYPES)
+                )
             )
             if cursor is None:
                 raise NotFound("No such order (the `before` cursor).")
@@ -195,3 +225,14 @@ async def list_orders(
         found = list(jobs)
     now = utcnow()
     return [order_from_job(job, now=now) for job in found]
+
+
+async def order_ids_by_ticket(
+    trading: Trading, *, agent_id: uuid.UUID | None, tickets: list[int]
+) -> dict[int, uuid.UUID]:
+    """The `order_id` of each ticket that an order placed through mt5gate holds."""
+    if not tickets or agent_id is None:
+        return {}
+    async with trading.jobs.db.connect() as conn:
+        rows = await conn.execute(ORDERS_BY_TICKET, {"p_agent_id": agent_id, "p_tickets": tickets})
+        return {row.ticket: row.id for row in rows}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from app.core.errors import AgentTimeout, BrokerFailure, PositionNotFound
+from app.core.errors import AgentTimeout, BrokerFailure, DomainError, PositionNotFound
 from app.models import Agent, Job
 from app.schemas.positions import JobPending, PositionClosed, PositionUpdate
 from app.schemas.trading import Account, Position
@@ -79,8 +79,11 @@ def read_output(job: Job) -> dict[str, Any]:
     raise AgentTimeout()
 
 
-def write_output(job: Job) -> dict[str, Any] | JobPending:
-    """A write's `output_data`, or JobPending while it may still execute."""
+def write_output(
+    job: Job, *, not_found: type[DomainError] = PositionNotFound
+) -> dict[str, Any] | JobPending:
+    """A write's `output_data`, or JobPending while it may still execute. A failure whose
+    code is `not_found`'s own is that error (404), any other refusal `broker_error`."""
     if job.status == COMPLETED and job.output_data is not None:
         return job.output_data
     if job.status not in FINAL_STATUSES:
@@ -88,8 +91,8 @@ def write_output(job: Job) -> dict[str, Any] | JobPending:
     if is_refused_unexecuted(job):
         raise AgentTimeout(NOT_TAKEN)
     if job.status == FAILED:
-        if (job.error or {}).get("code") == "position_not_found":
-            raise PositionNotFound()
+        if (job.error or {}).get("code") == not_found.code:
+            raise not_found()
         raise broker_failure(job)
     raise AgentTimeout(UNKNOWN_OUTCOME if job.status == LOST else NOT_TAKEN)
 

@@ -8,22 +8,15 @@ loop; it hands every call to a :class:`BackendWorker`, whose single thread seria
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
-
-JOB_TYPES = (
-    "trade",
-    "get_positions",
-    "close_position",
-    "modify_position",
-    "get_account",
-    "get_candles",
-)
 
 TIMEFRAMES = ("M1", "M5", "M15", "M30", "H1", "H4", "D1", "W1", "MN1")
 
@@ -170,3 +163,131 @@ def optional_price(input_data: dict[str, Any], key: str, current: float | None) 
     if key not in input_data:
         return current
     return parse_positive(input_data, key, optional=True)
+
+
+PENDING_TYPES = ("limit", "stop", "stop_limit")
+EXPIRATION_TYPES = ("gtc", "day", "specified")
+MAX_HISTORY_LIMIT = 1000
+
+
+def parse_time(value: Any, key: str) -> float:
+    """An ISO-8601 time with a zone (the contract's UTC) as epoch seconds."""
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        raise BrokerError("invalid_request", f"input_data.{key} is not an ISO-8601 time") from None
+    if moment.tzinfo is None:
+        raise BrokerError("invalid_request", f"input_data.{key} has no time zone")
+    return moment.timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRequest:
+    """A `place_pending_order` job's input, checked."""
+
+    symbol: str
+    side: str
+    type: str  # "limit", "stop" or "stop_limit"
+    volume: float
+    price: float
+    stop_limit_price: float | None  # set for a stop_limit only
+    sl: float | None
+    tp: float | None
+    expiration: dict[str, Any]  # {"type", "at"} as the contract writes it
+    expires_at: float | None  # `at` in epoch seconds (UTC), for `specified`
+
+
+def parse_pending_request(input_data: dict[str, Any]) -> PendingRequest:
+    kind = str(require(input_data, "type"))
+    if kind not in PENDING_TYPES:
+        raise BrokerError("invalid_request", f"type must be one of {PENDING_TYPES}, not {kind!r}")
+    volume = parse_positive(input_data, "volume")
+    price = parse_positive(input_data, "price")
+    assert volume is not None
+    assert price is not None
+    stop_limit = parse_positive(input_data, "stop_limit_price", optional=True)
+    if kind == "stop_limit" and stop_limit is None:
+        raise BrokerError("invalid_request", "a stop_limit order needs stop_limit_price")
+    expiration, expires_at = parse_expiration(input_data)
+    return PendingRequest(
+        symbol=str(require(input_data, "symbol")),
+        side=parse_side(require(input_data, "side")),
+        type=kind,
+        volume=volume,
+        price=price,
+        stop_limit_price=stop_limit if kind == "stop_limit" else None,
+        sl=parse_positive(input_data, "sl", optional=True),
+        tp=parse_positive(input_data, "tp", optional=True),
+        expiration=expiration,
+        expires_at=expires_at,
+    )
+
+
+def parse_expiration(input_data: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
+    """The request's ``expiration`` as the contract writes it, and its ``at`` in epoch
+    seconds (None unless ``specified``)."""
+    raw = input_data.get("expiration") or {"type": "gtc"}
+    if not isinstance(raw, dict):
+        raise BrokerError("invalid_request", "input_data.expiration must be an object")
+    kind = raw.get("type") or "gtc"
+    if kind not in EXPIRATION_TYPES:
+        raise BrokerError("invalid_request", f"unknown expiration type {kind!r}")
+    if kind != "specified":
+        return {"type": kind, "at": None}, None
+    at = parse_time(require(raw, "at"), "expiration.at")
+    return {"type": kind, "at": iso_utc(at)}, at
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    kind: str  # "deals" or "orders"
+    start: float  # epoch seconds, inclusive
+    end: float  # epoch seconds, exclusive
+    limit: int
+    before: int | None
+    symbol: str | None
+    position_id: int | None
+
+    def keeps(self, ticket: int, at: float, symbol: str | None, position_id: int | None) -> bool:
+        return (
+            self.start <= at < self.end
+            and (self.before is None or ticket < self.before)
+            and (self.symbol is None or symbol == self.symbol)
+            and (self.position_id is None or position_id == self.position_id)
+        )
+
+
+def parse_history_request(input_data: dict[str, Any]) -> HistoryRequest:
+    kind = require(input_data, "kind")
+    if kind not in ("deals", "orders"):
+        raise BrokerError("invalid_request", "input_data.kind must be 'deals' or 'orders'")
+    limit = input_data.get("limit") or 100
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_LIMIT:
+        raise BrokerError("invalid_request", f"input_data.limit must be 1-{MAX_HISTORY_LIMIT}")
+    before = input_data.get("before")
+    position_id = input_data.get("position_id")
+    symbol = input_data.get("symbol")
+    return HistoryRequest(
+        kind=kind,
+        start=parse_time(require(input_data, "from"), "from"),
+        end=parse_time(require(input_data, "to"), "to"),
+        limit=limit,
+        before=None if before is None else int(before),
+        symbol=None if symbol is None else str(symbol),
+        position_id=None if position_id is None else int(position_id),
+    )
+
+
+def symbol_matches_group(name: str, group: str | None) -> bool:
+    """MT5's group filter: comma-separated patterns with ``*``; one starting with ``!``
+    excludes. The last pattern that matches decides, as in ``symbols_get(group=...)``."""
+    if not group:
+        return True
+    matched = False
+    for pattern in (part.strip() for part in group.split(",")):
+        if not pattern:
+            continue
+        negate = pattern.startswith("!")
+        if fnmatch.fnmatchcase(name, pattern[1:] if negate else pattern):
+            matched = not negate
+    return matched

@@ -15,6 +15,16 @@ What a trader would recognise:
 - MT5's validation and retcodes: ``invalid_volume`` (10014), ``invalid_stops`` (10016),
   ``no_money`` (10019), ``invalid_close_volume`` (10038), ``invalid_symbol``;
 - stop loss and take profit that trigger on the tick stream, at the tick's price;
+- pending orders resting in the book with MT5's rules: placed on the right side of the
+  market and at least ``stops_level`` points from it (``invalid_price`` 10015), their sl/tp
+  checked against their own price, frozen within ``freeze_level`` points (``frozen``
+  10029), triggered by the first tick at or beyond them (a buy limit when the ask comes
+  down to it, a buy stop when it goes up to it; sells on the bid) and filled at that tick's
+  price; a triggered stop-limit becomes a limit under the same ticket; ``day`` orders expire
+  at the end of the (UTC) server day, ``specified`` ones at their time;
+- the account history MT5 keeps: a deal per fill and close (``reason`` ``mt5gate`` for what
+  the agent sent, ``sl``/``tp`` for the stops; the deposit is a ``balance`` deal) and a
+  finished order per market order, close, fill, cancellation and expiry;
 - an optional execution latency (``latency_seconds``) on the requests that go to the
   trade server (orders, closes, SL/TP changes), as MT5's ``order_send`` takes tens of
   milliseconds; reads (positions, account, candles) are the terminal's own data, instant;
@@ -35,6 +45,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -43,18 +54,26 @@ from typing import Any
 
 from mt5gate_agent.backends.base import (
     BrokerError,
+    HistoryRequest,
     is_on_step,
     iso_utc,
     optional_price,
     parse_candles_request,
+    parse_expiration,
+    parse_history_request,
+    parse_pending_request,
     parse_positive,
     parse_side,
     parse_ticket,
     require,
     round_volume,
+    symbol_matches_group,
 )
 from mt5gate_agent.retcodes import (
+    TRADE_RETCODE_FROZEN,
     TRADE_RETCODE_INVALID_CLOSE_VOLUME,
+    TRADE_RETCODE_INVALID_EXPIRATION,
+    TRADE_RETCODE_INVALID_PRICE,
     TRADE_RETCODE_INVALID_STOPS,
     TRADE_RETCODE_INVALID_VOLUME,
     TRADE_RETCODE_NO_MONEY,
@@ -75,7 +94,16 @@ TIMEFRAME_SECONDS = {
     "MN1": 2_592_000,  # nominal; months are bucketed on the calendar
 }
 # The jobs that are a round trip to the broker's trade server (``order_send`` in MT5).
-TRADE_SERVER_JOBS = frozenset({"trade", "close_position", "modify_position"})
+TRADE_SERVER_JOBS = frozenset(
+    {
+        "trade",
+        "close_position",
+        "modify_position",
+        "place_pending_order",
+        "modify_pending_order",
+        "cancel_pending_order",
+    }
+)
 # 1970-01-04 was a Sunday: MT5's weekly bars open on Sunday 00:00.
 _FIRST_SUNDAY = 3 * 86_400
 
@@ -97,10 +125,36 @@ class SymbolSpec:
     volume_step: float = 0.01
     annual_volatility: float = 0.08
     mean_tick_interval: float = 0.5
+    # Inside this many points of the price that would trigger it, a pending order can be
+    # neither modified nor deleted (MT5's SYMBOL_TRADE_FREEZE_LEVEL).
+    freeze_level: int = 0
+    description: str = ""
 
     @property
     def point(self) -> float:
         return 10.0**-self.digits
+
+    def view(self) -> dict[str, Any]:
+        """The contract's `symbol`: the specification as MT5's ``symbol_info`` gives it."""
+        return {
+            "name": self.name,
+            "description": self.description or f"{self.base_currency} vs {self.profit_currency}",
+            "digits": self.digits,
+            "point": self.point,
+            "contract_size": self.contract_size,
+            "currency_base": self.base_currency,
+            "currency_profit": self.profit_currency,
+            "volume_min": self.volume_min,
+            "volume_max": self.volume_max,
+            "volume_step": self.volume_step,
+            "stops_level": self.stops_level,
+            "freeze_level": self.freeze_level,
+            "trade_mode": "full",
+            "execution_mode": "market",
+            "filling_modes": ["fok", "ioc"],
+            "expiration_modes": ["gtc", "day", "specified"],
+            "order_modes": ["market", "limit", "stop", "stop_limit", "sl", "tp", "close_by"],
+        }
 
 
 DEFAULT_SYMBOLS: tuple[SymbolSpec, ...] = (
@@ -122,6 +176,8 @@ DEFAULT_SYMBOLS: tuple[SymbolSpec, ...] = (
         volume_max=50.0,
         annual_volatility=0.15,
         mean_tick_interval=0.3,
+        freeze_level=20,
+        description="Gold vs US Dollar",
     ),
 )
 
@@ -140,16 +196,116 @@ class SimPosition:
 
 @dataclass(slots=True)
 class SimDeal:
-    """A closing deal: what the account history of MT5 would show."""
+    """A deal as the account history of MT5 shows it (the contract's `deal`)."""
 
-    position_id: int
-    symbol: str
-    side: str
+    ticket: int
+    order_ticket: int | None
+    position_id: int | None
+    type: str  # "buy", "sell" or "balance"
+    symbol: str | None
+    side: str | None  # the deal's own direction: closing a buy is a sell deal
+    entry: str | None  # "in" or "out"
     volume: float
     price: float
     profit: float
-    reason: str  # "client", "sl" or "tp"
+    reason: str  # "mt5gate" (sent by the agent), "sl", "tp", "client" (the deposit)
     time: float
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "ticket": self.ticket,
+            "order_ticket": self.order_ticket,
+            "position_id": self.position_id,
+            "type": self.type,
+            "symbol": self.symbol,
+            "side": self.side,
+            "entry": self.entry,
+            "volume": self.volume,
+            "price": self.price,
+            "profit": self.profit,
+            "commission": 0.0,
+            "swap": 0.0,
+            "fee": 0.0,
+            "reason": self.reason,
+            "time": iso_utc(self.time),
+        }
+
+
+@dataclass(slots=True)
+class SimPendingOrder:
+    """An order resting in the book until the market reaches it (or it expires)."""
+
+    ticket: int
+    symbol: str
+    side: str
+    type: str  # "limit", "stop" or "stop_limit"
+    volume: float
+    price: float
+    stop_limit_price: float | None
+    sl: float | None
+    tp: float | None
+    expiration: dict[str, Any]  # {"type", "at"} as the contract writes it
+    expires_at: float | None  # epoch seconds, None for gtc
+    placed_at: float
+    client_order_id: str | None = None
+    # What it was placed as: a triggered stop-limit becomes a limit under the same ticket.
+    placed_type: str = ""
+
+    @property
+    def open_price(self) -> float:
+        """The price its position would open at: the limit price of a stop-limit."""
+        if self.type == "stop_limit" and self.stop_limit_price is not None:
+            return self.stop_limit_price
+        return self.price
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "ticket": self.ticket,
+            "symbol": self.symbol,
+            "side": self.side,
+            "type": self.type,
+            "volume": self.volume,
+            "price": self.price,
+            "stop_limit_price": self.stop_limit_price,
+            "sl": self.sl,
+            "tp": self.tp,
+            "expiration": self.expiration,
+            "placed_at": iso_utc(self.placed_at),
+        }
+
+
+@dataclass(slots=True)
+class SimHistoryOrder:
+    """A finished order (the contract's `history_order`)."""
+
+    ticket: int
+    position_id: int | None
+    symbol: str
+    side: str
+    type: str
+    volume_initial: float
+    volume_filled: float
+    price: float
+    state: str
+    reason: str
+    placed_at: float
+    done_at: float
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "ticket": self.ticket,
+            "position_id": self.position_id,
+            "symbol": self.symbol,
+            "side": self.side,
+            "type": self.type,
+            "volume_initial": self.volume_initial,
+            "volume_filled": self.volume_filled,
+            "price": self.price,
+            "state": self.state,
+            "reason": self.reason,
+            "placed_at": iso_utc(self.placed_at),
+            "done_at": iso_utc(self.done_at),
+        }
 
 
 @dataclass(slots=True)
@@ -187,6 +343,7 @@ class SimBackend:
         history_hours: int = 400 * 24,
         history_days: int = 20 * 365,
         first_ticket: int = 50_000_001,
+        first_deal_ticket: int = 40_000_001,
         latency_seconds: float = 0.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -203,10 +360,19 @@ class SimBackend:
         self._history_hours = history_hours
         self._history_days = history_days
         self._next_ticket = first_ticket
+        self._next_deal = first_deal_ticket
         self.positions: dict[int, SimPosition] = {}
+        self.pending_orders: dict[int, SimPendingOrder] = {}
         self.deals: list[SimDeal] = []
+        self.history_orders: list[SimHistoryOrder] = []
         self.logged_in_as: int | None = None
+        # Tests and scenarios move quotes (`set_quote`) from another thread than the
+        # agent's backend worker: every public entry point holds this lock.
+        self._lock = threading.RLock()
         self._start = clock()
+        self._record_deal(
+            None, None, "balance", None, None, None, 0.0, 0.0, self.balance, "client", self._start
+        )
         self._markets: dict[str, _Market] = {}
         self._history: dict[str, list[Bar]] = {}
         for spec in symbols:
@@ -222,13 +388,18 @@ class SimBackend:
         self.logged_in_as = int(login)
 
     def is_connected(self) -> bool:
-        self._advance()
+        with self._lock:
+            self._advance()
         return True
 
     def close(self) -> None:
         pass
 
     def ticks(self, symbols: list[str]) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return self._ticks(symbols)
+
+    def _ticks(self, symbols: list[str]) -> dict[str, dict[str, Any]]:
         self._advance()
         result: dict[str, dict[str, Any]] = {}
         for name in symbols:
@@ -245,8 +416,9 @@ class SimBackend:
             # The request travels to the trade server first: it executes at the price of
             # when it arrives, not of when it was sent.
             self._sleep(self.latency_seconds)
-        self._advance()
-        return handler(self, input_data)
+        with self._lock:
+            self._advance()
+            return handler(self, input_data)
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -272,11 +444,14 @@ class SimBackend:
                 TRADE_RETCODE_NO_MONEY,
             )
         now = self._clock()
-        ticket = self._next_ticket
-        self._next_ticket += 1
-        self.positions[ticket] = SimPosition(
-            ticket, spec.name, side, volume, price, sl, tp, opened_at=now
-        )
+        ticket = self._take_ticket()
+        self._open_position(ticket, spec.name, side, volume, price, sl, tp, now)
+        self.history_orders.append(
+            SimHistoryOrder(
+                ticket, ticket, spec.name, side, "market", volume, volume, price, "filled",
+                "mt5gate", now, now,
+            )
+        )  # fmt: skip
         return {"ticket": ticket, "fill_price": price, "volume": volume, "filled_at": iso_utc(now)}
 
     def _get_positions(self, input_data: dict[str, Any]) -> dict[str, Any]:
@@ -305,7 +480,7 @@ class SimBackend:
                 f"{spec.volume_min}",
                 TRADE_RETCODE_INVALID_VOLUME,
             )
-        deal = self._close(position, volume, reason="client")
+        deal = self._close(position, volume, reason="mt5gate")
         return {
             "closed_price": deal.price,
             "volume": deal.volume,
@@ -339,6 +514,103 @@ class SimBackend:
         self._market(symbol)
         return {"candles": self.candles(symbol, timeframe, count)}
 
+    def _place_pending_order(self, input_data: dict[str, Any]) -> dict[str, Any]:
+        request = parse_pending_request(input_data)
+        market = self._market(request.symbol)
+        spec = market.spec
+        self._check_volume(spec, request.volume)
+        now = self._clock()
+        order = SimPendingOrder(
+            ticket=self._take_ticket(),
+            symbol=spec.name,
+            side=request.side,
+            type=request.type,
+            volume=round_volume(request.volume),
+            price=round(request.price, spec.digits),
+            stop_limit_price=None
+            if request.stop_limit_price is None
+            else round(request.stop_limit_price, spec.digits),
+            sl=request.sl,
+            tp=request.tp,
+            expiration=request.expiration,
+            expires_at=self._expiry(request.expiration, request.expires_at, now),
+            placed_at=now,
+            client_order_id=input_data.get("client_order_id"),
+            placed_type=request.type,
+        )
+        self._check_pending(market, order)
+        self.pending_orders[order.ticket] = order
+        return {"ticket": order.ticket, "placed_at": iso_utc(now)}
+
+    def _get_pending_orders(self, input_data: dict[str, Any]) -> dict[str, Any]:
+        orders = sorted(self.pending_orders.values(), key=lambda o: o.ticket)
+        return {"pending_orders": [o.view() for o in orders]}
+
+    def _modify_pending_order(self, input_data: dict[str, Any]) -> dict[str, Any]:
+        order = self._pending(parse_ticket(input_data))
+        market = self._markets[order.symbol]
+        self._check_not_frozen(market, order)
+        changed = SimPendingOrder(**{name: getattr(order, name) for name in order.__slots__})
+        if "price" in input_data:
+            changed.price = round(
+                float(parse_positive(input_data, "price") or 0), market.spec.digits
+            )
+        if "stop_limit_price" in input_data and order.type == "stop_limit":
+            changed.stop_limit_price = parse_positive(input_data, "stop_limit_price")
+        changed.sl = optional_price(input_data, "sl", order.sl)
+        changed.tp = optional_price(input_data, "tp", order.tp)
+        if "expiration" in input_data:
+            expiration, at = parse_expiration(input_data)
+            changed.expiration = expiration
+            changed.expires_at = self._expiry(expiration, at, self._clock())
+        self._check_pending(market, changed)
+        self.pending_orders[order.ticket] = changed
+        return {"pending_order": changed.view()}
+
+    def _cancel_pending_order(self, input_data: dict[str, Any]) -> dict[str, Any]:
+        order = self._pending(parse_ticket(input_data))
+        self._check_not_frozen(self._markets[order.symbol], order)
+        now = self._clock()
+        self._finish_pending(order, "cancelled", now)
+        return {"ticket": order.ticket, "cancelled_at": iso_utc(now)}
+
+    def _get_history(self, input_data: dict[str, Any]) -> dict[str, Any]:
+        request = parse_history_request(input_data)
+        return {request.kind: [record.view() for record in self.history(request)]}
+
+    def history(self, request: HistoryRequest) -> list[SimDeal] | list[SimHistoryOrder]:
+        """Deals or finished orders that the request selects, newest first."""
+        if request.kind == "deals":
+            deals = [
+                d for d in self.deals if request.keeps(d.ticket, d.time, d.symbol, d.position_id)
+            ]
+            deals.sort(key=lambda d: (d.time, d.ticket), reverse=True)
+            return deals[: request.limit]
+        orders = [
+            o
+            for o in self.history_orders
+            if request.keeps(o.ticket, o.done_at, o.symbol, o.position_id)
+        ]
+        orders.sort(key=lambda o: (o.done_at, o.ticket), reverse=True)
+        return orders[: request.limit]
+
+    def _get_symbols(self, input_data: dict[str, Any]) -> dict[str, Any]:
+        name = input_data.get("symbol")
+        if name is not None:
+            market = self._markets.get(str(name))
+            if market is None:
+                raise BrokerError("symbol_not_found", f"the broker has no symbol {name!r}")
+            return {"symbols": [market.spec.view()]}
+        group = input_data.get("group")
+        # Every simulated symbol is in Market Watch: `all` selects the same list.
+        return {
+            "symbols": [
+                m.spec.view()
+                for m in self._markets.values()
+                if symbol_matches_group(m.spec.name, None if group is None else str(group))
+            ]
+        }
+
     _handlers: dict[str, Callable[[SimBackend, dict[str, Any]], dict[str, Any]]] = {
         "trade": _trade,
         "get_positions": _get_positions,
@@ -346,20 +618,27 @@ class SimBackend:
         "modify_position": _modify_position,
         "get_account": _get_account,
         "get_candles": _get_candles,
+        "place_pending_order": _place_pending_order,
+        "get_pending_orders": _get_pending_orders,
+        "modify_pending_order": _modify_pending_order,
+        "cancel_pending_order": _cancel_pending_order,
+        "get_history": _get_history,
+        "get_symbols": _get_symbols,
     }
 
     def set_quote(self, symbol: str, bid: float, ask: float) -> None:
-        """Moves ``symbol`` to this quote now, as a tick would (stops trigger): for
-        scenarios and tests. The random walk continues from there."""
-        self._advance()
-        market = self._market(symbol)
-        if not 0 < bid <= ask:
-            raise ValueError("a quote needs 0 < bid <= ask")
-        spec = market.spec
-        market.mid = (bid + ask) / 2
-        at = max(self._clock(), market.time)
-        self._record(market, at, round(bid, spec.digits), round(ask, spec.digits))
-        self._trigger_stops(market)
+        """Moves ``symbol`` to this quote now, as a tick would (stops and pending orders
+        trigger): for scenarios and tests. The random walk continues from there."""
+        with self._lock:
+            self._advance()
+            market = self._market(symbol)
+            if not 0 < bid <= ask:
+                raise ValueError("a quote needs 0 < bid <= ask")
+            spec = market.spec
+            market.mid = (bid + ask) / 2
+            at = max(self._clock(), market.time)
+            self._record(market, at, round(bid, spec.digits), round(ask, spec.digits))
+            self._on_tick(market)
 
     # -- money ---------------------------------------------------------------------------
 
@@ -484,6 +763,155 @@ class SimBackend:
                 TRADE_RETCODE_INVALID_STOPS,
             )
 
+    # -- pending orders ------------------------------------------------------------------
+
+    def _pending(self, ticket: int) -> SimPendingOrder:
+        order = self.pending_orders.get(ticket)
+        if order is None:
+            raise BrokerError("pending_order_not_found", f"no pending order with ticket {ticket}")
+        return order
+
+    @staticmethod
+    def _expiry(expiration: dict[str, Any], at: float | None, now: float) -> float | None:
+        """When an order expires: `day` at the end of the server's day (the simulated
+        server keeps UTC), `specified` at its time, `gtc` never."""
+        if expiration["type"] == "day":
+            return (now // 86_400 + 1) * 86_400
+        if expiration["type"] == "specified":
+            assert at is not None
+            if at <= now:
+                raise BrokerError(
+                    "invalid_expiration",
+                    f"expiration {iso_utc(at)} is not in the future",
+                    TRADE_RETCODE_INVALID_EXPIRATION,
+                )
+            return at
+        return None
+
+    @staticmethod
+    def _trigger_price(market: _Market, order: SimPendingOrder) -> float:
+        """The side of the book an order watches: the ask for buys, the bid for sells."""
+        return market.ask if order.side == "buy" else market.bid
+
+    @staticmethod
+    def _distance(market: _Market, order: SimPendingOrder) -> float:
+        """How far the order sits from triggering, positive on the right side: a limit
+        waits for the price to come down to it (buy) or up (sell), a stop the opposite."""
+        current = SimBackend._trigger_price(market, order)
+        below = order.type == "limit"  # a buy limit rests below the ask
+        if order.side == "sell":
+            below = not below
+        return current - order.price if below else order.price - current
+
+    def _check_pending(self, market: _Market, order: SimPendingOrder) -> None:
+        """MT5's rules for a pending order: its price on the right side of the market and
+        at least `stops_level` points away; a stop-limit's limit on the right side of its
+        trigger; sl and tp on the right side of the price it would open at."""
+        spec = market.spec
+        tolerance = spec.point / 2
+        minimum = max(spec.stops_level * spec.point, spec.point)
+        if self._distance(market, order) < minimum - tolerance:
+            raise BrokerError(
+                "invalid_price",
+                f"a {order.side} {order.type} at {order.price} must be on the other side of "
+                f"{self._trigger_price(market, order)} and at least {spec.stops_level} points "
+                "from it",
+                TRADE_RETCODE_INVALID_PRICE,
+            )
+        if order.stop_limit_price is not None:
+            sign = 1 if order.side == "buy" else -1
+            if sign * (order.price - order.stop_limit_price) < -tolerance:
+                raise BrokerError(
+                    "invalid_price",
+                    f"a {order.side} stop_limit needs its limit price "
+                    f"{'at or below' if sign > 0 else 'at or above'} its trigger {order.price}",
+                    TRADE_RETCODE_INVALID_PRICE,
+                )
+        sign = 1 if order.side == "buy" else -1
+        opens = order.open_price
+        for name, level, wrong in (
+            ("stop loss", order.sl, lambda lvl: sign * (opens - lvl)),
+            ("take profit", order.tp, lambda lvl: sign * (lvl - opens)),
+        ):
+            if level is not None and wrong(level) < minimum - tolerance:
+                raise BrokerError(
+                    "invalid_stops",
+                    f"{name} {level} is on the wrong side of {opens} or closer than "
+                    f"{spec.stops_level} points",
+                    TRADE_RETCODE_INVALID_STOPS,
+                )
+
+    def _check_not_frozen(self, market: _Market, order: SimPendingOrder) -> None:
+        spec = market.spec
+        if spec.freeze_level and self._distance(market, order) < spec.freeze_level * spec.point:
+            raise BrokerError(
+                "frozen",
+                f"order {order.ticket} is within {spec.name}'s freeze level "
+                f"({spec.freeze_level} points) of the market and cannot be changed",
+                TRADE_RETCODE_FROZEN,
+            )
+
+    def _on_tick(self, market: _Market) -> None:
+        if self.pending_orders:
+            self._expire_pending(market.time)
+            self._trigger_pending(market)
+        if self.positions:
+            self._trigger_stops(market)
+
+    def _trigger_pending(self, market: _Market) -> None:
+        """MT5's triggers: a buy limit at or below its price (the ask), a sell limit at or
+        above (the bid), a buy stop at or above, a sell stop at or below; a triggered
+        stop-limit becomes a limit at its stop-limit price, which may fill on the same
+        tick."""
+        name = market.spec.name
+        for order in [o for o in self.pending_orders.values() if o.symbol == name]:
+            if self._distance(market, order) > 0:
+                continue
+            if order.type == "stop_limit":
+                assert order.stop_limit_price is not None
+                order.type, order.price, order.stop_limit_price = (
+                    "limit",
+                    order.stop_limit_price,
+                    None,
+                )
+                if self._distance(market, order) > 0:
+                    continue
+            self._fill_pending(market, order)
+
+    def _fill_pending(self, market: _Market, order: SimPendingOrder) -> None:
+        price = self._trigger_price(market, order)
+        spec = market.spec
+        free = self.equity() - self.margin_used()
+        if self.margin_for(spec.name, order.volume) > free:
+            self._finish_pending(order, "rejected", market.time)  # MT5 cancels it: no money
+            return
+        del self.pending_orders[order.ticket]
+        self._open_position(
+            order.ticket, spec.name, order.side, order.volume, price, order.sl, order.tp,
+            market.time,
+        )  # fmt: skip
+        self.history_orders.append(
+            SimHistoryOrder(
+                order.ticket, order.ticket, spec.name, order.side, order.placed_type,
+                order.volume, order.volume, price, "filled", "mt5gate", order.placed_at,
+                market.time,
+            )
+        )  # fmt: skip
+
+    def _expire_pending(self, now: float) -> None:
+        for order in list(self.pending_orders.values()):
+            if order.expires_at is not None and order.expires_at <= now:
+                self._finish_pending(order, "expired", order.expires_at)
+
+    def _finish_pending(self, order: SimPendingOrder, state: str, at: float) -> None:
+        del self.pending_orders[order.ticket]
+        self.history_orders.append(
+            SimHistoryOrder(
+                order.ticket, None, order.symbol, order.side, order.placed_type, order.volume,
+                0.0, order.price, state, "mt5gate", order.placed_at, at,
+            )
+        )  # fmt: skip
+
     # -- closing -------------------------------------------------------------------------
 
     def _close(self, position: SimPosition, volume: float, *, reason: str) -> SimDeal:
@@ -496,18 +924,63 @@ class SimBackend:
             del self.positions[position.ticket]
         else:
             position.volume = remaining
-        deal = SimDeal(
-            position.ticket,
-            position.symbol,
-            position.side,
-            volume,
-            price,
-            profit,
-            reason,
-            self._clock() if reason == "client" else market.time,
+        at = self._clock() if reason == "mt5gate" else market.time
+        side = "sell" if position.side == "buy" else "buy"
+        order = self._take_ticket()
+        self.history_orders.append(
+            SimHistoryOrder(
+                order, position.ticket, position.symbol, side, "market", volume, volume, price,
+                "filled", reason, at, at,
+            )
+        )  # fmt: skip
+        return self._record_deal(
+            order, position.ticket, side, position.symbol, side, "out", volume, price, profit,
+            reason, at,
+        )  # fmt: skip
+
+    def _open_position(
+        self,
+        ticket: int,
+        symbol: str,
+        side: str,
+        volume: float,
+        price: float,
+        sl: float | None,
+        tp: float | None,
+        at: float,
+    ) -> None:
+        """A new position under the ticket of the order that opened it, and its deal."""
+        self.positions[ticket] = SimPosition(ticket, symbol, side, volume, price, sl, tp, at)
+        self._record_deal(
+            ticket, ticket, side, symbol, side, "in", volume, price, 0.0, "mt5gate", at
         )
+
+    def _record_deal(
+        self,
+        order_ticket: int | None,
+        position_id: int | None,
+        deal_type: str,
+        symbol: str | None,
+        side: str | None,
+        entry: str | None,
+        volume: float,
+        price: float,
+        profit: float,
+        reason: str,
+        at: float,
+    ) -> SimDeal:
+        deal = SimDeal(
+            self._next_deal, order_ticket, position_id, deal_type, symbol, side, entry, volume,
+            price, profit, reason, at,
+        )  # fmt: skip
+        self._next_deal += 1
         self.deals.append(deal)
         return deal
+
+    def _take_ticket(self) -> int:
+        ticket = self._next_ticket
+        self._next_ticket += 1
+        return ticket
 
     def _trigger_stops(self, market: _Market) -> None:
         name = market.spec.name
@@ -566,8 +1039,7 @@ class SimBackend:
             sigma = spec.annual_volatility * math.sqrt(max(elapsed, 1e-6) / SECONDS_PER_YEAR)
             market.mid *= math.exp(market.rng.gauss(0.0, sigma))
             self._quote(market, at)
-            if self.positions:
-                self._trigger_stops(market)
+            self._on_tick(market)
             interval = market.rng.expovariate(1 / spec.mean_tick_interval)
             backlog = now - at
             if backlog > MAX_CATCHUP_TICKS * spec.mean_tick_interval:
@@ -576,6 +1048,7 @@ class SimBackend:
                 interval = max(interval, backlog / MAX_CATCHUP_TICKS)
             market.next_time = at + interval
             heapq.heappush(queue, (market.next_time, name))
+        self._expire_pending(now)
 
     # -- candles -------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mt5gate_agent.backends import BrokerError
-from mt5gate_agent.backends.sim import DEFAULT_SYMBOLS, TIMEFRAME_SECONDS, SimBackend
+from mt5gate_agent.backends.sim import DEFAULT_SYMBOLS, TIMEFRAME_SECONDS, SimBackend, SimDeal
 
 SPECS = {spec.name: spec for spec in DEFAULT_SYMBOLS}
 FX_USD_QUOTED = ["EURUSD", "GBPUSD", "AUDUSD"]
@@ -373,12 +373,16 @@ def test_modify_with_a_stop_on_the_wrong_side_is_invalid_stops(sim: SimBackend) 
     assert error.code == "invalid_stops"
 
 
+def closing_deals(sim: SimBackend) -> list[SimDeal]:
+    return [deal for deal in sim.deals if deal.entry == "out"]
+
+
 def test_a_stop_loss_triggers_on_the_tick_that_reaches_it(sim: SimBackend) -> None:
     bid, _ = sim.quote("EURUSD")
     fill = trade(sim, volume=1, sl=round(bid - 0.0020, 5))
     sim.set_quote("EURUSD", round(bid - 0.0025, 5), round(bid - 0.0024, 5))
     assert sim.positions == {}
-    (deal,) = sim.deals
+    (deal,) = closing_deals(sim)
     assert (deal.reason, deal.price, deal.position_id) == (
         "sl",
         round(bid - 0.0025, 5),
@@ -392,7 +396,7 @@ def test_a_take_profit_of_a_sell_triggers_on_the_ask(sim: SimBackend) -> None:
     _, ask = sim.quote("EURUSD")
     trade(sim, side="sell", volume=1, tp=round(ask - 0.0020, 5))
     sim.set_quote("EURUSD", round(ask - 0.0022, 5), round(ask - 0.0021, 5))
-    (deal,) = sim.deals
+    (deal,) = closing_deals(sim)
     assert deal.reason == "tp"
     assert deal.profit > 0
 
@@ -405,7 +409,7 @@ def test_stops_trigger_on_the_random_tick_stream(sim: SimBackend, clock: ManualC
         sim.ticks(["EURUSD"])
         if not sim.positions:
             break
-    (deal,) = sim.deals
+    (deal,) = closing_deals(sim)
     assert deal.reason in ("sl", "tp")
     level = bid - 0.0003 if deal.reason == "sl" else bid + 0.0003
     # Closed by the first tick across the level: within a few points of it.

@@ -11,7 +11,14 @@ whose ``retcode`` says what happened) and is scriptable per test through :data:`
   call of that function answer None/False;
 - each symbol's ``accepted_fillings``: the ``type_filling`` values the broker takes (any
   other answers 10030, the invalid-fill trap);
-- ``terminal.requests``: every request ``order_send`` received.
+- ``terminal.requests``: every request ``order_send`` received;
+- ``terminal.server_offset``: the broker server's zone, in seconds east of UTC. As the real
+  terminal does, every time the module reports (ticks, positions, orders, deals, rates) and
+  every time it takes (``expiration``, ``date_from``/``date_to``) is in the server's zone
+  counted as if it were UTC: ``terminal.now + server_offset`` for the UTC time ``now``.
+- pending orders (``TRADE_ACTION_PENDING``/``MODIFY``/``REMOVE``) rest in
+  ``terminal.orders``; :func:`trigger_pending` fills those the current quotes reach, and
+  every finished order is kept for ``history_orders_get``.
 
 Call :func:`reset` between tests.
 """
@@ -59,23 +66,72 @@ TRADE_ACTION_CLOSE_BY = 10
 
 ORDER_TYPE_BUY = 0
 ORDER_TYPE_SELL = 1
+ORDER_TYPE_BUY_LIMIT = 2
+ORDER_TYPE_SELL_LIMIT = 3
+ORDER_TYPE_BUY_STOP = 4
+ORDER_TYPE_SELL_STOP = 5
+ORDER_TYPE_BUY_STOP_LIMIT = 6
+ORDER_TYPE_SELL_STOP_LIMIT = 7
+ORDER_TYPE_CLOSE_BY = 8
 ORDER_FILLING_FOK = 0
 ORDER_FILLING_IOC = 1
 ORDER_FILLING_RETURN = 2
 ORDER_FILLING_BOC = 3
 ORDER_TIME_GTC = 0
+ORDER_TIME_DAY = 1
+ORDER_TIME_SPECIFIED = 2
+ORDER_TIME_SPECIFIED_DAY = 3
+ORDER_STATE_STARTED = 0
+ORDER_STATE_PLACED = 1
+ORDER_STATE_CANCELED = 2
+ORDER_STATE_PARTIAL = 3
+ORDER_STATE_FILLED = 4
+ORDER_STATE_REJECTED = 5
+ORDER_STATE_EXPIRED = 6
+ORDER_REASON_CLIENT = 0
+ORDER_REASON_MOBILE = 1
+ORDER_REASON_WEB = 2
+ORDER_REASON_EXPERT = 3
+ORDER_REASON_SL = 4
+ORDER_REASON_TP = 5
+ORDER_REASON_SO = 6
 
 POSITION_TYPE_BUY = 0
 POSITION_TYPE_SELL = 1
 DEAL_TYPE_BUY = 0
 DEAL_TYPE_SELL = 1
+DEAL_TYPE_BALANCE = 2
+DEAL_TYPE_CREDIT = 3
+DEAL_TYPE_CHARGE = 4
+DEAL_TYPE_COMMISSION = 7
 DEAL_ENTRY_IN = 0
 DEAL_ENTRY_OUT = 1
+DEAL_ENTRY_INOUT = 2
+DEAL_ENTRY_OUT_BY = 3
+DEAL_REASON_CLIENT = 0
+DEAL_REASON_MOBILE = 1
+DEAL_REASON_WEB = 2
+DEAL_REASON_EXPERT = 3
+DEAL_REASON_SL = 4
+DEAL_REASON_TP = 5
+DEAL_REASON_SO = 6
+DEAL_REASON_ROLLOVER = 7
+DEAL_REASON_VMARGIN = 8
+DEAL_REASON_SPLIT = 9
 
+SYMBOL_TRADE_MODE_DISABLED = 0
+SYMBOL_TRADE_MODE_LONGONLY = 1
+SYMBOL_TRADE_MODE_SHORTONLY = 2
+SYMBOL_TRADE_MODE_CLOSEONLY = 3
 SYMBOL_TRADE_MODE_FULL = 4
+SYMBOL_TRADE_EXECUTION_REQUEST = 0
+SYMBOL_TRADE_EXECUTION_INSTANT = 1
+SYMBOL_TRADE_EXECUTION_MARKET = 2
+SYMBOL_TRADE_EXECUTION_EXCHANGE = 3
 
 TRADE_RETCODE_REQUOTE = 10004
 TRADE_RETCODE_REJECT = 10006
+TRADE_RETCODE_PLACED = 10008
 TRADE_RETCODE_DONE = 10009
 TRADE_RETCODE_INVALID = 10013
 TRADE_RETCODE_INVALID_VOLUME = 10014
@@ -83,8 +139,11 @@ TRADE_RETCODE_INVALID_PRICE = 10015
 TRADE_RETCODE_INVALID_STOPS = 10016
 TRADE_RETCODE_MARKET_CLOSED = 10018
 TRADE_RETCODE_NO_MONEY = 10019
+TRADE_RETCODE_INVALID_EXPIRATION = 10022
 TRADE_RETCODE_NO_CHANGES = 10025
+TRADE_RETCODE_FROZEN = 10029
 TRADE_RETCODE_INVALID_FILL = 10030
+TRADE_RETCODE_INVALID_ORDER = 10035
 TRADE_RETCODE_POSITION_CLOSED = 10036
 
 RES_S_OK = 1
@@ -116,7 +175,8 @@ SymbolInfo = namedtuple(
     "custom chart_mode select visible digits spread spread_float trade_calc_mode trade_mode "
     "trade_stops_level trade_freeze_level trade_exemode filling_mode order_mode bid ask "
     "point trade_tick_value trade_tick_size trade_contract_size volume_min volume_max "
-    "volume_step currency_base currency_profit currency_margin description path name",
+    "volume_step currency_base currency_profit currency_margin description path name "
+    "time expiration_mode",
 )
 Tick = namedtuple("Tick", "time bid ask last volume time_msc flags volume_real")
 TradePosition = namedtuple(
@@ -128,6 +188,12 @@ TradeDeal = namedtuple(
     "TradeDeal",
     "ticket order time time_msc type entry magic position_id reason volume price commission "
     "swap profit fee symbol comment external_id",
+)
+TradeOrder = namedtuple(
+    "TradeOrder",
+    "ticket time_setup time_setup_msc time_done time_done_msc time_expiration type type_time "
+    "type_filling state magic position_id position_by_id reason volume_initial volume_current "
+    "price_open sl tp price_current price_stoplimit symbol comment external_id",
 )
 TradeRequest = namedtuple(
     "TradeRequest",
@@ -176,6 +242,10 @@ class FakeSymbol:
     accepted_fillings: tuple[int, ...] = (ORDER_FILLING_FOK,)
     visible: bool = True
     currency_profit: str = "USD"
+    stops_level: int = 0
+    freeze_level: int = 0
+    execution_mode: int = SYMBOL_TRADE_EXECUTION_MARKET
+    expiration_mode: int = 15  # SYMBOL_EXPIRATION_GTC | DAY | SPECIFIED | SPECIFIED_DAY
 
     def info(self) -> Any:
         point = 10.0**-self.digits
@@ -189,9 +259,9 @@ class FakeSymbol:
             spread_float=True,
             trade_calc_mode=0,
             trade_mode=SYMBOL_TRADE_MODE_FULL,
-            trade_stops_level=0,
-            trade_freeze_level=0,
-            trade_exemode=2,
+            trade_stops_level=self.stops_level,
+            trade_freeze_level=self.freeze_level,
+            trade_exemode=self.execution_mode,
             filling_mode=self.filling_mode,
             order_mode=127,
             bid=self.bid,
@@ -209,6 +279,8 @@ class FakeSymbol:
             description=self.name,
             path=f"Forex\\{self.name}",
             name=self.name,
+            time=int(server_time()),
+            expiration_mode=self.expiration_mode,
         )
 
 
@@ -235,7 +307,10 @@ class FakeTerminal:
     rates: Any = None
     rates_calls: list[tuple[str, int, int, int]] = field(default_factory=list)
     history_visible: bool = True
-    now: float = 1_764_000_000.0
+    now: float = 1_764_000_000.0  # UTC
+    server_offset: int = 0  # the server's zone, seconds east of UTC
+    orders: dict[int, dict[str, Any]] = field(default_factory=dict)
+    history_orders: dict[int, Any] = field(default_factory=dict)
 
     def ticket(self) -> int:
         ticket = self.next_ticket
@@ -279,6 +354,11 @@ def reset() -> FakeTerminal:
 
 
 reset()
+
+
+def server_time() -> float:
+    """Now on the broker server's clock, counted as if its zone were UTC (as MT5 does)."""
+    return terminal.now + terminal.server_offset
 
 
 def _fail(name: str) -> bool:
@@ -439,8 +519,8 @@ def symbol_info_tick(symbol: str) -> Any:
         terminal.error = (RES_E_NOT_FOUND, "Terminal: Not found")
         return None
     _ok()
-    msc = int(terminal.now * 1000)
-    return Tick(int(terminal.now), spec.bid, spec.ask, 0.0, 0, msc, 6, 0.0)
+    now = server_time()
+    return Tick(int(now), spec.bid, spec.ask, 0.0, 0, int(now * 1000), 6, 0.0)
 
 
 def symbol_select(symbol: str, enable: bool | None = None) -> bool:
@@ -532,7 +612,7 @@ def copy_rates_from_pos(symbol: str, timeframe: int, start_pos: int, count: int)
         return terminal.rates
     seconds = TIMEFRAME_SECONDS[timeframe]
     spec = terminal.symbols[symbol]
-    start = int(terminal.now) // seconds * seconds - (count - 1) * seconds
+    start = int(server_time()) // seconds * seconds - (count - 1) * seconds
     rows = StructuredRates()
     price = spec.bid
     for i in range(count):
@@ -577,6 +657,10 @@ def order_send(request: dict[str, Any]) -> Any:
             return _result(TRADE_RETCODE_NO_CHANGES, request, comment="No changes")
         position["sl"], position["tp"] = sl, tp
         return _result(TRADE_RETCODE_DONE, request, comment="Request executed")
+    if action == TRADE_ACTION_PENDING:
+        return _place_pending(spec, request)
+    if action in (TRADE_ACTION_MODIFY, TRADE_ACTION_REMOVE):
+        return _change_pending(spec, request)
     if action != TRADE_ACTION_DEAL:
         return _result(TRADE_RETCODE_INVALID, request, comment="Invalid request")
     if request.get("type_filling") not in spec.accepted_fillings:
@@ -587,12 +671,43 @@ def order_send(request: dict[str, Any]) -> Any:
     buy = request["type"] == ORDER_TYPE_BUY
     price = spec.ask if buy else spec.bid
     order = terminal.ticket()
+    now = server_time()
+    if request.get("position") and request["position"] not in terminal.positions:
+        return _result(TRADE_RETCODE_POSITION_CLOSED, request, comment="Position doesn't exist")
+    terminal.history_orders[order] = _order_tuple(
+        {
+            **request,
+            "ticket": order,
+            "price": price,
+            "time_setup": now,
+            "position_id": request.get("position") or order,
+        },
+        state=ORDER_STATE_FILLED,
+        done=now,
+        filled=volume,
+    )
+    deal_ticket = _fill(spec, order, request, price)
+    return _result(
+        TRADE_RETCODE_DONE,
+        request,
+        deal=deal_ticket,
+        order=order,
+        volume=volume,
+        price=price,
+        comment="Request executed",
+    )
+
+
+def _fill(spec: FakeSymbol, order: int, request: dict[str, Any], price: float) -> int:
+    """The deal of an order that executes at `price` (its ticket is returned): it opens a
+    position under the order's ticket, or closes (part of) `request["position"]`, which
+    exists."""
+    volume = request["volume"]
+    buy = request["type"] in (ORDER_TYPE_BUY, ORDER_TYPE_BUY_LIMIT, ORDER_TYPE_BUY_STOP)
     deal_ticket = terminal.deal_ticket()
-    now = terminal.now
-    if "position" in request and request["position"]:
-        position = terminal.positions.get(request["position"])
-        if position is None:
-            return _result(TRADE_RETCODE_POSITION_CLOSED, request, comment="Position doesn't exist")
+    now = server_time()
+    if request.get("position"):
+        position = terminal.positions[request["position"]]
         direction = 1 if position["type"] == POSITION_TYPE_BUY else -1
         profit = round(
             (price - position["price_open"]) * direction * spec.contract_size * volume, 2
@@ -664,15 +779,7 @@ def order_send(request: dict[str, Any]) -> Any:
             request.get("comment", ""),
             "",
         )
-    return _result(
-        TRADE_RETCODE_DONE,
-        request,
-        deal=deal_ticket,
-        order=order,
-        volume=volume,
-        price=price,
-        comment="Request executed",
-    )
+    return deal_ticket
 
 
 def _result(
@@ -713,3 +820,234 @@ def _position_tuple(p: dict[str, Any]) -> Any:
         p["comment"],
         "",
     )
+
+
+# -- pending orders and history ------------------------------------------------------------
+
+PENDING_TYPES = (
+    ORDER_TYPE_BUY_LIMIT,
+    ORDER_TYPE_SELL_LIMIT,
+    ORDER_TYPE_BUY_STOP,
+    ORDER_TYPE_SELL_STOP,
+    ORDER_TYPE_BUY_STOP_LIMIT,
+    ORDER_TYPE_SELL_STOP_LIMIT,
+)
+
+
+def _distance(spec: FakeSymbol, order_type: int, price: float) -> float:
+    """How far a pending order rests from triggering (negative: on the wrong side)."""
+    if order_type == ORDER_TYPE_BUY_LIMIT:
+        return spec.ask - price
+    if order_type == ORDER_TYPE_SELL_LIMIT:
+        return price - spec.bid
+    if order_type in (ORDER_TYPE_BUY_STOP, ORDER_TYPE_BUY_STOP_LIMIT):
+        return price - spec.ask
+    return spec.bid - price
+
+
+def _pending_error(spec: FakeSymbol, order: dict[str, Any]) -> tuple[int, str] | None:
+    point = 10.0**-spec.digits
+    if _distance(spec, order["type"], order["price"]) < max(spec.stops_level, 1) * point - 1e-9:
+        return TRADE_RETCODE_INVALID_PRICE, "Invalid price"
+    if order["type_time"] in (ORDER_TIME_SPECIFIED, ORDER_TIME_SPECIFIED_DAY):
+        if order.get("expiration", 0) <= server_time():
+            return TRADE_RETCODE_INVALID_EXPIRATION, "Invalid expiration"
+    return None
+
+
+def _place_pending(spec: FakeSymbol, request: dict[str, Any]) -> Any:
+    if request.get("type") not in PENDING_TYPES:
+        return _result(TRADE_RETCODE_INVALID, request, comment="Invalid request")
+    if request.get("type_filling") not in (*spec.accepted_fillings, ORDER_FILLING_RETURN):
+        return _result(TRADE_RETCODE_INVALID_FILL, request, comment="Unsupported filling mode")
+    order = {
+        "type_time": ORDER_TIME_GTC,
+        "expiration": 0,
+        "stoplimit": 0.0,
+        "sl": 0.0,
+        "tp": 0.0,
+        **request,
+        "time_setup": server_time(),
+    }
+    error = _pending_error(spec, order)
+    if error is not None:
+        return _result(error[0], request, comment=error[1])
+    ticket = terminal.ticket()
+    terminal.orders[ticket] = {**order, "ticket": ticket}
+    return _result(
+        TRADE_RETCODE_DONE,
+        request,
+        order=ticket,
+        volume=request["volume"],
+        comment="Request executed",
+    )
+
+
+def _change_pending(spec: FakeSymbol, request: dict[str, Any]) -> Any:
+    order = terminal.orders.get(request.get("order", 0))
+    if order is None:
+        return _result(TRADE_RETCODE_INVALID_ORDER, request, comment="Invalid order")
+    point = 10.0**-spec.digits
+    if (
+        spec.freeze_level
+        and _distance(spec, order["type"], order["price"]) < spec.freeze_level * point
+    ):
+        return _result(TRADE_RETCODE_FROZEN, request, comment="Order is frozen")
+    if request["action"] == TRADE_ACTION_REMOVE:
+        del terminal.orders[order["ticket"]]
+        terminal.history_orders[order["ticket"]] = _order_tuple(
+            order, state=ORDER_STATE_CANCELED, done=server_time(), filled=0.0
+        )
+        return _result(
+            TRADE_RETCODE_DONE, request, order=order["ticket"], comment="Request executed"
+        )
+    changed = {
+        **order,
+        **{
+            k: request[k]
+            for k in ("price", "stoplimit", "sl", "tp", "type_time", "expiration")
+            if k in request
+        },
+    }
+    error = _pending_error(spec, changed)
+    if error is not None:
+        return _result(error[0], request, comment=error[1])
+    terminal.orders[order["ticket"]] = changed
+    return _result(TRADE_RETCODE_DONE, request, order=order["ticket"], comment="Request executed")
+
+
+def trigger_pending() -> None:
+    """Fills the limit and stop orders the current quotes reach (a test's market move)."""
+    for order in list(terminal.orders.values()):
+        spec = terminal.symbols[order["symbol"]]
+        if order["type"] in (ORDER_TYPE_BUY_STOP_LIMIT, ORDER_TYPE_SELL_STOP_LIMIT):
+            continue
+        if _distance(spec, order["type"], order["price"]) > 0:
+            continue
+        buy = order["type"] in (ORDER_TYPE_BUY_LIMIT, ORDER_TYPE_BUY_STOP)
+        price = spec.ask if buy else spec.bid
+        del terminal.orders[order["ticket"]]
+        terminal.history_orders[order["ticket"]] = _order_tuple(
+            {**order, "position_id": order["ticket"]},
+            state=ORDER_STATE_FILLED,
+            done=server_time(),
+            filled=order["volume"],
+        )
+        _fill(spec, order["ticket"], {**order, "position": 0}, price)
+
+
+def _order_tuple(order: dict[str, Any], *, state: int, done: float, filled: float) -> Any:
+    setup = order.get("time_setup", server_time())
+    return TradeOrder(
+        ticket=order["ticket"],
+        time_setup=int(setup),
+        time_setup_msc=int(setup * 1000),
+        time_done=int(done) if done else 0,
+        time_done_msc=int(done * 1000) if done else 0,
+        time_expiration=int(order.get("expiration", 0) or 0),
+        type=order["type"],
+        type_time=order.get("type_time", ORDER_TIME_GTC),
+        type_filling=order.get("type_filling", ORDER_FILLING_RETURN),
+        state=state,
+        magic=order.get("magic", 0),
+        position_id=order.get("position_id", 0),
+        position_by_id=0,
+        reason=ORDER_REASON_EXPERT if order.get("magic") else ORDER_REASON_CLIENT,
+        volume_initial=order["volume"],
+        volume_current=round(order["volume"] - filled, 8),
+        price_open=order.get("price", 0.0),
+        sl=order.get("sl", 0.0),
+        tp=order.get("tp", 0.0),
+        price_current=order.get("price", 0.0),
+        price_stoplimit=order.get("stoplimit", 0.0),
+        symbol=order["symbol"],
+        comment=order.get("comment", ""),
+        external_id="",
+    )
+
+
+def orders_get(
+    symbol: str | None = None, group: str | None = None, ticket: int | None = None
+) -> Any:
+    if not _link_ok() or _fail("orders_get"):
+        return None
+    _ok()
+    return tuple(
+        _order_tuple(o, state=ORDER_STATE_PLACED, done=0, filled=0.0)
+        for o in terminal.orders.values()
+        if (ticket is None or o["ticket"] == ticket) and (symbol is None or o["symbol"] == symbol)
+    )
+
+
+def orders_total() -> int:
+    return len(terminal.orders)
+
+
+def history_orders_get(
+    date_from: Any = None,
+    date_to: Any = None,
+    group: str | None = None,
+    ticket: int | None = None,
+    position: int | None = None,
+) -> Any:
+    if not _link_ok() or _fail("history_orders_get"):
+        return None
+    _ok()
+    if not terminal.history_visible:
+        return ()
+    rows = list(terminal.history_orders.values())
+    if ticket is not None:
+        return tuple(o for o in rows if o.ticket == ticket)
+    if position is not None:
+        return tuple(o for o in rows if o.position_id == position)
+    if date_from is None or date_to is None:
+        terminal.error = (RES_E_INVALID_PARAMS, "Invalid arguments")
+        return None
+    start, end = _epoch(date_from), _epoch(date_to)
+    return tuple(o for o in rows if start <= o.time_setup <= end)
+
+
+def symbols_get(group: str | None = None) -> Any:
+    if not _link_ok() or _fail("symbols_get"):
+        return None
+    _ok()
+    return tuple(
+        spec.info()
+        for spec in terminal.symbols.values()
+        if group is None or _in_group(spec.name, group)
+    )
+
+
+def symbols_total() -> int:
+    return len(terminal.symbols)
+
+
+def add_deal(**fields: Any) -> Any:
+    """A deal in the account's history (a balance operation, a trade by hand), at server
+    time `time` (default now)."""
+    ticket = terminal.ticket()
+    moment = fields.pop("time", server_time())
+    values = {
+        "ticket": ticket,
+        "order": 0,
+        "time": int(moment),
+        "time_msc": int(moment * 1000),
+        "type": DEAL_TYPE_BALANCE,
+        "entry": DEAL_ENTRY_IN,
+        "magic": 0,
+        "position_id": 0,
+        "reason": DEAL_REASON_CLIENT,
+        "volume": 0.0,
+        "price": 0.0,
+        "commission": 0.0,
+        "swap": 0.0,
+        "profit": 0.0,
+        "fee": 0.0,
+        "symbol": "",
+        "comment": "",
+        "external_id": "",
+        **fields,
+    }
+    deal = TradeDeal(**values)
+    terminal.deals[ticket] = deal
+    return deal

@@ -91,6 +91,8 @@ PositionId = Annotated[int, Path(ge=0, lt=2**63, description="The MT5 position t
 
 ORDER_STATUS_CODES = {
     "filled": status.HTTP_201_CREATED,
+    "placed": status.HTTP_201_CREATED,
+    "cancelled": status.HTTP_200_OK,
     "pending": status.HTTP_202_ACCEPTED,
     "expired": status.HTTP_200_OK,
     "unknown": status.HTTP_200_OK,
@@ -100,8 +102,17 @@ ORDER_STATUS_CODES = {
 @router.post(
     "/orders",
     status_code=status.HTTP_201_CREATED,
+    openapi_extra=cross_field_rules(
+        "`price` required for `limit`, `stop` and `stop_limit`, forbidden for `market`",
+        "`stop_limit_price` only (and always) with `stop_limit`",
+        "`expiration` forbidden for `market`; `expiration.at` in the future, and only with "
+        "`specified`",
+    ),
     responses={
-        201: {"description": "Filled: `fill_price`, `ticket` and `filled_at` are set."},
+        201: {
+            "description": "Filled (market): `fill_price`, `ticket` and `filled_at` are set; "
+            "or placed (pending types): `ticket` and `placed_at` are set."
+        },
         202: {
             "model": OrderRead,
             "description": "No result within 10 s: `status: pending`; it may still execute. "
@@ -110,7 +121,7 @@ ORDER_STATUS_CODES = {
         200: {
             "model": OrderRead,
             "description": "A repeat (same `client_order_id`) of an order that ended without "
-            "a fill or a rejection: `status` is `expired` or `unknown`.",
+            "a fill or a rejection: `status` is `expired`, `unknown` or `cancelled`.",
         },
         409: error(
             "no_agent` or `client_order_id_conflict",
@@ -127,7 +138,8 @@ ORDER_STATUS_CODES = {
 async def place_order(
     body: OrderCreate, user: OnboardedUser, trading: TradingDep, response: Response
 ) -> OrderRead:
-    """Places a market order on your account and waits up to 10 s for its outcome.
+    """Places a market order (or a `limit`, `stop` or `stop_limit` pending order) on your
+    account and waits up to 10 s for its outcome.
 
     With a `client_order_id` the call is idempotent: a repeat returns the same order
     (waiting for it like the first call) and never sends a second one to the broker.

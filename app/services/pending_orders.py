@@ -1,0 +1,108 @@
+"""Pending orders at the broker: listed, modified and cancelled, each by one job.
+
+A pending order placed through mt5gate is an order (`POST /orders`, see orders.py); the
+broker's list knows it by ticket, and the order's row keeps that ticket (`jobs.ticket`), so
+a listed pending order carries its `order_id`, and a cancellation or a modification made
+here is written onto the order it belongs to.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, cast
+
+from sqlalchemy import Table, bindparam, update
+
+from app.core.errors import PendingOrderNotFound
+from app.models import Job
+from app.schemas.pending_orders import PendingOrderCancelled, PendingOrderUpdate
+from app.schemas.positions import JobPending
+from app.schemas.trading import CancelPendingOrderInput, PendingOrder
+from app.services.orders import PLACE_PENDING, Trading, order_ids_by_ticket
+from app.services.trading import read_output, run_job, write_output
+
+JOBS = cast(Table, Job.__table__)
+ORDER_OF_TICKET = update(JOBS).where(
+    JOBS.c.agent_id == bindparam("p_agent_id"),
+    JOBS.c.job_type == PLACE_PENDING,
+    JOBS.c.ticket == bindparam("p_ticket"),
+)
+# The fields of a pending order that a modification can change, as the order shows them.
+CHANGEABLE = ("price", "stop_limit_price", "sl", "tp", "expiration")
+
+
+async def list_pending_orders(
+    trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None
+) -> list[PendingOrder]:
+    job = await run_job(
+        trading,
+        user_id=user_id,
+        connection_id=connection_id,
+        job_type="get_pending_orders",
+        input_data={},
+        ttl_seconds=trading.settings.read_job_ttl_seconds,
+        wait=trading.settings.read_wait_seconds,
+    )
+    orders = [PendingOrder.model_validate(o) for o in read_output(job)["pending_orders"]]
+    order_ids = await order_ids_by_ticket(
+        trading, agent_id=job.agent_id, tickets=[o.ticket for o in orders]
+    )
+    for order in orders:
+        order.order_id = order_ids.get(order.ticket)
+    return orders
+
+
+async def modify_pending_order(
+    trading: Trading,
+    *,
+    user_id: uuid.UUID,
+    connection_id: uuid.UUID | None,
+    ticket: int,
+    update: PendingOrderUpdate,
+) -> PendingOrder | JobPending:
+    job = await run_job(
+        trading,
+        user_id=user_id,
+        connection_id=connection_id,
+        job_type="modify_pending_order",
+        input_data=update.job_input(ticket),
+        ttl_seconds=trading.settings.trade_job_ttl_seconds,
+        wait=trading.settings.trade_wait_seconds,
+    )
+    output = write_output(job, not_found=PendingOrderNotFound)
+    if isinstance(output, JobPending):
+        return output
+    order = PendingOrder.model_validate(output["pending_order"])
+    changes = order.model_dump(mode="json", include=set(CHANGEABLE))
+    await record_on_order(trading, job, ticket=ticket, order_changes=changes)
+    order_ids = await order_ids_by_ticket(trading, agent_id=job.agent_id, tickets=[ticket])
+    order.order_id = order_ids.get(ticket)
+    return order
+
+
+async def cancel_pending_order(
+    trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None, ticket: int
+) -> PendingOrderCancelled | JobPending:
+    job = await run_job(
+        trading,
+        user_id=user_id,
+        connection_id=connection_id,
+        job_type="cancel_pending_order",
+        input_data=CancelPendingOrderInput(ticket=ticket).model_dump(),
+        ttl_seconds=trading.settings.trade_job_ttl_seconds,
+        wait=trading.settings.trade_wait_seconds,
+    )
+    output = write_output(job, not_found=PendingOrderNotFound)
+    if isinstance(output, JobPending):
+        return output
+    await record_on_order(trading, job, ticket=ticket, order_status="cancelled")
+    return PendingOrderCancelled.model_validate(output)
+
+
+async def record_on_order(trading: Trading, job: Job, *, ticket: int, **values: Any) -> None:
+    """Writes what a job did to a pending order (`order_status`, `order_changes`) onto that
+    order, if mt5gate placed it."""
+    async with trading.jobs.db.connect() as conn:
+        await conn.execute(
+            ORDER_OF_TICKET.values(**values), {"p_agent_id": job.agent_id, "p_ticket": ticket}
+        )
