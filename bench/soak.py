@@ -738,7 +738,6 @@ class Soak:
             feeder = await onboard(self.servers["B"].base_url)
             marking = self.spawn(self.cli(env, "set-price-source", feeder.agent_id))
             trader = await onboard(self.servers["A"].base_url)
-            await marking
             self.token = trader.token
             agent_log = self.workdir / "agent.log"
             with agent_log.open("wb") as log:
@@ -753,6 +752,7 @@ class Soak:
                     stderr=subprocess.STDOUT,
                 )
             try:
+                await marking
                 print(
                     f"{self.elapsed()} ready: serve A :{self.servers['A'].port}, serve B "
                     f":{self.servers['B'].port}, redis :{self.redis.port if self.redis else 0}, "
@@ -771,8 +771,10 @@ class Soak:
                     self.stopping = True
                     background[2].cancel()
                     await asyncio.gather(*self._tasks, return_exceptions=True)
+                    # Before the orders are read back: 500 orders a page is a one-off
+                    # allocation, not growth.
+                    rss_end = {name: server.rss() for name, server in self.servers.items()}
                     await self.settle_orders(http, timeout=40)
-                rss_end = {name: server.rss() for name, server in self.servers.items()}
             finally:
                 agent.terminate()
                 try:
