@@ -304,6 +304,15 @@ class ServeProcess:
         return rss_bytes(self.process.pid) if self.process is not None else 0
 
 
+def stop_agent(agent: subprocess.Popen[bytes]) -> None:
+    agent.terminate()
+    try:
+        agent.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        agent.wait()
+
+
 # -- the soak -------------------------------------------------------------------------------------
 
 
@@ -776,13 +785,10 @@ class Soak:
                     rss_end = {name: server.rss() for name, server in self.servers.items()}
                     await self.settle_orders(http, timeout=40)
             finally:
-                agent.terminate()
-                try:
-                    agent.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    agent.kill()
-                for server in self.servers.values():
-                    server.stop()
+                await asyncio.gather(
+                    asyncio.to_thread(stop_agent, agent),
+                    *(asyncio.to_thread(server.stop) for server in self.servers.values()),
+                )
         self.feed.sort()
         logs = [path for server in self.servers.values() for path in server.logs]
         return SoakReport(self, self.phase_results(), rss_end, count_log_lines(logs, agent_log))
