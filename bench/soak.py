@@ -304,6 +304,15 @@ class ServeProcess:
         return rss_bytes(self.process.pid) if self.process is not None else 0
 
 
+def stop_agent(agent: subprocess.Popen[bytes]) -> None:
+    agent.terminate()
+    try:
+        agent.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        agent.kill()
+        agent.wait()
+
+
 # -- the soak -------------------------------------------------------------------------------------
 
 
@@ -738,7 +747,6 @@ class Soak:
             feeder = await onboard(self.servers["B"].base_url)
             marking = self.spawn(self.cli(env, "set-price-source", feeder.agent_id))
             trader = await onboard(self.servers["A"].base_url)
-            await marking
             self.token = trader.token
             agent_log = self.workdir / "agent.log"
             with agent_log.open("wb") as log:
@@ -753,6 +761,7 @@ class Soak:
                     stderr=subprocess.STDOUT,
                 )
             try:
+                await marking
                 print(
                     f"{self.elapsed()} ready: serve A :{self.servers['A'].port}, serve B "
                     f":{self.servers['B'].port}, redis :{self.redis.port if self.redis else 0}, "
@@ -771,16 +780,15 @@ class Soak:
                     self.stopping = True
                     background[2].cancel()
                     await asyncio.gather(*self._tasks, return_exceptions=True)
+                    # Before the orders are read back: 500 orders a page is a one-off
+                    # allocation, not growth.
+                    rss_end = {name: server.rss() for name, server in self.servers.items()}
                     await self.settle_orders(http, timeout=40)
-                rss_end = {name: server.rss() for name, server in self.servers.items()}
             finally:
-                agent.terminate()
-                try:
-                    agent.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    agent.kill()
-                for server in self.servers.values():
-                    server.stop()
+                await asyncio.gather(
+                    asyncio.to_thread(stop_agent, agent),
+                    *(asyncio.to_thread(server.stop) for server in self.servers.values()),
+                )
         self.feed.sort()
         logs = [path for server in self.servers.values() for path in server.logs]
         return SoakReport(self, self.phase_results(), rss_end, count_log_lines(logs, agent_log))
