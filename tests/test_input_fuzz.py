@@ -35,7 +35,7 @@ from tests.servers import RunningApi
 
 CODE = re.compile(r"^[a-z][a-z0-9_]*$")
 # Statuses the contract gives a meaning to: they are answers, not bugs.
-CONTRACT_5XX = {(503, "agent_offline"), (504, "agent_timeout")}
+CONTRACT_5XX = {(503, "agent_offline"), (504, "agent_timeout"), (503, "feed_offline")}
 # A long-poll that is not told otherwise waits 25 s; fuzzing never wants that.
 FAST_QUERY = {"wait": "0"}
 

@@ -105,7 +105,13 @@ async def post_result(
 @router.post(
     "/prices",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={403: {"model": ErrorBody, "description": "not_price_source"}},
+    responses={
+        403: {"model": ErrorBody, "description": "not_price_source"},
+        503: {
+            "model": ErrorBody,
+            "description": "`prices_unavailable`: Redis cannot store the ticks now; push again",
+        },
+    },
     openapi_extra=cross_field_rules("a tick's `ask` is not below its `bid`"),
 )
 async def push_prices(agent: CurrentAgent, redis: RedisDep, ticks: PricePush) -> PricesAccepted:
