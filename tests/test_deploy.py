@@ -90,14 +90,8 @@ def deployment(
     settings: Settings,
     tmp_path: Path,
     nginx_available: None,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[str, list[ServeProcess], Settings]]:
     asyncio.run(reset_store(store))
-    # Issue 10's defect 1: with `channels`, a process whose first price socket comes after
-    # 15 s without one never gets its subscription confirmed (fixed elsewhere). Starting
-    # three processes and an agent takes that long on a loaded machine; `pattern` mode
-    # subscribes once at start. Back to the default once defect 1 is fixed on main.
-    monkeypatch.setenv("WS_REDIS_SUBSCRIPTION", "pattern")
     processes = [start_serve(settings, tmp_path / f"serve-{n}.log") for n in range(3)]
     port = free_port()
     upstreams = [int(p.base_url.rsplit(":", 1)[1]) for p in processes]

@@ -18,6 +18,7 @@ router = APIRouter(
     responses={
         401: {"model": ErrorBody, "description": "invalid_token"},
         403: {"model": ErrorBody, "description": "onboarding_incomplete, insufficient_scope"},
+        429: {"model": ErrorBody, "description": "rate_limited (see Retry-After)"},
     },
 )
 

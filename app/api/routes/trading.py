@@ -64,7 +64,11 @@ WRITE_PENDING: Responses = {
 router = APIRouter(
     tags=["trading"],
     dependencies=[Depends(get_onboarded_user)],
-    responses={401: error("invalid_token"), 403: error("onboarding_incomplete")},
+    responses={
+        401: error("invalid_token"),
+        403: error("onboarding_incomplete", "or `insufficient_scope` for a read-only API key."),
+        429: error("rate_limited", "past RATE_LIMIT_TRADING_PER_SECOND; see Retry-After."),
+    },
 )
 
 
