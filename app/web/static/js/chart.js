@@ -17,6 +17,7 @@ export const TIMEFRAMES = ["M1", "M5", "M15", "M30", "H1", "H4", "D1", "W1", "MN
 const SECONDS = { M1: 60, M5: 300, M15: 900, M30: 1800, H1: 3600, H4: 14400, D1: 86400, W1: 604800 };
 const FIRST_SUNDAY = 3 * 86400; // 1970-01-04: weekly bars open on Sunday, as in MT5
 const BAR_COUNT = 300;
+const RETRY_MS = 5000;
 const COLORS = { up: "#26a69a", down: "#ef5350", entry: "#2962ff", pending: "#f5a623", text: "#b2b5be" };
 
 let chart = null;
@@ -28,6 +29,7 @@ let digits = 5;
 let lastRev = 0;
 const lines = new Map(); // "position:123:sl" -> {line, price, label}
 let elements = {};
+let retry = 0;
 
 export function mountChart() {
   elements = {
@@ -70,6 +72,11 @@ export function mountChart() {
   });
   chart.subscribeCrosshairMove((param) => showLegend(param.seriesData?.get(series) ?? bars.at(-1)));
   subscribe(["selected", "timeframe", "view"], load);
+  // Candles that could not be had (the server restarting, the feed away) are asked for
+  // again, and at once when the price stream is back.
+  subscribe(["streams"], ({ streams }) => {
+    if (streams.prices === "live" && !loaded) load();
+  });
   subscribe(["quotes"], applyTick);
   subscribe(["positions", "pendingOrders", "selected"], drawPriceLines);
 }
@@ -85,6 +92,7 @@ async function load() {
   elements.title.textContent = `${instrument} · ${timeframe}`;
   const request = ++loading;
   loaded = null;
+  clearTimeout(retry);
   elements.message.textContent = "Loading candles…";
   let answer;
   try {
@@ -95,6 +103,7 @@ async function load() {
     series.setData([]);
     elements.message.textContent = `No candles for ${instrument}: ${error.message}`;
     describe();
+    if ([0, 502, 503, 504].includes(error.status)) retry = setTimeout(load, RETRY_MS);
     return;
   }
   if (request !== loading) return;
