@@ -365,7 +365,7 @@ async def test_a_market_buy_its_stop_loss_and_its_close_from_the_page(
 
     open_price = float(await row.get_by_role("cell").nth(4).inner_text())
     position_id = await row.get_by_role("cell").nth(1).inner_text()
-    for distance in (0.0050, 0.0060):
+    for distance in (0.0030, 0.0015):
         stop = f"{open_price - distance:.5f}"
         await row.get_by_role("button", name="Modify").click()
         dialog = page.get_by_role("dialog")
@@ -376,6 +376,7 @@ async def test_a_market_buy_its_stop_loss_and_its_close_from_the_page(
         # The chart's SL price line follows: the chart module describes what it draws.
         await expect(chart_lines(page)).to_contain_text(f"position {position_id} stop loss {stop}")
 
+    await page.mouse.move(0, 0)  # no crosshair in the picture
     await page.screenshot(path=str(tmp_path / "dashboard.png"))
     if target := os.environ.get(SCREENSHOT_ENV):
         await page.screenshot(path=target)

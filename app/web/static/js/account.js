@@ -84,23 +84,23 @@ function setAgent(changes) {
   update({ agent: { ...state.agent, ...changes } });
 }
 
-export async function refreshPositionsAndAccount() {
+async function refreshPositionsAndAccount() {
   const [positions, account] = await Promise.all([quietly(api.listPositions), quietly(api.getAccount)]);
   if (positions) update({ positions: positions.body });
   if (account) update({ account: account.body });
 }
 
-export async function refreshPendingOrders() {
+async function refreshPendingOrders() {
   const answer = await quietly(api.listPendingOrders);
   if (answer) update({ pendingOrders: answer.body });
 }
 
-export async function refreshOrders() {
+async function refreshOrders() {
   const answer = await quietly(api.listOrders);
   if (answer) update({ orders: answer.body });
 }
 
-export async function refreshDeals() {
+async function refreshDeals() {
   if (!state.config.features.history) return;
   const answer = await quietly(api.listDeals);
   if (answer) update({ deals: answer.body });

@@ -19,7 +19,7 @@ const STREAM_TEXT = {
   live: "live",
   reconnecting: "reconnecting…",
   refused: "stopped",
-  polling: "read every second",
+  polling: "",
   off: "",
 };
 

@@ -14,8 +14,6 @@ export class ApiError extends Error {
     this.status = status;
     this.body = body;
     this.detail = typeof body?.detail === "string" ? body.detail : null;
-    // FastAPI's own 404 for a path it has no route for (no domain code, no message).
-    this.unavailable = status === 404 && body?.detail === "Not Found" && !body?.message;
   }
 }
 

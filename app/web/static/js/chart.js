@@ -13,7 +13,7 @@ import * as api from "./api.js";
 import { price } from "./format.js";
 import { digitsOf, state, subscribe, update } from "./state.js";
 
-export const TIMEFRAMES = ["M1", "M5", "M15", "M30", "H1", "H4", "D1", "W1", "MN1"];
+const TIMEFRAMES = ["M1", "M5", "M15", "M30", "H1", "H4", "D1", "W1", "MN1"];
 const SECONDS = { M1: 60, M5: 300, M15: 900, M30: 1800, H1: 3600, H4: 14400, D1: 86400, W1: 604800 };
 const FIRST_SUNDAY = 3 * 86400; // 1970-01-04: weekly bars open on Sunday, as in MT5
 const BAR_COUNT = 300;
@@ -120,7 +120,7 @@ async function load() {
 }
 
 // The bar a tick at `ms` falls in, in epoch seconds.
-export function barTime(ms, timeframe) {
+function barTime(ms, timeframe) {
   const seconds = Math.floor(ms / 1000);
   if (timeframe === "MN1") {
     const date = new Date(seconds * 1000);

@@ -3,7 +3,7 @@
 // accepting it) the person is asked to sign in again, with a message saying why.
 
 import * as api from "./api.js";
-import { state, update } from "./state.js";
+import { state } from "./state.js";
 
 const KEY = "mt5gate.session";
 let expiryTimer = 0;
@@ -19,7 +19,7 @@ export function restoreSession() {
   return null;
 }
 
-export function startSession(answer, email) {
+function startSession(answer, email) {
   const session = {
     token: answer.access_token,
     email,
@@ -48,11 +48,3 @@ export async function signIn(email, password, { create = false } = {}) {
 }
 
 export const currentToken = () => state.session?.token ?? null;
-
-export function isSignedIn() {
-  return Boolean(state.session);
-}
-
-export function setSession(session) {
-  update({ session });
-}

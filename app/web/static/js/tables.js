@@ -25,7 +25,7 @@ export function mountTables() {
   subscribe(["deals", "config"], renderDeals);
 }
 
-export function say(text, kind = "info") {
+function say(text, kind = "info") {
   message.textContent = text;
   message.dataset.kind = kind;
 }

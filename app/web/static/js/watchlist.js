@@ -5,7 +5,7 @@ import { state, subscribe, update } from "./state.js";
 import { price } from "./format.js";
 
 const STORAGE_KEY = "mt5gate.watchlist";
-export const DEFAULT_WATCHLIST = ["EURUSD", "GBPUSD", "USDJPY", "XAUUSD"];
+const DEFAULT_WATCHLIST = ["EURUSD", "GBPUSD", "USDJPY", "XAUUSD"];
 const SYMBOL = /^[A-Za-z0-9._#-]{1,32}$/;
 const STALE_AFTER_MS = 5000;
 const rows = new Map(); // instrument -> {row, bid, ask, spread, rev}
