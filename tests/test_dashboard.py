@@ -600,7 +600,7 @@ async def test_figures_first_price_tick_to_screen_and_bytes(terminal: Terminal) 
         await push_ticks(terminal, 0, client)
 
     await page.reload()  # signed in: the token is in this tab's sessionStorage
-    await page.wait_for_function("window.__firstPrice !== null", timeout=10000)
+    await page.wait_for_function("() => window.__firstPrice !== null", timeout=10000)
     first_price_ms = await page.evaluate("window.__firstPrice")
     loaded = await page.evaluate(
         """() => {
