@@ -245,6 +245,12 @@ async def test_sign_in_shows_live_prices_a_moving_chart_and_the_account(
     await expect(account).to_contain_text("10,000.00")
     await expect(account).to_contain_text("1:100")
     await expect(page.get_by_role("status").filter(has_text="Agent online")).to_be_visible()
+
+    await page.get_by_role("tab", name="API keys").click()
+    if features(terminal)["api_keys"]:
+        await expect(page.get_by_role("table", name="API keys")).to_be_visible()
+    else:
+        await expect(page.get_by_text("API keys are not available on this server.")).to_be_visible()
     watched.assert_clean()
 
 
@@ -277,6 +283,61 @@ async def test_an_expired_session_asks_to_sign_in_again(
     await sign_in(page, terminal.trader.user.email, PASSWORD)
     # A read that raced the timer may have met the expired token: that is how it ends too.
     watched.assert_clean(allowed=((401, r"^/api/v1/"),))
+
+
+@ONLY_SQLITE
+async def test_a_new_account_is_registered_and_onboarded_from_the_page(
+    terminal: Terminal,
+) -> None:
+    watched = await terminal.open()
+    page = watched.page
+    await page.get_by_role("button", name="Create an account").click()
+    await page.get_by_label("Email").fill("newcomer@example.com")
+    await page.get_by_label("Password", exact=True).fill("a-long-password")
+    await page.get_by_role("button", name="Create account").click()
+    onboarding = page.get_by_role("region", name="Connect your broker account")
+    await onboarding.get_by_label("Broker server").fill("MetaQuotes-Demo")
+    await onboarding.get_by_label("Account number").fill("5001234")
+    await onboarding.get_by_label("MT5 password").fill("mt5-secret")
+    await onboarding.get_by_label("I understand that trading is risky").check()
+    await onboarding.get_by_role("button", name="Connect and start").click()
+    command = onboarding.locator("#onboarding-command")
+    await expect(command).to_contain_text(
+        re.compile(r"mt5gate agent --api http://127\.0\.0\.1:\d+ --agent-id [0-9a-f-]{36} --token=")
+    )
+    await onboarding.get_by_role("button", name="Open the dashboard").click()
+    await expect(page.get_by_role("region", name="Account")).to_be_visible()
+    # Its agent has never connected: the page says so, and the ticket waits for it.
+    await expect(page.get_by_role("alert").filter(has_text="Agent offline")).to_be_visible(
+        timeout=10000
+    )
+    await expect(page.get_by_role("button", name="Buy", exact=True)).to_be_disabled()
+    # Candles come from the newcomer's own agent on this server: 503 too, retried.
+    watched.assert_clean(allowed=((503, r"^/api/v1/(positions|account|candles/EURUSD\?)"),))
+
+
+@ONLY_SQLITE
+async def test_an_order_answered_pending_is_followed_to_its_fill(
+    launch: Launcher,  # noqa: F811
+    browser: Browser,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The broker takes 2 s, the API waits 1 s: POST /orders answers 202 pending.
+    monkeypatch.setenv("TRADE_WAIT_SECONDS", "1")
+    serve = await launch.serve(agent_offline_after_seconds=3)
+    async with api_client(serve) as client:
+        trader = await onboard_trader(client, with_heartbeat=False)
+    await set_price_source_in(launch.store.database_url, trader.agent.id)
+    agent = await launch.agent(serve, trader, "--prices", "EURUSD", "--sim-latency-ms", "2000")
+    terminal = Terminal(launch, serve, trader, agent, browser)
+    watched = await terminal.signed_in()
+    page = watched.page
+    await place_from_ticket(page, "Buy", Symbol="EURUSD", Volume="0.1")
+    result = page.locator("#ticket-result")
+    await expect(result).to_contain_text("waiting for the broker's answer")
+    await expect(result).to_contain_text("Bought 0.1 EURUSD", timeout=15000)
+    await expect(position_rows(page)).to_have_count(1)
+    watched.assert_clean()
 
 
 async def test_the_demo_signs_in_with_one_click(browser: Browser, tmp_path: Path) -> None:
@@ -382,9 +443,17 @@ async def test_a_market_buy_its_stop_loss_and_its_close_from_the_page(
         await page.screenshot(path=target)
         print(f"screenshot written to {target}")  # noqa: T201
 
+    await row.get_by_role("button", name="Modify").click()
+    dialog = page.get_by_role("dialog")
+    await dialog.get_by_label("Volume to close").fill("0.04")
+    await dialog.get_by_role("button", name="Close volume").click()
+    await expect(dialog).to_be_hidden()
+    await expect(row.get_by_role("cell").nth(3)).to_have_text("0.06")
+    await expect(page.get_by_role("status").filter(has_text="Closed 0.04 lots")).to_be_visible()
+
     await row.get_by_role("button", name="Close").click()
     await expect(rows).to_have_count(0)
-    await expect(page.get_by_role("status").filter(has_text="Closed 0.1 lots")).to_be_visible()
+    await expect(page.get_by_role("status").filter(has_text="Closed 0.06 lots")).to_be_visible()
     await expect(chart_lines(page)).to_have_text("No price lines.")
 
     await page.get_by_role("tab", name="Orders", exact=True).click()
