@@ -18,6 +18,7 @@ import { mountTabs } from "./toolbox.js";
 import { loadWatchlist, mountWatchlist } from "./watchlist.js";
 
 const EXPIRED = "Your session has expired: sign in again to go on trading.";
+const RETRY_MS = 3000;
 
 function mountViews() {
   mountLogin({ onSignedIn: enter });
@@ -35,6 +36,7 @@ function mountViews() {
     document.getElementById("login-view").hidden = view !== "login";
     document.getElementById("onboarding-view").hidden = view !== "onboarding";
     document.getElementById("terminal").hidden = view !== "terminal";
+    document.getElementById("boot-message").hidden = view !== "loading";
     if (view === "login") document.getElementById("login-email").focus();
   });
   subscribe(["session"], ({ session }) => {
@@ -71,9 +73,11 @@ async function enter(session) {
   try {
     user = (await api.me()).body;
   } catch (error) {
-    if (error.status !== 401) {
-      signOut(error.message);
-    }
+    if (error.status === 401) return; // signed out already, with the reason
+    // The server is away (restarting, say): the session still holds; ask again shortly.
+    document.getElementById("boot-message").textContent = `${error.message} Trying again…`;
+    update({ view: "loading" });
+    setTimeout(() => state.session === session && enter(session), RETRY_MS);
     return;
   }
   update({ user });
