@@ -16,9 +16,10 @@ export function startAccount(token, callbacks) {
   running = true;
   hooks = callbacks;
   const features = state.config.features;
-  refreshOrders();
-  if (features.history) refreshDeals();
   if (features.account_stream) {
+    // The stream brings what changes; what was before it comes from a first read.
+    refreshOrders();
+    if (features.history) refreshDeals();
     startAccountStream(token, {
       onSnapshot: applySnapshot,
       onEvent: applyEvent,

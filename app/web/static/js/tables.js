@@ -269,7 +269,10 @@ async function onDialogSubmit(event) {
     return;
   }
   const changes = { sl: optionalPrice(form.elements.sl), tp: optionalPrice(form.elements.tp) };
-  if (kind === "pending") changes.price = Number(form.elements.price.value);
+  if (kind === "pending") {
+    changes.price = optionalPrice(form.elements.price);
+    if (!(changes.price > 0)) return (errorLine.textContent = "Enter the order's price.");
+  }
   try {
     const call = kind === "position"
       ? () => api.modifyPosition(item.position_id, changes)
