@@ -342,6 +342,9 @@ async def test_an_order_answered_pending_is_followed_to_its_fill(
 
 async def test_the_demo_signs_in_with_one_click(browser: Browser, tmp_path: Path) -> None:
     with DemoProcess(tmp_path) as base_url:
+        config = httpx.get(f"{base_url}/dashboard/config.json", timeout=10).json()
+        # Only what the demo prints for anyone to read.
+        assert config["demo_login"] == {"email": "demo@example.com", "password": "demo-password"}
         watched = await open_page(browser, base_url)
         page = watched.page
         await page.get_by_role("button", name="Try the demo").click()
