@@ -194,13 +194,18 @@ function drawPriceLines() {
     const options = { price: want.value, color: want.color, title: want.title, lineStyle: want.style };
     const drawn = lines.get(key);
     if (!drawn) {
-      lines.set(key, { ...want, line: series.createPriceLine({ ...options, lineWidth: 1, axisLabelVisible: true }) });
+      const line = series.createPriceLine({ ...options, id: key, lineWidth: 1, axisLabelVisible: true });
+      lines.set(key, { ...want, line });
     } else if (drawn.value !== want.value || drawn.title !== want.title) {
       drawn.line.applyOptions(options);
       Object.assign(drawn, want);
     }
   }
-  const text = [...lines.entries()].map(([key, drawn]) => `${describeLine(key)} ${price(drawn.value, digits)}`);
+  // Read back from the chart, so that what is described is what the chart draws.
+  const text = series.priceLines().map((line) => {
+    const { id, price: value } = line.options();
+    return `${describeLine(id)} ${price(value, digits)}`;
+  });
   elements.lines.textContent = text.length ? `Price lines: ${text.join("; ")}.` : "No price lines.";
 }
 
