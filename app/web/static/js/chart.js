@@ -7,6 +7,7 @@ import {
   ColorType,
   CrosshairMode,
   LineStyle,
+  MismatchDirection,
   createChart,
 } from "../vendor/lightweight-charts-5.2.1.standalone.production.mjs";
 import * as api from "./api.js";
@@ -162,7 +163,8 @@ function showLegend(bar) {
 }
 
 function describe() {
-  const last = bars.at(-1);
+  // The last bar as the chart holds it (not our copy): what is described is what is drawn.
+  const last = bars.length ? series.dataByIndex(Number.MAX_SAFE_INTEGER, MismatchDirection.NearestLeft) : null;
   const summary = last ? `${bars.length} bars, last close ${price(last.close, digits)}` : "no bars";
   elements.container.setAttribute("aria-label", `${state.selected} ${state.timeframe} chart: ${summary}`);
 }
