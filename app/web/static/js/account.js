@@ -131,12 +131,14 @@ export function refreshAfterTrade() {
   }
 }
 
+// While the agent is offline the snapshot holds no account, positions or pending orders
+// (null): what the page last knew stays on screen, under the offline banner.
 function applySnapshot(snapshot) {
-  update({
-    account: snapshot.account ?? null,
-    positions: snapshot.positions ?? [],
-    pendingOrders: snapshot.pending_orders ?? [],
-  });
+  const changes = {};
+  if (snapshot.account) changes.account = snapshot.account;
+  if (snapshot.positions) changes.positions = snapshot.positions;
+  if (snapshot.pending_orders) changes.pendingOrders = snapshot.pending_orders;
+  update(changes);
   applyAgent(snapshot.agent);
 }
 
