@@ -27,10 +27,11 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.websockets import WebSocket
 
 from tests.agent_process import AgentProcess
 from tests.flows import Trader, onboard_trader
-from tests.servers import ServeProcess, free_port
+from tests.servers import RunningApi, ServeProcess, free_port
 from tests.stores import IN_CI
 from tests.test_agent_e2e import Launcher, api_client, launch  # noqa: F401  (fixture)
 from tests.test_price_stream import set_price_source_in
@@ -576,6 +577,111 @@ async def test_a_restarted_server_is_reconnected_to_and_prices_move_again(
     # Reads in flight when it stopped were answered at once (the drain), and the agent
     # was away for a moment.
     watched.assert_clean(allowed=((503, r"^/api/v1/"), (504, r"^/api/v1/")), network_down=True)
+
+
+# -- the account events stream, as the contract has it -------------------------------------
+
+
+@dataclass
+class AccountStreamScript:
+    """A contract-shaped /ws/account for the page to follow, until the real one lands on
+    this server: a snapshot, then the events the test hands it; `resume` closes the
+    socket with 1013 (too slow), after which the page must come back with `since`."""
+
+    events: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
+    connections: list[dict[str, str]] = field(default_factory=list)
+
+    async def serve(self, websocket: WebSocket) -> None:
+        if not websocket.query_params.get("token"):
+            await websocket.close(4001)  # as the contract says (the page's probe meets it)
+            return
+        self.connections.append(dict(websocket.query_params))
+        await websocket.accept()
+        if "since" not in websocket.query_params:
+            await websocket.send_json({"type": "snapshot", "seq": 0, "data": SNAPSHOT})
+        seq = 0
+        while (event := await self.events.get()) is not None:
+            seq += 1
+            await websocket.send_json({"type": "event", "seq": seq, "event": event})
+        await websocket.close(1013)
+
+    async def send(self, event_id: int, kind: str, data: dict[str, Any]) -> None:
+        event = {"id": event_id, "kind": kind, "at": "2026-12-01T12:00:00Z", "data": data}
+        await self.events.put(event)
+
+    async def resume(self) -> None:
+        await self.events.put(None)
+
+
+OPEN_POSITION = {
+    "position_id": 777,
+    "symbol": "EURUSD",
+    "side": "sell",
+    "volume": 0.3,
+    "open_price": 1.085,
+    "current_price": 1.0845,
+    "sl": None,
+    "tp": 1.08,
+    "profit": 15.0,
+    "swap": 0.0,
+    "opened_at": "2026-12-01T11:00:00Z",
+}
+SNAPSHOT = {
+    "last_event_id": 41,
+    "account": {
+        "balance": 5000.0,
+        "equity": 5015.0,
+        "margin_used": 325.5,
+        "margin_available": 4689.5,
+        "currency": "EUR",
+        "leverage": 50,
+    },
+    "positions": [OPEN_POSITION],
+    "pending_orders": [],
+    "agent": {"status": "online", "terminal_connected": True, "last_heartbeat_at": None},
+}
+
+
+@ONLY_SQLITE
+async def test_the_page_follows_the_account_events_stream(
+    api: RunningApi, trader: Trader, browser: Browser
+) -> None:
+    script = AccountStreamScript()
+    if not any(getattr(route, "path", None) == "/ws/account" for route in api.app.routes):
+        api.app.add_api_websocket_route("/ws/account", script.serve)
+    else:  # pragma: no cover - the real stream is tested by the trading tests then
+        pytest.skip("this server has its own /ws/account: the trading tests run over it")
+    watched = await open_page(browser, api.base_url)
+    page = watched.page
+    await sign_in(page, trader.user.email, PASSWORD)
+    account = page.get_by_role("region", name="Account")
+    await expect(account).to_contain_text("5,015.00")
+    await expect(account).to_contain_text("EUR")
+    rows = position_rows(page)
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_contain_text("\u25bc sell")
+    profit = rows.first.get_by_role("cell").nth(9)
+    await expect(profit).to_have_text("+15.00")
+    assert "since" not in script.connections[0]
+
+    await script.send(42, "position_changed", {**OPEN_POSITION, "profit": -2.25})
+    await expect(profit).to_have_text("\u22122.25")
+    await script.send(43, "agent", {"status": "online", "terminal_connected": False})
+    await expect(page.get_by_role("alert")).to_contain_text("lost the connection to the broker")
+    await expect(page.get_by_role("button", name="Buy", exact=True)).to_be_disabled()
+
+    await script.resume()  # closed with 1013: the page comes back from where it was
+    await script.send(44, "agent", {"status": "online", "terminal_connected": True})
+    await expect(page.get_by_role("status").filter(has_text="Agent online")).to_be_visible()
+    assert script.connections[-1]["since"] == "43"
+    await script.send(43, "position_closed", {"position_id": 777})  # a repeat: ignored
+    await script.send(45, "account", {**SNAPSHOT["account"], "equity": 4997.75})
+    await expect(account).to_contain_text("4,997.75")
+    await expect(rows).to_have_count(1)
+    await script.send(46, "position_closed", {"position_id": 777, "symbol": "EURUSD"})
+    await expect(rows).to_have_count(0)
+    # No agent runs here: the chart's candles wait for one in vain.
+    watched.assert_clean(allowed=((504, r"^/api/v1/candles/"),))
 
 
 # -- the page for a person ----------------------------------------------------------------
