@@ -29,6 +29,7 @@ import httpx
 import pytest
 from starlette.websockets import WebSocket
 
+from app.web.dashboard import serves_websocket
 from tests.agent_process import AgentProcess
 from tests.flows import Trader, onboard_trader
 from tests.servers import RunningApi, ServeProcess, free_port
@@ -646,11 +647,11 @@ SNAPSHOT = {
 async def test_the_page_follows_the_account_events_stream(
     api: RunningApi, trader: Trader, browser: Browser
 ) -> None:
-    script = AccountStreamScript()
-    if not any(getattr(route, "path", None) == "/ws/account" for route in api.app.routes):
-        api.app.add_api_websocket_route("/ws/account", script.serve)
-    else:  # pragma: no cover - the real stream is tested by the trading tests then
+    if await serves_websocket(api.app, "/ws/account"):
         pytest.skip("this server has its own /ws/account: the trading tests run over it")
+    script = AccountStreamScript()
+    api.app.add_api_websocket_route("/ws/account", script.serve)
+    api.app.state.dashboard_features = None  # asked again: now with the stream
     watched = await open_page(browser, api.base_url)
     page = watched.page
     await sign_in(page, trader.user.email, PASSWORD)
