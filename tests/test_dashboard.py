@@ -100,6 +100,7 @@ class Watched:
     js_errors: list[str] = field(default_factory=list)
     failed: list[tuple[int, str, str]] = field(default_factory=list)
     network_lines: list[str] = field(default_factory=list)
+    sockets: list[str] = field(default_factory=list)
 
     def on_console(self, message: ConsoleMessage) -> None:
         if message.type not in ("error", "warning"):
@@ -143,6 +144,7 @@ async def open_page(browser: Browser, base_url: str, **context: Any) -> Watched:
     page.on("console", watched.on_console)
     page.on("pageerror", lambda error: watched.js_errors.append(f"pageerror: {error}"))
     page.on("response", watched.on_response)
+    page.on("websocket", lambda socket: watched.sockets.append(socket.url.split("?")[0]))
     await page.goto(base_url + "/")
     return watched
 
@@ -242,6 +244,9 @@ async def test_sign_in_shows_live_prices_a_moving_chart_and_the_account(
     assert label is not None
     assert int(re.search(r"(\d+) bars", label).group(1)) >= 100  # type: ignore[union-attr]
     await expect(chart).not_to_have_attribute("aria-label", label, timeout=15000)
+    await page.get_by_role("group", name="Timeframe").get_by_role("button", name="H1").click()
+    await expect(page.locator("#chart-title")).to_have_text("EURUSD · H1")
+    await expect(chart).to_have_attribute("aria-label", re.compile(r"EURUSD H1 chart: 300 bars"))
 
     account = page.get_by_role("region", name="Account")
     await expect(account).to_contain_text("10,000.00")
@@ -714,6 +719,10 @@ async def test_the_watchlist_is_kept_by_keyboard_with_a_visible_focus(terminal: 
     await row.get_by_role("button", name="Remove USDCHF").focus()
     await page.keyboard.press("Enter")
     await expect(row).to_have_count(0)
+    # Adding and removing changed the subscription of the one price socket.
+    assert [url for url in watched.sockets if "/ws/prices" in url] == [
+        terminal.serve.base_url.replace("http://", "ws://", 1) + "/ws/prices"
+    ]
     await page.get_by_role("tab", name="Positions").focus()
     await page.keyboard.press("ArrowRight")
     await expect(page.get_by_role("tab", name="Pending orders")).to_be_focused()
