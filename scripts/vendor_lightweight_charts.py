@@ -38,14 +38,20 @@ def fetch(url: str) -> bytes:
 def verified_tarball(version: str) -> bytes:
     metadata = json.loads(fetch(f"{REGISTRY}/{PACKAGE}/{version}"))
     dist = metadata["dist"]
-    algorithm, _, expected = dist["integrity"].partition("-")
-    if algorithm != "sha512":
-        raise SystemExit(f"unexpected integrity algorithm {algorithm!r} for {PACKAGE}@{version}")
     tarball = fetch(dist["tarball"])
-    actual = base64.b64encode(hashlib.sha512(tarball).digest()).decode()
-    if actual != expected:
-        raise SystemExit(f"{PACKAGE}@{version}: the tarball does not match its integrity hash")
+    check_integrity(tarball, dist["integrity"], f"{PACKAGE}@{version}")
     return tarball
+
+
+def check_integrity(data: bytes, integrity: str, name: str) -> None:
+    """Raises SystemExit unless `data` has the Subresource-Integrity-style `sha512-...`
+    hash that the registry published."""
+    algorithm, _, expected = integrity.partition("-")
+    if algorithm != "sha512":
+        raise SystemExit(f"unexpected integrity algorithm {algorithm!r} for {name}")
+    actual = base64.b64encode(hashlib.sha512(data).digest()).decode()
+    if actual != expected:
+        raise SystemExit(f"{name}: the tarball does not match its integrity hash")
 
 
 def main(argv: list[str]) -> int:

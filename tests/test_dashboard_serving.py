@@ -5,7 +5,9 @@ The page itself is driven in a real browser by tests/test_dashboard.py.
 
 from __future__ import annotations
 
+import base64
 import fnmatch
+import hashlib
 import re
 import tomllib
 from pathlib import Path
@@ -14,7 +16,7 @@ import httpx
 import pytest
 
 from app.web.dashboard import STATIC_DIR, serves_websocket
-from scripts.vendor_lightweight_charts import PACKAGE, VERSION
+from scripts.vendor_lightweight_charts import PACKAGE, VERSION, check_integrity
 from tests.servers import RunningApi
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,3 +169,13 @@ def test_the_page_and_the_chart_module_load_the_pinned_library() -> None:
     assert vendored == {name, f"{PACKAGE}-{VERSION}.LICENSE"}
     assert f"/dashboard/vendor/{name}" in (STATIC_DIR / "index.html").read_text()
     assert f"../vendor/{name}" in (STATIC_DIR / "js" / "chart.js").read_text()
+
+
+def test_the_vendoring_script_refuses_a_tarball_that_is_not_the_published_one() -> None:
+    tarball = b"the package's bytes"
+    integrity = "sha512-" + base64.b64encode(hashlib.sha512(tarball).digest()).decode()
+    check_integrity(tarball, integrity, "pkg@1")
+    with pytest.raises(SystemExit, match="does not match"):
+        check_integrity(tarball + b"!", integrity, "pkg@1")
+    with pytest.raises(SystemExit, match="algorithm 'sha1'"):
+        check_integrity(tarball, "sha1-" + integrity[7:], "pkg@1")
