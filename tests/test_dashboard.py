@@ -279,7 +279,7 @@ async def test_an_expired_session_asks_to_sign_in_again(
     browser: Browser,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("ACCESS_TOKEN_TTL_SECONDS", "4")
+    monkeypatch.setenv("ACCESS_TOKEN_TTL_SECONDS", "6")
     terminal = await start_terminal(launch, browser)
     watched = await terminal.signed_in()
     page = watched.page
