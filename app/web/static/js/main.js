@@ -89,7 +89,10 @@ async function enter(session) {
   update({ view: "terminal" });
   startAccount(currentToken, {
     onExpired: () => signOut(EXPIRED),
-    onNotOnboarded: () => update({ view: "onboarding" }),
+    onNotOnboarded: () => {
+      stopAccount();
+      update({ view: "onboarding" });
+    },
   });
   refreshApiKeys();
   if (state.config.features.symbols) loadSymbols();
