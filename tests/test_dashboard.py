@@ -436,14 +436,16 @@ async def test_a_market_buy_its_stop_loss_and_its_close_from_the_page(
 
     open_price = float(await row.get_by_role("cell").nth(4).inner_text())
     position_id = await row.get_by_role("cell").nth(1).inner_text()
-    for distance in (0.0030, 0.0015):
-        stop = f"{open_price - distance:.5f}"
+    for distance in (0.0030, 0.0012):
+        stop, target = f"{open_price - distance:.5f}", f"{open_price + 2 * distance:.5f}"
         await row.get_by_role("button", name="Modify").click()
         dialog = page.get_by_role("dialog")
         await dialog.get_by_label("Stop loss").fill(stop)
+        await dialog.get_by_label("Take profit").fill(target)
         await dialog.get_by_role("button", name="Save").click()
         await expect(dialog).to_be_hidden()
         await expect(row.get_by_role("cell").nth(6)).to_have_text(stop)
+        await expect(row.get_by_role("cell").nth(7)).to_have_text(target)
         # The chart's SL price line follows: the chart module describes what it draws.
         await expect(chart_lines(page)).to_contain_text(f"position {position_id} stop loss {stop}")
 

@@ -70,6 +70,14 @@ export function mountChart() {
     borderVisible: false,
     wickUpColor: COLORS.up,
     wickDownColor: COLORS.down,
+    // The price scale takes in the price lines too: a position's stops stay in sight.
+    autoscaleInfoProvider: (original) => {
+      const range = original();
+      if (!range || !lines.size) return range;
+      const prices = [...lines.values()].map((line) => line.value);
+      const { minValue, maxValue } = range.priceRange;
+      return { ...range, priceRange: { minValue: Math.min(minValue, ...prices), maxValue: Math.max(maxValue, ...prices) } };
+    },
   });
   chart.subscribeCrosshairMove((param) => showLegend(param.seriesData?.get(series) ?? bars.at(-1)));
   subscribe(["selected", "timeframe", "view"], load);
