@@ -735,6 +735,27 @@ async def test_the_watchlist_is_kept_by_keyboard_with_a_visible_focus(terminal: 
 
 
 @ONLY_SQLITE
+async def test_a_subscription_the_price_stream_refuses_is_told(
+    launch: Launcher,  # noqa: F811
+    browser: Browser,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("WS_MAX_INSTRUMENTS_PER_SOCKET", "4")  # the default watchlist's size
+    terminal = await start_terminal(launch, browser)
+    watched = await terminal.signed_in()
+    page = watched.page
+    await page.get_by_label("Add instrument").fill(EXTRA)
+    await page.get_by_role("button", name="Add", exact=True).click()
+    await expect(page.locator("#watchlist-message")).to_have_text(
+        "The price stream refused: At most 4 instruments per socket."
+    )
+    await expect(watchlist_row(page, "EURUSD").get_by_role("cell").nth(1)).to_have_text(
+        re.compile(r"\d\.\d{5}")
+    )
+    watched.assert_clean()
+
+
+@ONLY_SQLITE
 async def test_the_page_fits_a_phone(terminal: Terminal) -> None:
     watched = await terminal.signed_in(viewport={"width": 390, "height": 844}, is_mobile=True)
     page = watched.page

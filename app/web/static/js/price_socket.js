@@ -22,6 +22,8 @@ export function startPrices(token, onRefused) {
     },
     onMessage: (message) => {
       if (message.type === "tick") applyTick(message.data);
+      // A subscription the server refused (too many instruments, a malformed name).
+      else if (message.type === "error") update({ priceStreamError: message.message ?? message.detail });
     },
   });
   socket.start();

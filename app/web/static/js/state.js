@@ -19,6 +19,7 @@ export const state = {
   account: null,
   agent: { status: "unknown", terminalConnected: null, detail: "" },
   streams: { prices: "idle", account: "off" },
+  priceStreamError: "",
   busy: false, // an order or a change is in flight
 };
 

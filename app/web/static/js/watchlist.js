@@ -59,6 +59,9 @@ export function mountWatchlist() {
 
   subscribe(["watchlist", "selected"], () => renderRows(body));
   subscribe(["quotes"], renderQuotes);
+  subscribe(["priceStreamError"], ({ priceStreamError }) => {
+    if (priceStreamError) message.textContent = `The price stream refused: ${priceStreamError}`;
+  });
   setInterval(markStale, 1000);
 }
 
