@@ -16,7 +16,6 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Scope
@@ -95,7 +94,9 @@ def enable_demo_sign_in(app: FastAPI, *, email: str, password: str) -> None:
 async def features_of(app: FastAPI) -> dict[str, bool]:
     cached: dict[str, bool] | None = getattr(app.state, "dashboard_features", None)
     if cached is None:
-        paths = {route.path for route in app.routes if isinstance(route, APIRoute)}
+        # The OpenAPI paths carry the full templates, prefixes included, however FastAPI
+        # keeps included routers (recent releases resolve their prefixes when routing).
+        paths = app.openapi()["paths"]
         cached = {name: path in paths for name, path in OPTIONAL_ROUTES.items()}
         cached["account_stream"] = await serves_websocket(app, ACCOUNT_STREAM_PATH)
         app.state.dashboard_features = cached
