@@ -735,6 +735,35 @@ async def test_the_watchlist_is_kept_by_keyboard_with_a_visible_focus(terminal: 
 
 
 @ONLY_SQLITE
+async def test_api_keys_are_created_shown_once_and_revoked(terminal: Terminal) -> None:
+    if not features(terminal)["api_keys"]:
+        pytest.skip("this server has no /api/v1/api-keys: the sign-in test sees it said")
+    watched = await terminal.signed_in()
+    page = watched.page
+    await page.get_by_role("tab", name="API keys").click()
+    await page.get_by_label("Key name").fill("my bot")
+    await page.get_by_label("may trade").check()
+    await page.get_by_role("button", name="Create key").click()
+    created = page.locator("#key-created")
+    await expect(created).to_contain_text(
+        re.compile(r'Key "my bot" \(shown once, copy it now\): mt5g_')
+    )
+    key = (await created.inner_text()).rsplit(": ", 1)[1]
+    rows = page.get_by_role("table", name="API keys").locator("tbody").get_by_role("row")
+    await expect(rows).to_have_count(1)
+    await expect(rows.first).to_contain_text("read, trade")
+    assert key not in await rows.first.inner_text()  # listed by its prefix only
+    async with api_client(terminal.serve) as client:
+        headers = {"Authorization": f"Bearer {key}"}
+        assert (await client.get("/account", headers=headers)).status_code == 200
+        await rows.first.get_by_role("button", name="Revoke").click()
+        await expect(rows).to_have_count(0)
+        await expect(created).to_have_text("Key revoked: it stopped working at once.")
+        assert (await client.get("/account", headers=headers)).status_code == 401
+    watched.assert_clean()
+
+
+@ONLY_SQLITE
 async def test_a_subscription_the_price_stream_refuses_is_told(
     launch: Launcher,  # noqa: F811
     browser: Browser,
