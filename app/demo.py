@@ -25,6 +25,7 @@ from app.models import ApiKey, BrokerConnection, User
 from app.server import GatewayServer, server_config
 from app.services import api_keys, broker_connections, users
 from app.services.agents import set_price_source
+from app.web import enable_demo_sign_in
 from mt5gate_agent.config import DEFAULT_PRICE_SYMBOLS, AgentConfig
 from mt5gate_agent.runner import TokenRefused, run_agent
 
@@ -91,6 +92,7 @@ def banner(base_url: str, access_token: str, api_key: str) -> str:
     return f"""
 mt5gate demo is running: API + simulated broker agent + demo user.
 
+  Dashboard    {base_url}/
   API docs     {base_url}/docs
   Demo login   {DEMO_EMAIL} / {DEMO_PASSWORD}
 
@@ -112,6 +114,7 @@ Ctrl-C stops it.
 
 async def run(settings: Settings, host: str, port: int) -> int:
     app = create_app(settings)
+    enable_demo_sign_in(app, email=DEMO_EMAIL, password=DEMO_PASSWORD)
     # Four price pushes a second in the access log would drown everything else.
     config = server_config(app, settings, host=host, port=port, access_log=False)
     server = GatewayServer(config, app)

@@ -31,6 +31,7 @@ from app.core.errors import install_error_handlers
 from app.core.migrate import upgrade_to_head_async
 from app.core.resources import open_resources
 from app.services.candles import CandleFlights
+from app.web import install_dashboard
 from app.ws import price_stream
 
 log = logging.getLogger("mt5gate.app")
@@ -77,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(health.router)
     install_docs(app)
+    install_dashboard(app)  # `/` and `/dashboard/...`, after the API's routes
     app.state.route_templates = route_templates(app)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(RequestObservability, metrics=settings.metrics_enabled)
