@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.core.config import Settings
 from app.core.redis import create_redis
 from app.core.supervisor import supervise
+from app.services.api_keys import KeySockets
 from app.ws.manager import CLOSE_STALLED, WebSocketManager
 from tests.conftest import make_settings
 from tests.stores import Store
@@ -146,4 +148,27 @@ async def test_a_manager_closed_as_it_starts_stops_all_its_tasks_at_once(
                 await manager.close()
         assert not [r for r in caplog.records if "ws_shutdown_incomplete" in r.getMessage()]
     finally:
+        await redis.aclose()
+
+
+async def test_the_key_revocation_listener_stops_at_once_when_closed_as_it_starts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same lost cancellation as above, for the API-key revocation listener."""
+    redis = create_redis("memory://")
+    engine = create_async_engine("sqlite+aiosqlite://")
+    sockets = KeySockets(redis, engine)
+    try:
+        with caplog.at_level(logging.WARNING, logger="mt5gate.api_keys"):
+            for _ in range(5):
+                await sockets.start()
+                await asyncio.sleep(0)
+                # Awaited from outside: a stop that swallowed cancellations would also
+                # swallow a timeout's.
+                stop = asyncio.create_task(sockets.stop())
+                done, _ = await asyncio.wait([stop], timeout=1)
+                assert done, "the listener did not stop within 1 s"
+        assert not [r for r in caplog.records if "listener_not_stopped" in r.getMessage()]
+    finally:
+        await engine.dispose()
         await redis.aclose()

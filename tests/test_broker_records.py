@@ -85,6 +85,17 @@ INVALID_RANGES = {
     "to before from": {"from": "2026-11-02T00:00:00Z", "to": "2026-11-01T00:00:00Z"},
     "empty": {"from": "2026-11-01T00:00:00Z", "to": "2026-11-01T00:00:00Z"},
     "over 366 days": {"from": "2025-01-01T00:00:00Z", "to": "2026-01-03T00:00:00Z"},
+    # Past the ends of what a time can hold once the defaults are filled in or made UTC.
+    "default from before year 1": {"to": "0001-01-03T00:00:00Z"},
+    "default to after year 9999": {"from": "9999-12-31T23:59:59.5Z"},
+    "from before year 1 in UTC": {
+        "from": "0001-01-01T00:00:00+01:00",
+        "to": "0001-01-02T00:00:00Z",
+    },
+    "to after year 9999 in UTC": {
+        "from": "9999-12-31T00:00:00Z",
+        "to": "9999-12-31T23:59:59-01:00",
+    },
 }
 
 

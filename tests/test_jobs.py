@@ -632,6 +632,9 @@ MALFORMED_OUTPUTS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ),
     ("close_position", {"ticket": 50123}, {"closed_price": 1.1}),
     ("close_position", {"ticket": 50123}, {**CLOSED, "pnl": float("inf")}),
+    # A time that cannot be written in UTC (past 9999-12-31 once its offset is applied).
+    ("close_position", {"ticket": 50123}, {**CLOSED, "closed_at": "9999-12-31T23:59:59-05:00"}),
+    ("get_positions", {}, {"positions": [{**POSITION, "opened_at": "0001-01-01T00:00:00+01:00"}]}),
     ("modify_position", {"ticket": 50123, "sl": 1.05}, {"position": {"position_id": "x"}}),
     ("modify_position", {"ticket": 50123, "sl": 1.05}, {}),
 ]

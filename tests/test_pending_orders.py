@@ -263,6 +263,10 @@ INVALID_ORDERS = {
         "type": "limit", "price": 1.05,
         "expiration": {"type": "specified", "at": "2099-01-01T00:00:00"},
     },
+    "at after year 9999 in UTC": {
+        "type": "limit", "price": 1.05,
+        "expiration": {"type": "specified", "at": "9999-12-31T23:59:59-05:00"},
+    },
     "unknown expiration": {"type": "limit", "price": 1.05, "expiration": {"type": "week"}},
     "unknown type": {"type": "trailing", "price": 1.05},
     "price not positive": {"type": "limit", "price": 0},
@@ -286,6 +290,9 @@ INVALID_UPDATES = {
     "price removed": {"price": None},
     "unknown field": {"stop_loss": 1.0},
     "past expiration": {"expiration": {"type": "specified", "at": "2020-01-01T00:00:00Z"}},
+    "expiration after year 9999 in UTC": {
+        "expiration": {"type": "specified", "at": "9999-12-31T23:59:59-05:00"}
+    },
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 from pydantic_core import PydanticCustomError
 
 
@@ -13,7 +13,20 @@ def iso_utc(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-UtcDatetime = Annotated[datetime, PlainSerializer(iso_utc, return_type=str, when_used="json")]
+def writable_in_utc(value: datetime) -> datetime:
+    """`9999-12-31T23:59:59-05:00` is a datetime, but past the last one in UTC: refused
+    here (422), not when `iso_utc` writes it out (a 500, after the input was accepted)."""
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("must lie within the years 1 to 9999 in UTC") from None
+    return value
+
+
+IN_UTC_RANGE = AfterValidator(writable_in_utc)
+UtcDatetime = Annotated[
+    datetime, IN_UTC_RANGE, PlainSerializer(iso_utc, return_type=str, when_used="json")
+]
 
 
 def reject_unstorable_text(value: Any) -> Any:

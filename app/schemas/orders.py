@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from app.schemas.common import Text, UtcDatetime
+from app.schemas.common import IN_UTC_RANGE, Text, UtcDatetime
 from app.schemas.trading import (
     SYMBOL_PATTERN,
     Expiration,
@@ -63,7 +63,10 @@ class GoodForTheDay(BaseModel):
 class GoodTillSpecified(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["specified"]
-    at: AwareDatetime = Field(description="ISO-8601 with a zone (UTC), in the future.")
+    # In UTC range: the job carries it in UTC.
+    at: Annotated[AwareDatetime, IN_UTC_RANGE] = Field(
+        description="ISO-8601 with a zone (UTC), in the future."
+    )
 
     @model_validator(mode="after")
     def _in_the_future(self) -> GoodTillSpecified:

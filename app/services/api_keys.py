@@ -29,6 +29,7 @@ from app.core.errors import NotFound, TooManyApiKeys
 from app.core.metrics import REDIS_RECONNECTS
 from app.core.redis import DEFAULT_HEALTH_CHECK_INTERVAL_SECONDS, pubsub_messages, redis_key
 from app.core.security import API_KEY_SHOWN_CHARS, hash_api_key, new_api_key
+from app.core.supervisor import stop_tasks, supervise
 from app.models import ApiKey, User, detached, utcnow
 
 log = logging.getLogger("mt5gate.api_keys")
@@ -38,6 +39,7 @@ REVOKED_CHANNEL = "mt5gate:api_keys:revoked"
 LAST_USED_FLUSH_SECONDS = 10.0
 KEY_RECHECK_SECONDS = 5.0
 MAX_BACKOFF_SECONDS = 2.0
+STOP_TIMEOUT_SECONDS = 5.0
 
 KEYS = cast(Table, ApiKey.__table__)
 USERS = cast(Table, User.__table__)
@@ -203,13 +205,14 @@ class KeySockets:
         self._listener: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._listener = asyncio.create_task(self._listen(), name="api-key-revocations")
+        name = "api-key-revocations"
+        self._listener = asyncio.create_task(supervise(name, self._listen), name=name)
 
     async def stop(self) -> None:
         if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
+            if await stop_tasks([self._listener], timeout=STOP_TIMEOUT_SECONDS):
+                log.warning("event=key_revocations_listener_not_stopped")
+            self._listener = None
 
     def register(self, key_id: uuid.UUID, close: CloseSocket) -> Callable[[], None]:
         """Registers an open socket's close; returns what unregisters it."""

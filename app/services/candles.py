@@ -24,9 +24,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from app.core.errors import FeedOffline, NoAgent
 from app.core.redis import redis_key
@@ -40,13 +39,12 @@ from app.services.agents import (
 )
 from app.services.jobs import run_job
 from app.services.orders import Trading
+from app.services.redis_cache import read_cached, write_cached
 from app.services.trading import read_output
 
 log = logging.getLogger("mt5gate.candles")
 
 CANDLES = TypeAdapter(list[Candle])
-# A Redis that hangs must not hold a request for long: past this, the cache is skipped.
-CACHE_TIMEOUT_SECONDS = 1.0
 
 # A flight is keyed by the cache key it fills: feed misses of all users share one job.
 FlightKey = str
@@ -71,30 +69,6 @@ def feed_cache_key(instrument: str, timeframe: str) -> str:
 def account_cache_key(connection_id: uuid.UUID, instrument: str, timeframe: str) -> str:
     # Symbols have no ':', so this can never be read as a feed key, nor the other way.
     return f"candles:{connection_id}:{instrument}:{timeframe}"
-
-
-async def read_cache(redis: Redis, key: str) -> list[Candle] | None:
-    try:
-        async with asyncio.timeout(CACHE_TIMEOUT_SECONDS):
-            raw = await redis.get(key)
-    except (RedisError, OSError, TimeoutError) as exc:
-        log.warning("event=candles_cache_unavailable op=get reason=%r", exc)
-        return None
-    if raw is None:
-        return None
-    try:
-        return CANDLES.validate_json(raw)
-    except ValidationError:
-        log.warning("event=candles_cache_malformed key=%s", key)
-        return None
-
-
-async def write_cache(redis: Redis, key: str, candles: list[Candle], *, ttl: int) -> None:
-    try:
-        async with asyncio.timeout(CACHE_TIMEOUT_SECONDS):
-            await redis.set(key, CANDLES.dump_json(candles), ex=ttl)
-    except (RedisError, OSError, TimeoutError) as exc:
-        log.warning("event=candles_cache_unavailable op=set reason=%r", exc)
 
 
 @dataclass
@@ -179,7 +153,7 @@ async def get_candles(
     if agent is None:  # no agent: nothing was ever fetched for this connection
         raise NoAgent()
     key = redis_key(redis, account_cache_key(agent.connection_id, instrument, timeframe))
-    cached = await read_cache(redis, key)
+    cached = await read_cached(redis, key, CANDLES, what="candles")
     if cached is not None and len(cached) >= count:
         return cached[-count:], True
     require_online(agent, settings=trading.settings)
@@ -204,7 +178,7 @@ async def feed_candles(
 ) -> tuple[list[Candle], bool]:
     """Candles from the platform's feed: the shared cache, else an online price source."""
     key = redis_key(redis, feed_cache_key(instrument, timeframe))
-    cached = await read_cache(redis, key)
+    cached = await read_cached(redis, key, CANDLES, what="candles")
     if cached is not None and len(cached) >= count:
         return cached[-count:], True
     feed = await online_price_source(trading.jobs.db, settings=trading.settings)
@@ -256,5 +230,6 @@ async def fetch_candles(
     if shared and not await is_price_source(trading.jobs.db, done.agent_id):
         log.warning("event=feed_answer_refused agent_id=%s reason=not_price_source", agent.id)
         raise FeedOffline()
-    await write_cache(redis, key, candles, ttl=trading.settings.candles_cache_ttl_seconds)
+    ttl = trading.settings.candles_cache_ttl_seconds
+    await write_cached(redis, key, CANDLES, candles, ttl=ttl, what="candles")
     return candles

@@ -44,6 +44,13 @@ def as_utc(moment: datetime) -> datetime:
 
 def history_range(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
     """`[from, to)`: the defaults filled in, the span checked (422 `invalid_range`)."""
+    try:
+        return filled_range(start, end)
+    except OverflowError:  # a time near year 1 or 9999, moved to UTC or by the default span
+        raise InvalidRange("`from` and `to` must lie within years 1 to 9999, UTC.") from None
+
+
+def filled_range(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
     end = as_utc(end) if end is not None else None
     start = as_utc(start) if start is not None else None
     if end is None:

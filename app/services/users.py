@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import unicodedata
-import uuid
 from typing import cast
 
 from limits import RateLimitItemPerMinute
@@ -96,10 +95,6 @@ async def login(
         raise RateLimiterUnavailable() from exc
     assert user is not None
     return user
-
-
-async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
-    return await session.get(User, user_id)
 
 
 async def complete_onboarding(session: AsyncSession, *, user: User) -> User:
