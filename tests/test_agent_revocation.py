@@ -24,8 +24,6 @@ from tests.trading_agent import ORDER, second_api
 # Far below the poll's own wait: a poll that ends within this was ended, not timed out.
 ENDED_AT_ONCE_SECONDS = 5.0
 POLL_WAIT_SECONDS = 20
-# Time for a poll on another process (whose log this test cannot watch) to reach its wait.
-POLL_SETTLE_SECONDS = 0.5
 
 
 def long_poll(client: httpx.AsyncClient, agent: AgentHandle) -> asyncio.Task[httpx.Response]:
@@ -153,13 +151,16 @@ async def test_a_revocation_on_one_process_ends_a_long_poll_on_another(
     store: object, api: RunningApi, client: httpx.AsyncClient, tmp_path: Path, revoke: str
 ) -> None:
     # A fallback poll this slow cannot end the poll in time: only the message can.
-    settings = api.settings.model_copy(update={"job_poll_interval_seconds": SLOW_POLL_SECONDS})
+    # At DEBUG, B logs `job_poll_waiting` when its poll waits (and so hears a revocation).
+    settings = api.settings.model_copy(
+        update={"job_poll_interval_seconds": SLOW_POLL_SECONDS, "log_level": "DEBUG"}
+    )
     process_b = await asyncio.to_thread(start_serve, settings, tmp_path / "serve-b.log")
     try:
         async with httpx.AsyncClient(base_url=f"{process_b.base_url}/api/v1", timeout=30) as b:
             trader = await onboard_trader(client)
             poll = long_poll(b, trader.agent)
-            await asyncio.sleep(POLL_SETTLE_SECONDS)  # B's poll has no observable "waiting"
+            await process_b.wait_for_log("event=job_poll_waiting")
             if revoke == "rotate":
                 new = await rotate(client, trader)
             else:

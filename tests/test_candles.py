@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Coroutine
 
 import httpx
 import pytest
@@ -58,6 +59,20 @@ async def take_feed_offline(api: RunningApi, feed: FakeAgent) -> None:
     """Makes the price source's last heartbeat an hour old."""
     operator = Trader(TestUser("", "", ""), "", feed.handle)  # only the agent id is used
     await age_heartbeat(api, operator, minutes=60)
+
+
+async def served_once(
+    agent: FakeAgent, request: Coroutine[object, object, httpx.Response]
+) -> httpx.Response:
+    """The response to `request`, whose one job `agent` takes and answers.
+
+    Unlike `agent.running()`, leaves no long-poll of the agent in flight: the server may
+    still be handling a cancelled one, and its heartbeat write can land after the test
+    aged the heartbeat (then the agent is online again).
+    """
+    response = asyncio.create_task(request)
+    await agent.serve()
+    return await response
 
 
 def made_up(n: int) -> list[dict[str, object]]:
@@ -349,8 +364,7 @@ async def test_unknown_symbol_from_the_broker_is_422_broker_error(
 async def test_a_feed_hit_needs_no_price_source_but_a_miss_does(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader, feed: FakeAgent
 ) -> None:
-    async with feed.running():
-        await get_candles(client, trader, count=5)
+    assert (await served_once(feed, get_candles(client, trader, count=5))).status_code == 200
     await take_feed_offline(api, feed)
     assert (await get_candles(client, trader, count=5)).headers["x-cache"] == "hit"
     offline = await get_candles(client, trader, count=6)
@@ -362,8 +376,10 @@ async def test_a_feed_hit_needs_no_price_source_but_a_miss_does(
 async def test_an_account_hit_needs_no_agent_but_a_miss_does(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader
 ) -> None:
-    async with fake_agent(client, trader).running():
-        await get_candles(client, trader, count=5, source="account")
+    fetched = await served_once(
+        fake_agent(client, trader), get_candles(client, trader, count=5, source="account")
+    )
+    assert fetched.status_code == 200
     await age_heartbeat(api, trader, minutes=60)
     assert (await get_candles(client, trader, count=5, source="account")).headers[
         "x-cache"
