@@ -297,10 +297,6 @@ def report_cost(costs: list[dict[str, Samples]]) -> None:
         print(f"{cost['on'].store:8} added to an order at p50: {added:.2f} ms vs 0.30 ({verdict})")
 
 
-if __name__ == "__main__":
-    main()
-
-
 async def measure_added_work(settings: Settings, store: str, rounds: int) -> list[list[object]]:
     """What the limiter and the metrics add to one request, timed in-process without HTTP:
     the limiter's call (its Redis round trips) and the observability middleware around a
@@ -351,3 +347,7 @@ async def measure_added_work(settings: Settings, store: str, rounds: int) -> lis
         ],
         [store, "request id + metrics middleware", f"{middleware * 1000:.3f}"],
     ]
+
+
+if __name__ == "__main__":
+    main()
