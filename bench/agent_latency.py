@@ -152,9 +152,7 @@ async def wait_until_answering(subject: Subject) -> None:
         await asyncio.sleep(0.1)
 
 
-async def subject(
-    stack: contextlib.AsyncExitStack, api: ServedApi, name: str
-) -> Subject:
+async def subject(stack: contextlib.AsyncExitStack, api: ServedApi, name: str) -> Subject:
     who = await onboard(api.base_url)
     http = await stack.enter_async_context(
         httpx.AsyncClient(
@@ -199,8 +197,9 @@ async def measure(settings: Settings, store: str, rounds: int) -> Samples:
             await wait_until_answering(each)
         for index in range(WARM_UP + rounds):
             for each in subjects:
-                for pattern, timed in (("GET /account", each.account), ("job alone", each.job_alone)):
-                    took = await timed()
+                timed = (("GET /account", each.account), ("job alone", each.job_alone))
+                for pattern, request in timed:
+                    took = await request()
                     if index >= WARM_UP:
                         samples.add(each.name, pattern, took)
             done = index + 1 - WARM_UP
