@@ -121,6 +121,15 @@ class ScriptedBackend:
         return {"positions": []}
 
 
+def held_backend() -> ScriptedBackend:
+    """A backend that holds every job until its `gate` is set; `job_started` says one came."""
+    backend = ScriptedBackend()
+    backend.loop = asyncio.get_running_loop()
+    backend.job_started = asyncio.Event()
+    backend.gate.clear()
+    return backend
+
+
 # -- jobs -------------------------------------------------------------------------------------
 
 
@@ -220,10 +229,7 @@ async def test_stop_interrupts_an_idle_long_poll(
 async def test_stop_finishes_the_job_in_hand_and_posts_its_result(
     api: RealAgentApi, start_agent: Callable[..., RunningAgent]
 ) -> None:
-    backend = ScriptedBackend()
-    backend.loop = asyncio.get_running_loop()
-    backend.job_started = asyncio.Event()
-    backend.gate.clear()
+    backend = held_backend()
     agent = start_agent(backend=backend)
     job_id = await api.add_job("get_positions", {})
     await backend.job_started.wait()
@@ -270,10 +276,7 @@ async def claimed(api: RealAgentApi, job_id: str) -> None:
 async def test_the_next_poll_claims_a_job_while_the_one_in_hand_runs_and_each_runs_once(
     api: RealAgentApi, start_agent: Callable[..., RunningAgent]
 ) -> None:
-    backend = ScriptedBackend()
-    backend.loop = asyncio.get_running_loop()
-    backend.job_started = asyncio.Event()
-    backend.gate.clear()
+    backend = held_backend()
     start_agent(backend=backend, poll_wait=25)
     first = await api.add_job("get_positions", {})
     await backend.job_started.wait()
@@ -290,10 +293,7 @@ async def test_the_next_poll_claims_a_job_while_the_one_in_hand_runs_and_each_ru
 async def test_stop_runs_a_job_the_poll_in_flight_already_claimed(
     api: RealAgentApi, start_agent: Callable[..., RunningAgent]
 ) -> None:
-    backend = ScriptedBackend()
-    backend.loop = asyncio.get_running_loop()
-    backend.job_started = asyncio.Event()
-    backend.gate.clear()
+    backend = held_backend()
     agent = start_agent(backend=backend, poll_wait=25)
     first = await api.add_job("get_positions", {})
     await backend.job_started.wait()
