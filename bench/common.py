@@ -124,7 +124,9 @@ async def _pg_admin(sql: str) -> None:
 
 @contextlib.contextmanager
 def bench_settings(store: str, **overrides: object) -> Iterator[Settings]:
-    """Settings on a fresh store: "sqlite" (+ memory://) or "postgres" (+ Redis db 15)."""
+    """Settings on a fresh store: "sqlite" (+ memory://) or "postgres" (+ Redis db 15, or
+    the ``redis_url`` given, e.g. a :class:`RedisServer`'s)."""
+    redis_url = str(overrides.pop("redis_url", BENCH_REDIS_URL))
     values: dict[str, object] = {
         "jwt_secret": JWT_SECRET,
         "encryption_key": ENCRYPTION_KEY,
@@ -142,7 +144,7 @@ def bench_settings(store: str, **overrides: object) -> Iterator[Settings]:
     try:
         url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
         upgrade_to_head(url)
-        yield Settings(_env_file=None, database_url=url, redis_url=BENCH_REDIS_URL, **values)  # type: ignore[arg-type]
+        yield Settings(_env_file=None, database_url=url, redis_url=redis_url, **values)  # type: ignore[arg-type]
     finally:
         asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 

@@ -267,41 +267,75 @@ class _Agent:
     # -- jobs ----------------------------------------------------------------------------
 
     async def job_loop(self) -> None:
-        backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
-        while not self.stop.is_set():
-            try:
-                # After a failure the first poll returns at once, so that getting through
-                # is known (and logged) now rather than when a long poll ends.
-                job = await self.next_job(0 if backoff.attempt else self.config.poll_wait)
-            except API_FAILURES as exc:
-                if self.refuse(exc):
-                    return
-                delay = backoff.next()
-                log.warning(kv(event="api_unavailable", reason=describe(exc), retry_in_s=delay))
-                if not await self.pause(delay):
-                    return
-                continue
-            if backoff.attempt:
-                log.info(kv(event="api_reconnected", attempts=backoff.attempt))
-            backoff.reset()
-            if job is not None:
-                await self.handle(job)
+        """Long-polls jobs and runs them one at a time.
 
-    async def next_job(self, wait: int) -> Job | None:
-        """The next job, None after an empty poll or when ``stop`` interrupts the poll."""
-        poll = asyncio.create_task(self.client.next_job(wait))
+        While a job runs and its result is posted, the next long poll is already waiting
+        at the server, so a job created meanwhile is claimed at once rather than after the
+        result's round trip (without it a sequential round trip pays one more agent
+        request). At most one poll is in flight: a job it claims waits here until the one
+        in hand is done, and is itself in hand when ``stop`` comes (run, result posted).
+        """
+        backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
+        poll: asyncio.Task[Job | None] | None = None
+        try:
+            while not self.stop.is_set():
+                if poll is None:
+                    # After a failure the first poll returns at once, so that getting
+                    # through is known (and logged) now rather than when a long poll ends.
+                    poll = self.start_poll(0 if backoff.attempt else self.config.poll_wait)
+                try:
+                    job = await self.next_job(poll)
+                except API_FAILURES as exc:
+                    if self.refuse(exc):
+                        return
+                    delay = backoff.next()
+                    log.warning(kv(event="api_unavailable", reason=describe(exc), retry_in_s=delay))
+                    if not await self.pause(delay):
+                        return
+                    continue
+                finally:
+                    poll = None
+                if backoff.attempt:
+                    log.info(kv(event="api_reconnected", attempts=backoff.attempt))
+                backoff.reset()
+                if job is not None:
+                    poll = self.start_poll(self.config.poll_wait)
+                    await self.handle(job)
+        finally:
+            if poll is not None:
+                await self.settle(poll)
+
+    def start_poll(self, wait: int) -> asyncio.Task[Job | None]:
+        return asyncio.create_task(self.client.next_job(wait), name="agent-poll")
+
+    async def next_job(self, poll: asyncio.Task[Job | None]) -> Job | None:
+        """The job ``poll`` claims, None after an empty poll or when ``stop`` interrupts the
+        poll (it is then abandoned: no job was in hand yet)."""
         stopped = asyncio.create_task(self.stop.wait())
         try:
             await asyncio.wait({poll, stopped}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
         if not poll.done():
-            # Stopping: no job is in hand yet, so the poll is abandoned.
             poll.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poll
             return None
         return poll.result()
+
+    async def settle(self, poll: asyncio.Task[Job | None]) -> None:
+        """Ends the poll left in flight when the loop ends: a job it already claimed is
+        run and its result posted (the server handed it over); otherwise it is abandoned."""
+        if not poll.done():
+            poll.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poll
+            return
+        if poll.cancelled() or poll.exception() is not None:
+            return
+        job = poll.result()
+        if job is not None and self.refused is None:
+            await self.handle(job)
 
     def is_expired(self, job: Job) -> bool:
         if job.expires_at is None:

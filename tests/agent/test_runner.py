@@ -121,6 +121,15 @@ class ScriptedBackend:
         return {"positions": []}
 
 
+def held_backend() -> ScriptedBackend:
+    """A backend that holds every job until its `gate` is set; `job_started` says one came."""
+    backend = ScriptedBackend()
+    backend.loop = asyncio.get_running_loop()
+    backend.job_started = asyncio.Event()
+    backend.gate.clear()
+    return backend
+
+
 # -- jobs -------------------------------------------------------------------------------------
 
 
@@ -220,10 +229,7 @@ async def test_stop_interrupts_an_idle_long_poll(
 async def test_stop_finishes_the_job_in_hand_and_posts_its_result(
     api: RealAgentApi, start_agent: Callable[..., RunningAgent]
 ) -> None:
-    backend = ScriptedBackend()
-    backend.loop = asyncio.get_running_loop()
-    backend.job_started = asyncio.Event()
-    backend.gate.clear()
+    backend = held_backend()
     agent = start_agent(backend=backend)
     job_id = await api.add_job("get_positions", {})
     await backend.job_started.wait()
@@ -258,6 +264,48 @@ async def test_a_stopped_agent_leaves_no_poll_behind_to_take_a_new_job(
         )
     assert response.status_code == 200
     assert response.json()["id"] == job_id
+
+
+async def claimed(api: RealAgentApi, job_id: str) -> None:
+    """Until the job is `running`: an agent's poll took it."""
+    async with asyncio.timeout(5):
+        while (await api.job(job_id)).status != "running":
+            await asyncio.sleep(0.005)
+
+
+async def test_the_next_poll_claims_a_job_while_the_one_in_hand_runs_and_each_runs_once(
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent]
+) -> None:
+    backend = held_backend()
+    start_agent(backend=backend, poll_wait=25)
+    first = await api.add_job("get_positions", {})
+    await backend.job_started.wait()
+    second = await api.add_job("get_positions", {})
+    await claimed(api, second)  # by the poll in flight, while the first is still held
+    assert (await api.job(first)).status == "running"
+    assert backend.executed == []
+    backend.gate.set()
+    for job_id in (first, second):
+        assert (await api.wait_result(job_id))["status"] == "completed"
+    assert backend.executed == ["get_positions", "get_positions"]
+
+
+async def test_stop_runs_a_job_the_poll_in_flight_already_claimed(
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent]
+) -> None:
+    backend = held_backend()
+    agent = start_agent(backend=backend, poll_wait=25)
+    first = await api.add_job("get_positions", {})
+    await backend.job_started.wait()
+    second = await api.add_job("get_positions", {})
+    await claimed(api, second)
+    agent.stop.set()
+    backend.gate.set()
+    await asyncio.wait_for(agent.task, 5)
+    # Neither result is lost nor left to time out as `running`.
+    for job_id in (first, second):
+        assert (await api.job(job_id)).status == "completed"
+    assert backend.executed == ["get_positions", "get_positions"]
 
 
 # -- failures ---------------------------------------------------------------------------------
