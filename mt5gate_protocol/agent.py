@@ -24,7 +24,7 @@ class ServerTime(BaseModel):
 class Credentials(BaseModel):
     server: str
     login: int
-    password: str
+    password: str = Field(repr=False)  # never in a log line
 
 
 class TickIn(BaseModel):

@@ -54,6 +54,16 @@ class Faults:
     delivery_delay: float = 0.0
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """One agent call that reached the app: what the agent sent, what the app answered."""
+
+    kind: str
+    request_body: bytes
+    status: int
+    response_body: bytes
+
+
 class FaultLayer:
     """ASGI middleware before the real app: injects Faults, and records what the agent
     sent (heartbeat bodies, accepted price batches) and how often it called."""
@@ -84,6 +94,7 @@ class FaultLayer:
             return message
 
         status, headers, body = await call_app(self.app, scope, recording_receive)
+        harness.exchanges.append(Exchange(kind, bytes(request_body), status, body))
         if kind == "heartbeat" and status == 200:
             harness.heartbeats.append(json.loads(request_body or b"{}"))
             body = shifted(body, ("server_time",), faults.clock_skew)
@@ -136,6 +147,7 @@ class RealAgentApi:
         self.settings = settings
         self.faults = Faults()
         self.calls = dict.fromkeys(KINDS, 0)
+        self.exchanges: list[Exchange] = []
         self.heartbeats: list[dict[str, Any]] = []
         self.price_batches: list[dict[str, Any]] = []
         self.port = 0
