@@ -32,7 +32,7 @@ soak: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy app mt5gate_agent
+	$(BIN)/mypy app mt5gate_agent mt5gate_protocol
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import socket
 import sys
+import uuid
 
 from pydantic import ValidationError
 
@@ -67,8 +68,6 @@ def main(argv: list[str] | None = None) -> int:
             print("migrations applied")
             return 0
         if args.command == "set-price-source":
-            from app.services.agents import set_price_source_command
-
             return asyncio.run(set_price_source_command(settings, args.agent_id, not args.off))
         if args.command == "demo":
             from app.demo import run_demo
@@ -132,3 +131,27 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+async def set_price_source_command(settings: Settings, agent_id: str, enabled: bool) -> int:
+    """`mt5gate set-price-source AGENT_ID [--off]`."""
+    from app.core.db import create_engine, create_session_factory
+    from app.services.agents import set_price_source
+
+    try:
+        agent_uuid = uuid.UUID(agent_id)
+    except ValueError:
+        print(f"mt5gate: not an agent id: {agent_id!r}", file=sys.stderr)
+        return 2
+    engine = create_engine(settings.database_url)
+    try:
+        found = await set_price_source(
+            create_session_factory(engine), agent_id=agent_uuid, enabled=enabled
+        )
+    finally:
+        await engine.dispose()
+    if not found:
+        print(f"mt5gate: no agent {agent_uuid}", file=sys.stderr)
+        return 1
+    print(f"agent {agent_uuid} is {'now' if enabled else 'no longer'} a price source")
+    return 0

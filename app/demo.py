@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 
 from app.core.config import Settings
-from app.core.resources import Resources
 from app.core.security import create_access_token
 from app.main import create_app
 from app.models import ApiKey, BrokerConnection, User
+from app.resources import Resources
 from app.server import GatewayServer, server_config
 from app.services import api_keys, broker_connections, users
 from app.services.agents import set_price_source

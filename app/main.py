@@ -29,7 +29,7 @@ from app.api.routes import (
 from app.core.config import Settings
 from app.core.errors import install_error_handlers
 from app.core.migrate import upgrade_to_head_async
-from app.core.resources import open_resources
+from app.resources import open_resources
 from app.services.candles import CandleFlights
 from app.web import install_dashboard
 from app.ws import price_stream

@@ -28,6 +28,8 @@ from sqlalchemy.orm import (
     relationship,
 )
 
+from mt5gate_protocol.jobs import JobStatus
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -127,7 +129,7 @@ class Job(Base):
     )
     job_type: Mapped[str] = mapped_column(String(32))
     input_data: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.PENDING.value)
     # None is SQL NULL, not the JSON value null, however the row is written.
     output_data: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))

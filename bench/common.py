@@ -20,8 +20,8 @@ import httpx
 
 from app.core.config import Settings
 from app.core.migrate import upgrade_to_head
-from app.core.resources import Resources
 from app.main import create_app
+from app.resources import Resources
 from app.server import GatewayServer, server_config
 
 PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "database": "test"}

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import httpx
 
+from app import dispatch
 from app.core.config import Settings
 from app.models import Agent
-from app.services import jobs
 from bench.common import (
     ServedApi,
     bench_settings,
@@ -59,7 +59,7 @@ class Result:
 
 async def round_trip(api: ServedApi, user_id: uuid.UUID, agent_id: uuid.UUID) -> float:
     started = time.perf_counter()
-    done = await jobs.run_job(
+    done = await dispatch.create_job_and_wait(
         api.resources.jobs,
         user_id=user_id,
         agent_id=agent_id,

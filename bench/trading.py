@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from app import dispatch
 from app.core.config import Settings
-from app.services import jobs
 from app.services.agents import set_price_source
 from bench.common import (
     bench_settings,
@@ -155,7 +155,7 @@ async def measure(
             user_id = uuid.UUID((await http.get("/me")).json()["id"])
 
             async def job_alone() -> httpx.Response:
-                done = await jobs.run_job(
+                done = await dispatch.create_job_and_wait(
                     api.resources.jobs,
                     user_id=user_id,
                     agent_id=uuid.UUID(who.agent_id),

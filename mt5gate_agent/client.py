@@ -1,14 +1,31 @@
-"""The agent's side of the API: the ``/api/v1/agents/{agent_id}/...`` routes, over httpx."""
+"""The agent's side of the API: the ``/api/v1/agents/{agent_id}/...`` routes, over httpx.
+
+What it sends and reads are the protocol's models (``mt5gate_protocol``), the same ones the
+server's routes declare.
+"""
 
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+from pydantic import ValidationError
+
+from mt5gate_protocol.agent import Credentials, Heartbeat, PricesAccepted, ServerTime
+from mt5gate_protocol.jobs import (
+    CompletedResult,
+    FailedResult,
+    JobEnvelope,
+    JobResultAccepted,
+    JobType,
+)
+
+__all__ = ["AgentApiError", "AgentClient", "Credentials", "HeartbeatReply", "JobEnvelope"]
 
 
 class AgentApiError(Exception):
@@ -22,26 +39,7 @@ class AgentApiError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Credentials:
-    server: str
-    login: int
-    password: str
-
-    def __repr__(self) -> str:
-        return f"Credentials(server={self.server!r}, login={self.login!r}, password='***')"
-
-
-@dataclass(frozen=True, slots=True)
-class Job:
-    id: str
-    job_type: str
-    input_data: dict[str, Any]
-    created_at: datetime | None
-    expires_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
+class HeartbeatReply:
     server_time: datetime
     # The server's clock minus ours, estimated at the middle of the round trip.
     clock_offset: float
@@ -100,56 +98,75 @@ class AgentClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    async def heartbeat(self, *, version: str, terminal_connected: bool) -> Heartbeat:
+    async def heartbeat(self, *, version: str, terminal_connected: bool) -> HeartbeatReply:
         sent = time.time()
-        response = await self._http.post(
-            "/heartbeat", json={"version": version, "terminal_connected": terminal_connected}
-        )
+        beat = Heartbeat(version=version, terminal_connected=terminal_connected)
+        response = await self._http.post("/heartbeat", json=beat.model_dump(mode="json"))
         received = time.time()
         body = _json(response)
-        server_time = parse_time(body.get("server_time"))
-        if server_time is None:
-            raise AgentApiError(response.status_code, "bad_response", "heartbeat without time")
+        try:
+            server_time = ServerTime.model_validate(body).server_time
+        except ValidationError:
+            raise AgentApiError(
+                response.status_code, "bad_response", "heartbeat without time"
+            ) from None
+        if server_time.tzinfo is None:
+            # The contract's times are UTC; a naive one is read as UTC, not as local time.
+            server_time = server_time.replace(tzinfo=UTC)
         offset = server_time.timestamp() - (sent + received) / 2
-        return Heartbeat(server_time=server_time, clock_offset=offset)
+        return HeartbeatReply(server_time=server_time, clock_offset=offset)
 
     async def credentials(self) -> Credentials:
         response = await self._http.get("/credentials")
-        body = _json(response)
         try:
-            return Credentials(str(body["server"]), int(body["login"]), str(body["password"]))
-        except (KeyError, TypeError, ValueError):
+            return Credentials.model_validate(_json(response))
+        except ValidationError:
             raise AgentApiError(200, "bad_response", "malformed credentials") from None
 
-    async def next_job(self, wait: int) -> Job | None:
+    async def next_job(self, wait: int) -> JobEnvelope | None:
         """Claims the next job, waiting up to ``wait`` seconds; None when there is none."""
         response = await self._http.get(
             "/jobs/next", params={"wait": wait}, timeout=self._timeout + wait
         )
         if response.status_code == 204:
             return None
-        body = _json(response)
         try:
-            input_data = body.get("input_data") or {}
-            if not isinstance(input_data, dict):
-                raise TypeError("input_data is not an object")
-            return Job(
-                id=str(body["id"]),
-                job_type=str(body["job_type"]),
-                input_data=input_data,
-                created_at=parse_time(body.get("created_at")),
-                expires_at=parse_time(body.get("expires_at")),
-            )
-        except (KeyError, TypeError):
+            return parse_job(_json(response))
+        except ValidationError:
             raise AgentApiError(200, "bad_response", "malformed job") from None
 
-    async def post_result(self, job_id: str, result: dict[str, Any]) -> None:
-        response = await self._http.post(f"/jobs/{quote(job_id, safe='')}/result", json=result)
-        _json(response)
+    async def post_result(
+        self, job_id: uuid.UUID | str, result: CompletedResult | FailedResult
+    ) -> JobResultAccepted:
+        response = await self._http.post(
+            f"/jobs/{quote(str(job_id), safe='')}/result",
+            json=result.model_dump(mode="json", exclude_none=True),
+        )
+        return JobResultAccepted.model_validate(_json(response))
 
-    async def push_prices(self, ticks: dict[str, dict[str, Any]]) -> None:
+    async def push_prices(self, ticks: dict[str, dict[str, Any]]) -> PricesAccepted:
+        """Sends the ticks as read from the terminal (a `PricePush` body); the server checks
+        each one, so one odd quote is its 422, not a crash here."""
         response = await self._http.post("/prices", json=ticks)
-        _json(response)
+        return PricesAccepted.model_validate(_json(response))
+
+
+def parse_job(body: dict[str, Any]) -> JobEnvelope:
+    """The claimed job in ``body``; raises ``ValidationError`` when it is malformed.
+
+    A job type this agent does not know (a newer server) is handed on as it is, so that the
+    backend refuses it (``unsupported_job_type``) and the server learns at once.
+    """
+    try:
+        return JobEnvelope.model_validate(body)
+    except ValidationError as exc:
+        job_type = body.get("job_type")
+        if not isinstance(job_type, str) or any(
+            error["loc"] != ("job_type",) for error in exc.errors()
+        ):
+            raise
+        known = JobEnvelope.model_validate({**body, "job_type": JobType.GET_ACCOUNT})
+        return known.model_copy(update={"job_type": job_type})
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

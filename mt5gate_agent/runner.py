@@ -25,8 +25,9 @@ from typing import Any
 import httpx
 
 from mt5gate_agent.backends import Backend, BackendWorker, BrokerError, create_backend
-from mt5gate_agent.client import AgentApiError, AgentClient, Job
+from mt5gate_agent.client import AgentApiError, AgentClient
 from mt5gate_agent.config import AgentConfig
+from mt5gate_protocol.jobs import CompletedResult, FailedResult, JobEnvelope, JobError, JobStatus
 
 log = logging.getLogger("mt5gate_agent")
 
@@ -47,6 +48,13 @@ class TokenRefused(Exception):
 
 def is_token_refused(exc: BaseException) -> bool:
     return isinstance(exc, AgentApiError) and exc.status_code == 401
+
+
+def failed(code: str, message: str, retcode: int | None = None) -> FailedResult:
+    """A failed result. Not checked here: the server is its judge (a 422 there is a refused
+    result), as for any body the agent sends."""
+    error = JobError.model_construct(code=code, message=message, retcode=retcode)
+    return FailedResult(status=JobStatus.FAILED, error=error)
 
 
 def kv(**fields: Any) -> str:
@@ -276,7 +284,7 @@ class _Agent:
         in hand is done, and is itself in hand when ``stop`` comes (run, result posted).
         """
         backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
-        poll: asyncio.Task[Job | None] | None = None
+        poll: asyncio.Task[JobEnvelope | None] | None = None
         try:
             while not self.stop.is_set():
                 if poll is None:
@@ -305,10 +313,10 @@ class _Agent:
             if poll is not None:
                 await self.settle(poll)
 
-    def start_poll(self, wait: int) -> asyncio.Task[Job | None]:
+    def start_poll(self, wait: int) -> asyncio.Task[JobEnvelope | None]:
         return asyncio.create_task(self.client.next_job(wait), name="agent-poll")
 
-    async def next_job(self, poll: asyncio.Task[Job | None]) -> Job | None:
+    async def next_job(self, poll: asyncio.Task[JobEnvelope | None]) -> JobEnvelope | None:
         """The job ``poll`` claims, None after an empty poll or when ``stop`` interrupts the
         poll (it is then abandoned: no job was in hand yet)."""
         stopped = asyncio.create_task(self.stop.wait())
@@ -323,7 +331,7 @@ class _Agent:
             return None
         return poll.result()
 
-    async def settle(self, poll: asyncio.Task[Job | None]) -> None:
+    async def settle(self, poll: asyncio.Task[JobEnvelope | None]) -> None:
         """Ends the poll left in flight when the loop ends: a job it already claimed is
         run and its result posted (the server handed it over); otherwise it is abandoned."""
         if not poll.done():
@@ -337,41 +345,33 @@ class _Agent:
         if job is not None and self.refused is None:
             await self.handle(job)
 
-    def is_expired(self, job: Job) -> bool:
-        if job.expires_at is None:
-            return False
+    def is_expired(self, job: JobEnvelope) -> bool:
         return job.expires_at.timestamp() <= time.time() + self.clock_offset
 
-    async def handle(self, job: Job) -> None:
+    async def handle(self, job: JobEnvelope) -> None:
         """Executes one job (unless expired) and posts its result; never raises."""
         started = time.perf_counter()
         code: str | None = None
+        result: CompletedResult | FailedResult
         if self.is_expired(job):
-            outcome, code = "expired", "expired"
-            assert job.expires_at is not None
-            result: dict[str, Any] = {
-                "status": "failed",
-                "error": {
-                    "code": "expired",
-                    "message": f"the job expired at {job.expires_at.isoformat()} before the "
-                    "agent could start it; it was not executed",
-                },
-            }
+            outcome, code = JobStatus.EXPIRED, "expired"
+            result = failed(
+                "expired",
+                f"the job expired at {job.expires_at.isoformat()} before the "
+                "agent could start it; it was not executed",
+            )
         else:
             try:
                 output = await self.worker.call(self.backend.execute, job.job_type, job.input_data)
-                outcome = "completed"
-                result = {"status": "completed", "output_data": output}
+                outcome = JobStatus.COMPLETED
+                result = CompletedResult(status=JobStatus.COMPLETED, output_data=output)
             except BrokerError as exc:
-                outcome, code = "failed", exc.code
-                result = {"status": "failed", "error": exc.as_error()}
+                outcome, code = JobStatus.FAILED, exc.code
+                result = failed(**exc.as_error())
             except Exception as exc:
                 log.exception(kv(event="job_crashed", job_id=job.id, job_type=job.job_type))
-                outcome, code = "failed", "agent_error"
-                result = {
-                    "status": "failed",
-                    "error": {"code": "agent_error", "message": describe(exc)},
-                }
+                outcome, code = JobStatus.FAILED, "agent_error"
+                result = failed("agent_error", describe(exc))
         elapsed_ms = (time.perf_counter() - started) * 1000
         reported = await self.post_result(job, result)
         log.info(
@@ -386,7 +386,7 @@ class _Agent:
             )
         )
 
-    async def post_result(self, job: Job, result: dict[str, Any]) -> str:
+    async def post_result(self, job: JobEnvelope, result: CompletedResult | FailedResult) -> str:
         """Posts a result, retrying network and 5xx failures for ``result_retry_seconds``
         (even while stopping: the job ran, the server must hear it). Returns ``yes``,
         ``refused`` (the server answered 4xx, e.g. 409 job_not_running) or ``lost``."""

@@ -18,8 +18,8 @@ import httpx
 from fastapi import FastAPI
 
 from app.core.config import Settings
-from app.core.resources import Resources
 from app.main import create_app
+from app.resources import Resources
 from app.server import GatewayServer, server_config
 
 

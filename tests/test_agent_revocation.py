@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.core.job_events import REVOKED_CHANNEL
+from app import dispatch
 from app.core.security import hash_agent_token
-from app.services import jobs
+from app.dispatch import REVOKED_CHANNEL
 from tests.flows import AgentHandle, Trader, heartbeat, onboard_trader, provision_agent
 from tests.servers import RunningApi, start_serve
 from tests.stores import Store
@@ -113,7 +113,7 @@ async def test_a_replaced_token_claims_nothing_even_without_the_message(
     process, Redis down) cannot hand a job to the old token."""
     store = api.resources.jobs
     new = await rotate(client, trader)
-    job, _ = await jobs.create_job(
+    job, _ = await dispatch.create_job(
         store,
         user_id=uuid.UUID(trader.user.id),
         agent_id=uuid.UUID(trader.agent.id),
@@ -123,8 +123,8 @@ async def test_a_replaced_token_claims_nothing_even_without_the_message(
     )
     agent_id = uuid.UUID(trader.agent.id)
     old_hash, new_hash = hash_agent_token(trader.agent.token), hash_agent_token(new.token)
-    assert await jobs.claim_next_job(store, agent_id=agent_id, token_hash=old_hash) is None
-    claimed = await jobs.claim_next_job(store, agent_id=agent_id, token_hash=new_hash)
+    assert await dispatch.claim_next_job(store, agent_id=agent_id, token_hash=old_hash) is None
+    claimed = await dispatch.claim_next_job(store, agent_id=agent_id, token_hash=new_hash)
     assert claimed is not None
     assert claimed.id == job.id
 

@@ -15,10 +15,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from app import dispatch
 from app.core.config import Settings
-from app.core.job_events import CREATED_CHANNEL
+from app.dispatch import CREATED_CHANNEL
 from app.models import Job
-from app.services import jobs
 from tests.conftest import make_settings
 from tests.flows import AgentHandle, Trader, onboard_trader
 from tests.log_events import watch_log
@@ -39,7 +39,7 @@ async def start_serve_async(api: RunningApi, log_path: Path) -> ServeProcess:
 
 
 async def create_trade_job(api: RunningApi, user_id: str, agent: AgentHandle) -> uuid.UUID:
-    job, _ = await jobs.create_job(
+    job, _ = await dispatch.create_job(
         api.resources.jobs,
         user_id=uuid.UUID(user_id),
         agent_id=uuid.UUID(agent.id),
@@ -61,7 +61,7 @@ async def round_trip_across(
     agent answers through B; returns the job as A's waiter sees it."""
     job_id = await create_trade_job(api_a, user_id, agent)
     waiter = asyncio.create_task(
-        jobs.wait_for_job_result(api_a.resources.jobs, job_id=job_id, timeout=20)
+        dispatch.wait_for_job_result(api_a.resources.jobs, job_id=job_id, timeout=20)
     )
     delivered = await poll
     assert delivered.status_code == 200

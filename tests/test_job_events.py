@@ -15,8 +15,8 @@ import pytest
 from fakeredis import FakeAsyncRedis, FakeServer
 from redis.asyncio import Redis
 
-from app.core.job_events import CREATED_CHANNEL, JobEvents
 from app.core.redis import create_redis, redis_key
+from app.dispatch import CREATED_CHANNEL, JobEvents
 from tests.stores import Store
 from tests.tcp_proxy import silenceable_proxy
 

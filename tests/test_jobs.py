@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from app import dispatch
 from app.core.config import Settings
 from app.core.redis import redis_key
-from app.services import jobs
 from app.services.agents import set_price_source
 from tests.conftest import make_settings
 from tests.flows import AgentHandle, Trader, onboard_trader
@@ -36,7 +36,7 @@ TRADE_OUTPUT = {
 async def create_job(
     api: RunningApi, trader: Trader, job_type: str = "trade", ttl: float = 30, **input_data: Any
 ) -> uuid.UUID:
-    job, created = await jobs.create_job(
+    job, created = await dispatch.create_job(
         api.resources.jobs,
         user_id=uuid.UUID(trader.user.id),
         agent_id=uuid.UUID(trader.agent.id),
@@ -143,7 +143,7 @@ async def test_without_wakeups_the_fallback_poll_delivers_every_job_once_and_eve
         job_ids = [await create_job(api, trader) for _ in range(4)]
         waiters = [
             asyncio.create_task(
-                jobs.wait_for_job_result(api.resources.jobs, job_id=job_id, timeout=20)
+                dispatch.wait_for_job_result(api.resources.jobs, job_id=job_id, timeout=20)
             )
             for job_id in job_ids
         ]
@@ -168,7 +168,7 @@ async def test_result_wakes_the_waiting_caller(
 ) -> None:
     job_id = await create_job(api, trader)
     waiter = asyncio.create_task(
-        jobs.wait_for_job_result(api.resources.jobs, job_id=job_id, timeout=10)
+        dispatch.wait_for_job_result(api.resources.jobs, job_id=job_id, timeout=10)
     )
     claimed = await poll(client, trader.agent)
     assert claimed.json()["id"] == str(job_id)
@@ -188,7 +188,7 @@ async def test_failed_result_keeps_the_broker_error(
     error = {"code": "no_money", "message": "Not enough money", "retcode": 10019}
     response = await answer(client, trader.agent, job_id, {"status": "failed", "error": error})
     assert response.status_code == 200
-    job = await jobs.get_job(api.resources.jobs, job_id)
+    job = await dispatch.get_job(api.resources.jobs, job_id)
     assert job is not None
     assert (job.status, job.error) == ("failed", error)
 
@@ -204,7 +204,7 @@ async def test_second_result_for_the_same_job_is_409(
     )
     assert again.status_code == 409
     assert again.json()["detail"] == "job_not_running"
-    job = await jobs.get_job(api.resources.jobs, job_id)
+    job = await dispatch.get_job(api.resources.jobs, job_id)
     assert job is not None
     assert job.status == "completed"
 
@@ -239,7 +239,7 @@ async def test_malformed_result_is_422_and_leaves_the_job_running(
         headers={**trader.agent.headers, "Content-Type": "application/json"},
     )
     assert response.status_code == 422
-    job = await jobs.get_job(api.resources.jobs, job_id)
+    job = await dispatch.get_job(api.resources.jobs, job_id)
     assert job is not None
     assert job.status == "running"
     assert (await answer(client, trader.agent, job_id, completed())).status_code == 200
@@ -257,7 +257,7 @@ async def test_answer_reaching_a_process_that_did_not_hand_the_job_out_is_checke
     assert malformed.status_code == 422
     assert malformed.json()["detail"] == "invalid_result"
     assert (await answer(client, trader.agent, job_id, completed())).status_code == 200
-    job = await jobs.get_job(api.resources.jobs, job_id)
+    job = await dispatch.get_job(api.resources.jobs, job_id)
     assert job is not None
     assert (job.status, job.output_data) == ("completed", TRADE_OUTPUT)
 
@@ -267,7 +267,7 @@ async def test_expired_trade_job_is_never_delivered(
 ) -> None:
     job_id = await create_job(api, trader, ttl=0.05)
     # The sweeper marks it expired (and wakes its waiters) once its time to live passes.
-    job = await jobs.wait_for_job_result(api.resources.jobs, job_id=job_id, timeout=10)
+    job = await dispatch.wait_for_job_result(api.resources.jobs, job_id=job_id, timeout=10)
     assert job.status == "expired"
     assert job.error is not None
     assert job.error["code"] == "expired"
@@ -299,7 +299,7 @@ async def test_agent_cannot_answer_another_agents_job(
     response = await answer(client, other.agent, job_id, completed())
     assert response.status_code == 409
     assert response.json()["detail"] == "job_not_running"
-    job = await jobs.get_job(api.resources.jobs, job_id)
+    job = await dispatch.get_job(api.resources.jobs, job_id)
     assert job is not None
     assert job.status == "running"
 
@@ -431,7 +431,7 @@ async def test_long_poll_whose_client_left_claims_nothing(
     while events.waiter_count:  # the server notices the disconnect and stops waiting
         await asyncio.sleep(0.001)
     job_id = await create_job(api, trader)
-    job = await jobs.get_job(api.resources.jobs, job_id)
+    job = await dispatch.get_job(api.resources.jobs, job_id)
     assert job is not None
     assert job.status == "pending"
     async with httpx.AsyncClient(base_url=str(client.base_url)) as fresh:
@@ -454,7 +454,7 @@ async def test_claimed_job_never_answered_ends_lost_and_accepts_a_late_answer(
         trader = await onboard_trader(client)
         job_id = await create_job(api, trader)
         assert (await poll(client, trader.agent)).status_code == 200
-        job = await jobs.wait_for_job_result(api.resources.jobs, job_id=job_id, timeout=10)
+        job = await dispatch.wait_for_job_result(api.resources.jobs, job_id=job_id, timeout=10)
         assert job.status == "lost"
         assert job.error is not None
         assert job.error["code"] == "agent_lost"
@@ -658,6 +658,6 @@ async def test_a_malformed_result_of_any_job_type_is_422_and_leaves_it_running(
     )
     assert response.status_code == 422, response.text
     assert response.json()["detail"] == "invalid_result"
-    job = await jobs.get_job(api.resources.jobs, job_id)
+    job = await dispatch.get_job(api.resources.jobs, job_id)
     assert job is not None
     assert (job.status, job.output_data) == ("running", None)

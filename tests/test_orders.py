@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 
+from app import dispatch
+from app.dispatch import sweep_jobs
 from app.models import Job, utcnow
-from app.services import jobs
-from app.services.jobs import sweep_jobs
 from app.services.orders import order_from_job
 from tests.flows import Trader, add_connection, heartbeat, onboard_trader, provision_agent
 from tests.servers import RunningApi
@@ -343,7 +343,7 @@ async def test_order_history_lists_50_orders_unless_told_otherwise(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader
 ) -> None:
     for i in range(53):
-        await jobs.create_job(
+        await dispatch.create_job(
             api.resources.jobs,
             user_id=uuid.UUID(trader.user.id),
             agent_id=uuid.UUID(trader.agent.id),

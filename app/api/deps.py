@@ -22,12 +22,12 @@ from app.api.route_templates import route_template
 from app.core.config import Settings
 from app.core.errors import InsufficientScope, InvalidTokenError, OnboardingIncomplete
 from app.core.rate_limits import RateLimiter
-from app.core.resources import Resources
 from app.core.security import API_KEY_PREFIX, InvalidToken, decode_access_token
+from app.dispatch import JobStore
 from app.models import Agent, User, detached
+from app.resources import Resources
 from app.services.agents import authenticate_agent
 from app.services.api_keys import ApiKeyGrant, authenticate_api_key
-from app.services.jobs import JobStore
 from app.services.rate_limits import limit_trading_call
 
 
@@ -74,7 +74,7 @@ RedisDep = Annotated[Redis, Depends(get_redis)]
 
 
 async def get_db(resources: ResourcesDep) -> AsyncEngine:
-    return resources.db
+    return resources.single_statement_engine
 
 
 DbDep = Annotated[AsyncEngine, Depends(get_db)]
@@ -119,7 +119,9 @@ async def authenticate(token: str | None, resources: Resources) -> Principal:
     if not token:
         raise InvalidTokenError()
     if token.startswith(API_KEY_PREFIX):
-        found = await authenticate_api_key(resources.db, token, resources.key_usage)
+        found = await authenticate_api_key(
+            resources.single_statement_engine, token, resources.key_usage
+        )
         if found is None:
             raise InvalidTokenError()
         user, grant = found
@@ -131,7 +133,7 @@ async def authenticate(token: str | None, resources: Resources) -> Principal:
         )
     except InvalidToken as exc:
         raise InvalidTokenError() from exc
-    async with resources.db.connect() as conn:
+    async with resources.single_statement_engine.connect() as conn:
         row = (await conn.execute(SELECT_USER, {"p_user_id": claims.user_id})).first()
     if row is None:
         raise InvalidTokenError()
@@ -209,7 +211,7 @@ async def get_current_agent(
 ) -> Agent:
     """The agent named in the path, if the bearer token is its own (counts as a heartbeat)."""
     return await authenticate_agent(
-        resources.db,
+        resources.single_statement_engine,
         agent_id=agent_id,
         token=credentials.credentials if credentials else None,
     )

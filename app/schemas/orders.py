@@ -24,6 +24,7 @@ from app.schemas.trading import (
     PlacePendingOrderInput,
     Side,
 )
+from mt5gate_protocol.jobs import JobType
 
 # Strict numbers: a JSON string such as "0.1" or a boolean is a 422, not a guess.
 OrderVolume = Annotated[float, Field(gt=0, le=100, allow_inf_nan=False, strict=True)]
@@ -149,8 +150,8 @@ class OrderCreate(BaseModel):
     def is_pending(self) -> bool:
         return self.type != "market"
 
-    def job_type(self) -> str:
-        return "place_pending_order" if self.is_pending else "trade"
+    def job_type(self) -> JobType:
+        return JobType.PLACE_PENDING_ORDER if self.is_pending else JobType.TRADE
 
     def job_input(self) -> dict[str, object]:
         """The job's `input_data`, as the agent contract names it (`trade` for a market

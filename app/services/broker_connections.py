@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from cryptography.fernet import Fernet
 from sqlalchemy import select
@@ -11,10 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.db import in_transaction
 from app.core.errors import NotFound
-from app.core.job_events import JobEvents
 from app.core.security import encrypt_secret, hash_agent_token, new_agent_token
 from app.models import Agent, BrokerConnection, utcnow
 from app.schemas.broker_connections import AgentSummary
+
+if TYPE_CHECKING:  # the events are dispatch's, which needs this module first
+    from app.dispatch import JobEvents
 
 
 async def create_connection(

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 
 from app.core.errors import FeedOffline, NoAgent
 from app.core.redis import redis_key
+from app.dispatch import create_job_and_wait
 from app.models import Agent
 from app.schemas.trading import Candle
 from app.services.agents import (
@@ -37,10 +38,10 @@ from app.services.agents import (
     online_price_source,
     require_online,
 )
-from app.services.jobs import run_job
 from app.services.orders import Trading
 from app.services.redis_cache import read_cached, write_cached
 from app.services.trading import read_output
+from mt5gate_protocol.jobs import JobType
 
 log = logging.getLogger("mt5gate.candles")
 
@@ -217,11 +218,11 @@ async def fetch_candles(
     A `shared` (feed) answer is written only if the agent that gave it is still a price
     source: one unmarked while its job was in flight is no longer trusted for everyone.
     """
-    done = await run_job(
+    done = await create_job_and_wait(
         trading.jobs,
         user_id=agent.user_id,
         agent_id=agent.id,
-        job_type="get_candles",
+        job_type=JobType.GET_CANDLES,
         input_data={"symbol": instrument, "timeframe": timeframe, "count": count},
         ttl_seconds=trading.settings.read_job_ttl_seconds,
         timeout=trading.settings.candles_wait_seconds,

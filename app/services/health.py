@@ -10,8 +10,8 @@ from sqlalchemy import func, or_, select
 
 from app.core.metrics import AGENTS_ONLINE, TICKS_DROPPED, WEBSOCKETS_OPEN
 from app.core.migrate import database_revision, schema_problem
-from app.core.resources import Resources
 from app.models import Agent, utcnow
+from app.resources import Resources
 
 log = logging.getLogger("mt5gate.health")
 
@@ -44,7 +44,7 @@ async def refresh_gauges(resources: Resources) -> None:
     WEBSOCKETS_OPEN.labels("prices").set(stats["sockets"])
     TICKS_DROPPED.set(stats["dropped_ticks"])
     since = utcnow() - timedelta(seconds=resources.settings.agent_offline_after_seconds)
-    async with resources.db.connect() as conn:
+    async with resources.single_statement_engine.connect() as conn:
         online = await conn.scalar(
             select(func.count())
             .select_from(Agent)

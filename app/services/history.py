@@ -22,6 +22,7 @@ from app.schemas.common import iso_utc
 from app.schemas.trading import GetHistoryInput
 from app.services.orders import Trading, order_ids_by_ticket
 from app.services.trading import read_output, run_job
+from mt5gate_protocol.jobs import JobType
 
 DEFAULT_SPAN = timedelta(days=7)
 MAX_SPAN = timedelta(days=366)
@@ -90,7 +91,7 @@ async def fetch_history(
         trading,
         user_id=user_id,
         connection_id=connection_id,
-        job_type="get_history",
+        job_type=JobType.GET_HISTORY,
         input_data=request.model_dump(mode="json", by_alias=True, exclude_none=True),
         ttl_seconds=trading.settings.read_job_ttl_seconds,
         wait=trading.settings.history_wait_seconds,

@@ -8,9 +8,10 @@ from typing import cast
 from sqlalchemy import Table, bindparam, select
 
 from app.core.errors import NotFound
+from app.dispatch import JobStore, job_from
 from app.models import Job, utcnow
 from app.schemas.quotes import JobView, JobViewStatus
-from app.services.jobs import LOST, PENDING, JobStore, job_from
+from mt5gate_protocol.jobs import JobStatus
 
 JOBS = cast(Table, Job.__table__)
 # Scoped by owner in the statement itself: another user's job is simply not found.
@@ -20,9 +21,9 @@ SELECT_OWN_JOB = select(*JOBS.c).where(
 
 
 def view_status(job: Job) -> JobViewStatus:
-    if job.status == LOST:
+    if job.status == JobStatus.LOST:
         return "unknown"
-    if job.status == PENDING and job.expires_at <= utcnow():
+    if job.status == JobStatus.PENDING and job.expires_at <= utcnow():
         return "expired"  # the sweeper has not marked it yet; it can never be handed out
     return cast(JobViewStatus, job.status)
 

@@ -19,27 +19,20 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.errors import ClientOrderIdConflict, NotFound
-from app.models import Job, utcnow
-from app.schemas.orders import OrderCreate, OrderError, OrderRead, OrderStatus
-from app.schemas.trading import Expiration
-from app.services.agents import connection_agent, require_online_agent
-from app.services.jobs import (
-    COMPLETED,
-    EXPIRED,
+from app.dispatch import (
     EXPIRED_ERROR,
-    FAILED,
-    FINAL_STATUSES,
-    LOST,
     JobStore,
     create_job,
     find_by_client_order_id,
     wait_for_job_result,
     watch_job,
 )
+from app.models import Job, utcnow
+from app.schemas.orders import OrderCreate, OrderError, OrderRead, OrderStatus
+from app.schemas.trading import Expiration
+from app.services.agents import connection_agent, require_online_agent
+from mt5gate_protocol.jobs import FINAL_STATUSES, ORDER_JOB_TYPES, JobStatus, JobType
 
-TRADE = "trade"
-PLACE_PENDING = "place_pending_order"
-ORDER_TYPES = (TRADE, PLACE_PENDING)
 # What a placed order can become at the broker (written to `jobs.order_status`).
 LATER_STATUSES: frozenset[OrderStatus] = frozenset({"filled", "cancelled", "expired"})
 JOBS = cast(Table, Job.__table__)
@@ -47,7 +40,7 @@ JOBS = cast(Table, Job.__table__)
 # which MT5 numbers after the order that opened it).
 ORDERS_BY_TICKET = select(JOBS.c.ticket, JOBS.c.id).where(
     JOBS.c.agent_id == bindparam("p_agent_id"),
-    JOBS.c.job_type.in_(ORDER_TYPES),
+    JOBS.c.job_type.in_(ORDER_JOB_TYPES),
     JOBS.c.ticket.in_(bindparam("p_tickets", expanding=True)),
 )
 
@@ -62,22 +55,22 @@ class Trading:
 
 
 def order_status(job: Job, *, now: datetime) -> OrderStatus:
-    if job.status == COMPLETED:
-        if job.job_type == TRADE:
+    if job.status == JobStatus.COMPLETED:
+        if job.job_type == JobType.TRADE:
             return "filled"
         # A placed order's later status, when mt5gate learned one (see the module docstring).
         later = job.order_status
         return cast(OrderStatus, later) if later in LATER_STATUSES else "placed"
-    if job.status == FAILED:
+    if job.status == JobStatus.FAILED:
         # An agent that finds the job past its expiry refuses it unexecuted.
         code = (job.error or {}).get("code")
         return "expired" if code == "expired" else "rejected"
-    if job.status == EXPIRED:
+    if job.status == JobStatus.EXPIRED:
         return "expired"
-    if job.status == LOST:
+    if job.status == JobStatus.LOST:
         return "unknown"
     # pending or running; a pending job past its expiry can no longer be handed out.
-    if job.status == "pending" and job.expires_at <= now:
+    if job.status == JobStatus.PENDING and job.expires_at <= now:
         return "expired"
     return "pending"
 
@@ -86,11 +79,11 @@ def order_from_job(job: Job, *, now: datetime | None = None) -> OrderRead:
     status = order_status(job, now=now or utcnow())
     # The request, with what a modification through mt5gate changed since.
     request: dict[str, Any] = {**job.input_data, **(job.order_changes or {})}
-    output: dict[str, Any] = (job.output_data or {}) if job.status == COMPLETED else {}
+    output: dict[str, Any] = (job.output_data or {}) if job.status == JobStatus.COMPLETED else {}
     error: dict[str, Any] | None = None
     if status in ("rejected", "expired", "unknown"):
         error = job.error or (EXPIRED_ERROR if status == "expired" else None)
-    pending = job.job_type == PLACE_PENDING
+    pending = job.job_type == JobType.PLACE_PENDING_ORDER
     filled = status == "filled"
     return OrderRead(
         order_id=job.id,
@@ -187,7 +180,7 @@ async def get_order(
     async with session_factory() as session:
         job = await session.scalar(
             select(Job).where(
-                Job.id == order_id, Job.user_id == user_id, Job.job_type.in_(ORDER_TYPES)
+                Job.id == order_id, Job.user_id == user_id, Job.job_type.in_(ORDER_JOB_TYPES)
             )
         )
     if job is None:
@@ -203,12 +196,12 @@ async def list_orders(
     before: uuid.UUID | None,
 ) -> list[OrderRead]:
     """The user's orders, newest first; `before` (an order id) starts after that order."""
-    query = select(Job).where(Job.user_id == user_id, Job.job_type.in_(ORDER_TYPES))
+    query = select(Job).where(Job.user_id == user_id, Job.job_type.in_(ORDER_JOB_TYPES))
     async with session_factory() as session:
         if before is not None:
             cursor = await session.scalar(
                 select(Job).where(
-                    Job.id == before, Job.user_id == user_id, Job.job_type.in_(ORDER_TYPES)
+                    Job.id == before, Job.user_id == user_id, Job.job_type.in_(ORDER_JOB_TYPES)
                 )
             )
             if cursor is None:

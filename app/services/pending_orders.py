@@ -18,13 +18,14 @@ from app.models import Job
 from app.schemas.pending_orders import PendingOrderCancelled, PendingOrderUpdate
 from app.schemas.positions import JobPending
 from app.schemas.trading import CancelPendingOrderInput, PendingOrder
-from app.services.orders import PLACE_PENDING, Trading, order_ids_by_ticket
+from app.services.orders import Trading, order_ids_by_ticket
 from app.services.trading import read_output, run_job, write_output
+from mt5gate_protocol.jobs import JobType
 
 JOBS = cast(Table, Job.__table__)
 ORDER_OF_TICKET = update(JOBS).where(
     JOBS.c.agent_id == bindparam("p_agent_id"),
-    JOBS.c.job_type == PLACE_PENDING,
+    JOBS.c.job_type == JobType.PLACE_PENDING_ORDER,
     JOBS.c.ticket == bindparam("p_ticket"),
 )
 # The fields of a pending order that a modification can change, as the order shows them.
@@ -38,7 +39,7 @@ async def list_pending_orders(
         trading,
         user_id=user_id,
         connection_id=connection_id,
-        job_type="get_pending_orders",
+        job_type=JobType.GET_PENDING_ORDERS,
         input_data={},
         ttl_seconds=trading.settings.read_job_ttl_seconds,
         wait=trading.settings.read_wait_seconds,
@@ -64,7 +65,7 @@ async def modify_pending_order(
         trading,
         user_id=user_id,
         connection_id=connection_id,
-        job_type="modify_pending_order",
+        job_type=JobType.MODIFY_PENDING_ORDER,
         input_data=update.job_input(ticket),
         ttl_seconds=trading.settings.trade_job_ttl_seconds,
         wait=trading.settings.trade_wait_seconds,
@@ -87,7 +88,7 @@ async def cancel_pending_order(
         trading,
         user_id=user_id,
         connection_id=connection_id,
-        job_type="cancel_pending_order",
+        job_type=JobType.CANCEL_PENDING_ORDER,
         input_data=CancelPendingOrderInput(ticket=ticket).model_dump(),
         ttl_seconds=trading.settings.trade_job_ttl_seconds,
         wait=trading.settings.trade_wait_seconds,

@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 
 from app.core.errors import NoPrice
 from app.schemas.quotes import TickRead
-from app.services.agents import PricesUnavailable
+from app.services.price_pushes import PricesUnavailable
 from app.ws.ticks import MalformedTick, channel_for, parse_tick
 
 log = logging.getLogger("mt5gate.quotes")

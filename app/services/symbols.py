@@ -15,11 +15,12 @@ from redis.asyncio import Redis
 
 from app.core.errors import SymbolNotFound
 from app.core.redis import redis_key
+from app.dispatch import create_job_and_wait
 from app.schemas.trading import GetSymbolsInput, SymbolInfo
-from app.services.jobs import run_job
 from app.services.orders import Trading
 from app.services.redis_cache import read_cached, write_cached
 from app.services.trading import online_agent, read_output
+from mt5gate_protocol.jobs import JobType
 
 SYMBOLS = TypeAdapter(list[SymbolInfo])
 
@@ -50,11 +51,11 @@ async def fetch_symbols(
     hit = await read_cached(redis, key, SYMBOLS, what="symbols")
     if hit is not None:
         return hit
-    job = await run_job(
+    job = await create_job_and_wait(
         trading.jobs,
         user_id=user_id,
         agent_id=agent.id,
-        job_type="get_symbols",
+        job_type=JobType.GET_SYMBOLS,
         input_data=request.model_dump(mode="json", exclude_none=True),
         ttl_seconds=trading.settings.read_job_ttl_seconds,
         timeout=trading.settings.symbols_wait_seconds,

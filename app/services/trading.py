@@ -11,14 +11,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from app import dispatch
 from app.core.errors import AgentTimeout, BrokerFailure, DomainError, PositionNotFound
 from app.models import Agent, Job
 from app.schemas.positions import JobPending, PositionClosed, PositionUpdate
 from app.schemas.trading import Account, Position
-from app.services import jobs
 from app.services.agents import require_online_agent
-from app.services.jobs import COMPLETED, FAILED, FINAL_STATUSES, LOST
 from app.services.orders import Trading
+from mt5gate_protocol.jobs import FINAL_STATUSES, JobStatus, JobType
 
 UNKNOWN_OUTCOME = (
     "The agent took the request but never answered; the outcome is unknown. "
@@ -41,14 +41,14 @@ async def run_job(
     *,
     user_id: uuid.UUID,
     connection_id: uuid.UUID | None,
-    job_type: str,
+    job_type: JobType,
     input_data: dict[str, Any],
     ttl_seconds: float,
     wait: float,
 ) -> Job:
     """Runs a job on the user's agent, after checking that the agent is online."""
     agent = await online_agent(trading, user_id=user_id, connection_id=connection_id)
-    return await jobs.run_job(
+    return await dispatch.create_job_and_wait(
         trading.jobs,
         user_id=user_id,
         agent_id=agent.id,
@@ -67,14 +67,14 @@ def broker_failure(job: Job) -> BrokerFailure:
 
 def is_refused_unexecuted(job: Job) -> bool:
     """The agent saw the job only after it expired, and did not run it."""
-    return job.status == FAILED and (job.error or {}).get("code") == "expired"
+    return job.status == JobStatus.FAILED and (job.error or {}).get("code") == "expired"
 
 
 def read_output(job: Job) -> dict[str, Any]:
     """A read's `output_data`; 504 when there is no answer, 422 when the broker refused."""
-    if job.status == COMPLETED and job.output_data is not None:
+    if job.status == JobStatus.COMPLETED and job.output_data is not None:
         return job.output_data
-    if job.status == FAILED and not is_refused_unexecuted(job):
+    if job.status == JobStatus.FAILED and not is_refused_unexecuted(job):
         raise broker_failure(job)
     raise AgentTimeout()
 
@@ -84,17 +84,17 @@ def write_output(
 ) -> dict[str, Any] | JobPending:
     """A write's `output_data`, or JobPending while it may still execute. A failure whose
     code is `not_found`'s own is that error (404), any other refusal `broker_error`."""
-    if job.status == COMPLETED and job.output_data is not None:
+    if job.status == JobStatus.COMPLETED and job.output_data is not None:
         return job.output_data
     if job.status not in FINAL_STATUSES:
         return JobPending(job_id=job.id)
     if is_refused_unexecuted(job):
         raise AgentTimeout(NOT_TAKEN)
-    if job.status == FAILED:
+    if job.status == JobStatus.FAILED:
         if (job.error or {}).get("code") == not_found.code:
             raise not_found()
         raise broker_failure(job)
-    raise AgentTimeout(UNKNOWN_OUTCOME if job.status == LOST else NOT_TAKEN)
+    raise AgentTimeout(UNKNOWN_OUTCOME if job.status == JobStatus.LOST else NOT_TAKEN)
 
 
 async def list_positions(
@@ -104,7 +104,7 @@ async def list_positions(
         trading,
         user_id=user_id,
         connection_id=connection_id,
-        job_type="get_positions",
+        job_type=JobType.GET_POSITIONS,
         input_data={},
         ttl_seconds=trading.settings.read_job_ttl_seconds,
         wait=trading.settings.read_wait_seconds,
@@ -119,7 +119,7 @@ async def get_account(
         trading,
         user_id=user_id,
         connection_id=connection_id,
-        job_type="get_account",
+        job_type=JobType.GET_ACCOUNT,
         input_data={},
         ttl_seconds=trading.settings.read_job_ttl_seconds,
         wait=trading.settings.read_wait_seconds,
@@ -143,7 +143,7 @@ async def close_position(
         trading,
         user_id=user_id,
         connection_id=connection_id,
-        job_type="close_position",
+        job_type=JobType.CLOSE_POSITION,
         input_data=input_data,
         ttl_seconds=trading.settings.trade_job_ttl_seconds,
         wait=trading.settings.trade_wait_seconds,
@@ -166,7 +166,7 @@ async def modify_position(
         trading,
         user_id=user_id,
         connection_id=connection_id,
-        job_type="modify_position",
+        job_type=JobType.MODIFY_POSITION,
         input_data=update.job_input(position_id),
         ttl_seconds=trading.settings.trade_job_ttl_seconds,
         wait=trading.settings.trade_wait_seconds,

@@ -29,7 +29,7 @@ from starlette.websockets import WebSocket
 
 from app.api.deps import Principal, authenticate, resources_of
 from app.core.errors import InvalidTokenError
-from app.core.resources import Resources
+from app.resources import Resources
 from app.ws.manager import (
     CLOSE_STALLED,
     PriceSocket,

@@ -8,12 +8,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
-from app.core.redis import redis_key
+from app.core.price_keys import CHANNEL_PREFIX, channel_for  # noqa: F401  (re-exported)
 from app.schemas.trading import SYMBOL_PATTERN
 
-CHANNEL_PREFIX = "prices:"
 INSTRUMENT_RE = re.compile(SYMBOL_PATTERN)
 MAX_TICK_BYTES = 4096
 MAX_TS = 2**53
@@ -33,11 +30,6 @@ class Tick:
 
 def is_instrument(value: object) -> bool:
     return isinstance(value, str) and INSTRUMENT_RE.fullmatch(value) is not None
-
-
-def channel_for(redis: Redis, instrument: str) -> str:
-    """`prices:{instrument}` on `redis`: the instrument's last-tick key and its channel."""
-    return redis_key(redis, CHANNEL_PREFIX + instrument)
 
 
 def _price(body: dict[str, Any], field: str) -> float:

@@ -63,6 +63,7 @@ from mt5gate_agent.retcodes import (
     last_error_code,
     trade_retcode_code,
 )
+from mt5gate_protocol.jobs import JobType
 
 log = logging.getLogger("mt5gate_agent.mt5")
 
@@ -482,18 +483,18 @@ class Mt5Backend:
         }
 
     _handlers: dict[str, Callable[[Mt5Backend, dict[str, Any]], dict[str, Any]]] = {
-        "trade": _trade,
-        "get_positions": _get_positions,
-        "close_position": _close_position,
-        "modify_position": _modify_position,
-        "get_account": _get_account,
-        "get_candles": _get_candles,
-        "place_pending_order": _place_pending_order,
-        "get_pending_orders": _get_pending_orders,
-        "modify_pending_order": _modify_pending_order,
-        "cancel_pending_order": _cancel_pending_order,
-        "get_history": _get_history,
-        "get_symbols": _get_symbols,
+        JobType.TRADE: _trade,
+        JobType.GET_POSITIONS: _get_positions,
+        JobType.CLOSE_POSITION: _close_position,
+        JobType.MODIFY_POSITION: _modify_position,
+        JobType.GET_ACCOUNT: _get_account,
+        JobType.GET_CANDLES: _get_candles,
+        JobType.PLACE_PENDING_ORDER: _place_pending_order,
+        JobType.GET_PENDING_ORDERS: _get_pending_orders,
+        JobType.MODIFY_PENDING_ORDER: _modify_pending_order,
+        JobType.CANCEL_PENDING_ORDER: _cancel_pending_order,
+        JobType.GET_HISTORY: _get_history,
+        JobType.GET_SYMBOLS: _get_symbols,
     }
 
     # -- the server's time zone --------------------------------------------------------

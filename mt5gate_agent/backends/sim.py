@@ -78,6 +78,7 @@ from mt5gate_agent.retcodes import (
     TRADE_RETCODE_INVALID_VOLUME,
     TRADE_RETCODE_NO_MONEY,
 )
+from mt5gate_protocol.jobs import JobType
 
 SECONDS_PER_YEAR = 365 * 86_400
 # A call after a long pause generates at most this many ticks per symbol (spaced evenly).
@@ -96,12 +97,12 @@ TIMEFRAME_SECONDS = {
 # The jobs that are a round trip to the broker's trade server (``order_send`` in MT5).
 TRADE_SERVER_JOBS = frozenset(
     {
-        "trade",
-        "close_position",
-        "modify_position",
-        "place_pending_order",
-        "modify_pending_order",
-        "cancel_pending_order",
+        JobType.TRADE,
+        JobType.CLOSE_POSITION,
+        JobType.MODIFY_POSITION,
+        JobType.PLACE_PENDING_ORDER,
+        JobType.MODIFY_PENDING_ORDER,
+        JobType.CANCEL_PENDING_ORDER,
     }
 )
 # 1970-01-04 was a Sunday: MT5's weekly bars open on Sunday 00:00.
@@ -612,18 +613,18 @@ class SimBackend:
         }
 
     _handlers: dict[str, Callable[[SimBackend, dict[str, Any]], dict[str, Any]]] = {
-        "trade": _trade,
-        "get_positions": _get_positions,
-        "close_position": _close_position,
-        "modify_position": _modify_position,
-        "get_account": _get_account,
-        "get_candles": _get_candles,
-        "place_pending_order": _place_pending_order,
-        "get_pending_orders": _get_pending_orders,
-        "modify_pending_order": _modify_pending_order,
-        "cancel_pending_order": _cancel_pending_order,
-        "get_history": _get_history,
-        "get_symbols": _get_symbols,
+        JobType.TRADE: _trade,
+        JobType.GET_POSITIONS: _get_positions,
+        JobType.CLOSE_POSITION: _close_position,
+        JobType.MODIFY_POSITION: _modify_position,
+        JobType.GET_ACCOUNT: _get_account,
+        JobType.GET_CANDLES: _get_candles,
+        JobType.PLACE_PENDING_ORDER: _place_pending_order,
+        JobType.GET_PENDING_ORDERS: _get_pending_orders,
+        JobType.MODIFY_PENDING_ORDER: _modify_pending_order,
+        JobType.CANCEL_PENDING_ORDER: _cancel_pending_order,
+        JobType.GET_HISTORY: _get_history,
+        JobType.GET_SYMBOLS: _get_symbols,
     }
 
     def set_quote(self, symbol: str, bid: float, ask: float) -> None:

@@ -18,13 +18,13 @@ import httpx
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app import dispatch
 from app.core.config import Settings
-from app.core.resources import Resources
 from app.main import create_app
 from app.models import Job
+from app.resources import Resources
 from app.schemas.common import iso_utc
 from app.server import GatewayServer, server_config
-from app.services import jobs
 from app.services.agents import set_price_source
 from tests.flows import Trader, onboard_trader
 from tests.servers import bound_socket
@@ -52,6 +52,16 @@ class Faults:
     clock_skew: float = 0.0
     # Seconds a job handed out by a long poll spends on the wire.
     delivery_delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One agent call that reached the app: what the agent sent, what the app answered."""
+
+    kind: str
+    request_body: bytes
+    status: int
+    response_body: bytes
 
 
 class FaultLayer:
@@ -84,6 +94,7 @@ class FaultLayer:
             return message
 
         status, headers, body = await call_app(self.app, scope, recording_receive)
+        harness.exchanges.append(Exchange(kind, bytes(request_body), status, body))
         if kind == "heartbeat" and status == 200:
             harness.heartbeats.append(json.loads(request_body or b"{}"))
             body = shifted(body, ("server_time",), faults.clock_skew)
@@ -136,6 +147,7 @@ class RealAgentApi:
         self.settings = settings
         self.faults = Faults()
         self.calls = dict.fromkeys(KINDS, 0)
+        self.exchanges: list[Exchange] = []
         self.heartbeats: list[dict[str, Any]] = []
         self.price_batches: list[dict[str, Any]] = []
         self.port = 0
@@ -209,14 +221,14 @@ class RealAgentApi:
     # -- jobs ----------------------------------------------------------------------------------
 
     @property
-    def job_store(self) -> jobs.JobStore:
+    def job_store(self) -> dispatch.JobStore:
         return self.resources.jobs
 
     async def add_job(
         self, job_type: str, input_data: dict[str, Any], *, expires_in: float = 30.0
     ) -> str:
         assert self.trader is not None
-        job, _ = await jobs.create_job(
+        job, _ = await dispatch.create_job(
             self.job_store,
             user_id=uuid.UUID(self.trader.user.id),
             agent_id=self.agent_uuid,
@@ -227,13 +239,13 @@ class RealAgentApi:
         return str(job.id)
 
     async def job(self, job_id: str) -> Job:
-        found = await jobs.get_job(self.job_store, uuid.UUID(job_id))
+        found = await dispatch.get_job(self.job_store, uuid.UUID(job_id))
         assert found is not None
         return found
 
     async def wait_result(self, job_id: str, timeout: float = 10.0) -> dict[str, Any]:
         """The agent's answer as the server recorded it: {status, output_data | error}."""
-        job = await jobs.wait_for_job_result(
+        job = await dispatch.wait_for_job_result(
             self.job_store, job_id=uuid.UUID(job_id), timeout=timeout
         )
         if job.status == "completed":

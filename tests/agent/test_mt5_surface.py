@@ -363,7 +363,7 @@ def test_an_unknown_symbol_is_symbol_not_found(backend: Mt5Backend) -> None:
 def test_every_output_validates_against_the_servers_models(
     backend: Mt5Backend, fake_mt5: Any
 ) -> None:
-    from app.schemas.trading import OUTPUT_MODELS
+    from mt5gate_protocol.jobs import OUTPUT_MODELS
 
     placed = backend.execute(
         "place_pending_order",

@@ -12,12 +12,15 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import TypeAdapter
 from real_api import RealAgentApi
 
 from mt5gate_agent.backends.sim import SimBackend
 from mt5gate_agent.client import AgentApiError, AgentClient, api_root, parse_time
 from mt5gate_agent.config import AgentConfig
 from mt5gate_agent.runner import Backoff, kv, run_agent
+from mt5gate_protocol.agent import Credentials, Heartbeat, PricePush, PricesAccepted, ServerTime
+from mt5gate_protocol.jobs import JobEnvelope, JobResult, JobResultAccepted
 from tests.log_events import LogEvents, watch_log
 
 
@@ -516,3 +519,47 @@ async def test_api_errors_carry_the_detail_code(
 def test_log_lines_are_key_value() -> None:
     line = kv(event="job_done", job_id="j-1", ms=3.14159, code=None, reason="a b")
     assert line == 'event=job_done job_id=j-1 ms=3.1 reason="a b"'
+
+
+# -- the protocol ------------------------------------------------------------------------------
+
+# What each agent call carries, by the protocol's models: (request body, 2xx answer).
+PROTOCOL_MODELS: dict[str, tuple[TypeAdapter[Any] | None, TypeAdapter[Any]]] = {
+    "heartbeat": (TypeAdapter(Heartbeat), TypeAdapter(ServerTime)),
+    "credentials": (None, TypeAdapter(Credentials)),
+    "poll": (None, TypeAdapter(JobEnvelope)),
+    "result": (TypeAdapter(JobResult), TypeAdapter(JobResultAccepted)),
+    "prices": (TypeAdapter(PricePush), TypeAdapter(PricesAccepted)),
+}
+
+
+async def test_what_the_agent_sends_and_the_server_answers_fit_the_same_protocol_models(
+    api: RealAgentApi, start_agent: Callable[..., RunningAgent]
+) -> None:
+    start_agent(price_symbols=("EURUSD",), price_interval=0.05)
+    completed = await api.add_job("get_account", {})
+    failed = await api.add_job("trade", order(volume=0.001))
+    assert (await api.wait_result(completed))["status"] == "completed"
+    assert (await api.wait_result(failed))["status"] == "failed"
+    # A waiter wakes before the result's answer is sent: wait for both to be recorded.
+    await api.wait_for(
+        lambda: sum(e.kind == "result" for e in api.exchanges) >= 2 and bool(api.price_batches)
+    )
+    answered = {(exchange.kind, exchange.status) for exchange in api.exchanges}
+    assert {
+        ("heartbeat", 200),
+        ("credentials", 200),
+        ("poll", 200),
+        ("result", 200),
+        ("prices", 202),
+    } <= answered
+    results = []
+    for exchange in api.exchanges:
+        sent, answer = PROTOCOL_MODELS[exchange.kind]
+        if sent is not None and exchange.request_body:
+            body = sent.validate_json(exchange.request_body)
+            if exchange.kind == "result":
+                results.append(body)
+        if exchange.status in (200, 202):
+            answer.validate_json(exchange.response_body)
+    assert {result.status for result in results} == {"completed", "failed"}

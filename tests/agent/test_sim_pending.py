@@ -263,7 +263,7 @@ def test_symbols_carry_their_specification_and_the_group_filter_applies() -> Non
 def test_every_output_validates_against_the_servers_models() -> None:
     # The job protocol has one definition of each output, the server's; the simulator's
     # answers must fit it.
-    from app.schemas.trading import OUTPUT_MODELS
+    from mt5gate_protocol.jobs import OUTPUT_MODELS
 
     sim = eurusd_only()
     _, ask = sim.quote("EURUSD")

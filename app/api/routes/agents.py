@@ -7,6 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, Response, status
 
+from app import dispatch
+from app.api.client_disconnect import client_disconnect
 from app.api.deps import CurrentAgent, JobStoreDep, RedisDep, SessionFactoryDep, SettingsDep
 from app.api.docs import cross_field_rules
 from app.core.errors import InvalidAgentToken
@@ -15,7 +17,7 @@ from app.models import BrokerConnection
 from app.schemas.agents import (
     Credentials,
     Heartbeat,
-    JobRead,
+    JobEnvelope,
     JobResult,
     JobResultAccepted,
     PricePush,
@@ -24,7 +26,7 @@ from app.schemas.agents import (
 )
 from app.schemas.common import ErrorBody
 from app.services import agents as service
-from app.services import jobs
+from app.services import price_pushes
 
 router = APIRouter(
     prefix="/agents/{agent_id}",
@@ -63,7 +65,7 @@ async def credentials(
 @router.get(
     "/jobs/next",
     responses={204: {"description": "No job arrived within `wait` seconds."}},
-    response_model=JobRead,
+    response_model=JobEnvelope,
 )
 async def next_job(
     request: Request,
@@ -71,14 +73,15 @@ async def next_job(
     job_store: JobStoreDep,
     settings: SettingsDep,
     wait: Annotated[float, Query(ge=0, le=30, description="Seconds to wait for a job.")] = 25,
-) -> JobRead | Response:
+) -> JobEnvelope | Response:
     """Long-poll: claims this agent's oldest pending job as soon as one exists."""
-    job = await service.next_job(
-        job_store, request=request, agent=agent, wait=wait, settings=settings
-    )
+    async with client_disconnect(request) as gone:
+        job = await dispatch.next_job(
+            job_store, agent=agent, gone=gone, wait=wait, settings=settings
+        )
     if job is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return JobRead.model_validate(job, from_attributes=True)
+    return JobEnvelope.model_validate(job, from_attributes=True)
 
 
 @router.post(
@@ -98,7 +101,7 @@ async def post_result(
     job_store: JobStoreDep,
     result: Annotated[JobResult, Body()],
 ) -> JobResultAccepted:
-    job = await jobs.complete_job(job_store, agent_id=agent.id, job_id=job_id, result=result)
+    job = await dispatch.complete_job(job_store, agent_id=agent.id, job_id=job_id, result=result)
     return JobResultAccepted(job_id=job.id, status=job.status)
 
 
@@ -116,5 +119,5 @@ async def post_result(
 )
 async def push_prices(agent: CurrentAgent, redis: RedisDep, ticks: PricePush) -> PricesAccepted:
     """Price sources only: stores each tick as `prices:{instrument}` and publishes it."""
-    accepted = await service.push_prices(redis, agent=agent, ticks=ticks.root)
+    accepted = await price_pushes.push_prices(redis, agent=agent, ticks=ticks.root)
     return PricesAccepted(accepted=accepted)

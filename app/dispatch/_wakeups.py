@@ -9,7 +9,7 @@ published; a poll that leaves with an unused wake-up hands it on, through Redis 
 other poll is left here. Messages carry the publishing process's id so that a process,
 which already dispatched its own event locally, ignores the echo. A lost message (Redis
 down, a restart) delays an answer but never loses it: every `job_poll_interval_seconds`
-one query per process finds what its waiters wait for (`jobs.recheck_waiters`), however
+one query per process finds what its waiters wait for (`recheck_waiters`), however
 many they are. A job finished in this process reaches its local
 waiter with the wake-up itself (no read back).
 

@@ -1,9 +1,12 @@
-"""Everything a process owns: created in the lifespan, closed there in reverse order."""
+"""Everything a process owns: created in the lifespan, closed there in reverse order.
+
+The lifespan (`app.main`) opens these; here the engine, Redis, dispatch (its wake-ups and
+its background rounds), the API keys' loops and the WebSocket manager are wired together,
+so that nothing under `app.core` needs to know the layers above it."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -14,16 +17,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
 from app.core.db import create_engine, create_session_factory, single_statement_engine
-from app.core.job_events import JobEvents
 from app.core.rate_limits import RateLimiter
 from app.core.redis import create_redis
+from app.core.tasks import cancel_and_wait, run_every
+from app.dispatch import JobEvents, JobStore, recheck_waiters, sweep_jobs
 from app.services.api_keys import (
     KEY_RECHECK_SECONDS,
     LAST_USED_FLUSH_SECONDS,
     KeySockets,
     KeyUsage,
 )
-from app.services.jobs import JobStore, recheck_waiters, run_every, sweep_jobs
 from app.services.rate_limits import TradingLimit
 from app.ws.manager import WebSocketManager
 
@@ -33,9 +36,11 @@ JOB_SWEEP_INTERVAL_SECONDS = 1.0
 @dataclass
 class Resources:
     settings: Settings
+    # The engine that owns the pool; sessions (multi-statement transactions) run on it.
     engine: AsyncEngine
-    # The same pool without transactions, for work that is one statement (single_statement_engine).
-    db: AsyncEngine
+    # The same pool without transactions, for work that is one statement
+    # (`single_statement_engine`): the job store, authentication, key lookups.
+    single_statement_engine: AsyncEngine
     session_factory: async_sessionmaker[AsyncSession]
     redis: Redis
     limiter: RateLimiter
@@ -93,7 +98,7 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         yield Resources(
             settings=settings,
             engine=engine,
-            db=db,
+            single_statement_engine=db,
             session_factory=session_factory,
             redis=redis,
             limiter=RateLimiter(settings.redis_url, redis),
@@ -103,9 +108,3 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             key_usage=key_usage,
             key_sockets=key_sockets,
         )
-
-
-async def cancel_and_wait(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
