@@ -7,27 +7,24 @@ dependency in the thread pool, a thread hop per dependency per request.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Annotated, cast
+from typing import Annotated
 
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
-from sqlalchemy import Table, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection, Request
 
 from app.api.route_templates import route_template
 from app.core.config import Settings
-from app.core.errors import InsufficientScope, InvalidTokenError, OnboardingIncomplete
+from app.core.errors import InsufficientScope, OnboardingIncomplete
 from app.core.rate_limits import RateLimiter
 from app.core.resources import Resources
-from app.core.security import API_KEY_PREFIX, InvalidToken, decode_access_token
-from app.models import Agent, User, detached
+from app.models import Agent, User
 from app.services.agents import authenticate_agent
-from app.services.api_keys import ApiKeyGrant, authenticate_api_key
+from app.services.api_keys import ApiKeyGrant
 from app.services.jobs import JobStore
+from app.services.principals import Principal, authenticate
 from app.services.rate_limits import limit_trading_call
 
 
@@ -98,44 +95,6 @@ bearer = HTTPBearer(
     auto_error=False, description="An access token from /auth/login, or an API key (mt5g_...)."
 )
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-
-
-USERS = cast(Table, User.__table__)
-SELECT_USER = select(*USERS.c).where(USERS.c.id == bindparam("p_user_id"))
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who a request or socket acts for: the user, through an access token or an API key."""
-
-    user: User
-    # When the credential stops working (None: a key without expiry).
-    expires_at: datetime | None
-    api_key: ApiKeyGrant | None = None
-
-
-async def authenticate(token: str | None, resources: Resources) -> Principal:
-    """The user behind a token or key; its own short connection, so waiting routes hold none."""
-    if not token:
-        raise InvalidTokenError()
-    if token.startswith(API_KEY_PREFIX):
-        found = await authenticate_api_key(resources.db, token, resources.key_usage)
-        if found is None:
-            raise InvalidTokenError()
-        user, grant = found
-        return Principal(user, grant.expires_at, grant)
-    settings = resources.settings
-    try:
-        claims = decode_access_token(
-            token, secret=settings.jwt_secret, algorithm=settings.jwt_algorithm
-        )
-    except InvalidToken as exc:
-        raise InvalidTokenError() from exc
-    async with resources.db.connect() as conn:
-        row = (await conn.execute(SELECT_USER, {"p_user_id": claims.user_id})).first()
-    if row is None:
-        raise InvalidTokenError()
-    return Principal(detached(User, row._mapping), claims.expires_at)
 
 
 # Paths no API key may use whatever its scopes (creating keys, onboarding, and the broker
