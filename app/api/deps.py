@@ -6,10 +6,12 @@ dependency in the thread pool, a thread hop per dependency per request.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import Depends
+from fastapi import Depends, Path, Query
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -21,11 +23,14 @@ from app.core.errors import InsufficientScope, OnboardingIncomplete
 from app.core.rate_limits import RateLimiter
 from app.core.resources import Resources
 from app.models import Agent, User
+from app.schemas.trading import SYMBOL_PATTERN, Timeframe
 from app.services.agents import authenticate_agent
 from app.services.api_keys import ApiKeyGrant
+from app.services.candles import CandleFlights, CandleQuery, CandleSource
 from app.services.jobs import JobStore
 from app.services.principals import Principal, authenticate
 from app.services.rate_limits import limit_trading_call
+from app.services.trading import Trading, UserAccount
 
 
 def resources_of(connection: HTTPConnection) -> Resources:
@@ -175,3 +180,75 @@ async def get_current_agent(
 
 
 CurrentAgent = Annotated[Agent, Depends(get_current_agent)]
+
+
+async def get_trading(resources: ResourcesDep) -> Trading:
+    return Trading(
+        jobs=resources.jobs, session_factory=resources.session_factory, settings=resources.settings
+    )
+
+
+TradingDep = Annotated[Trading, Depends(get_trading)]
+ConnectionQuery = Annotated[
+    uuid.UUID | None,
+    Query(description="The broker connection to use; your oldest one when omitted."),
+]
+
+
+async def get_user_account(
+    user: OnboardedUser, trading: TradingDep, broker_connection_id: ConnectionQuery = None
+) -> UserAccount:
+    """The account a trading call acts on: the `broker_connection_id` query parameter's."""
+    return UserAccount(trading, user.id, broker_connection_id)
+
+
+UserAccountDep = Annotated[UserAccount, Depends(get_user_account)]
+
+
+async def get_candle_flights(connection: HTTPConnection) -> CandleFlights:
+    flights: CandleFlights = connection.app.state.candle_flights
+    return flights
+
+
+CandleFlightsDep = Annotated[CandleFlights, Depends(get_candle_flights)]
+
+
+async def get_candle_source(
+    source: Annotated[
+        Literal["feed", "account"],
+        Query(
+            description="`feed`: the platform's price feed, cached for everyone. `account`: "
+            "your own broker through your connection's agent, cached for that connection."
+        ),
+    ] = "feed",
+    broker_connection_id: Annotated[
+        uuid.UUID | None,
+        Query(description="With `source=account` only: the connection; your oldest one."),
+    ] = None,
+) -> CandleSource:
+    if source == "feed" and broker_connection_id is not None:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "broker_connection_id"),
+                    "msg": "broker_connection_id needs source=account: the feed is the "
+                    "platform's, not a connection's",
+                    "input": str(broker_connection_id),
+                }
+            ]
+        )
+    return CandleSource(source, broker_connection_id)
+
+
+async def get_candle_query(
+    instrument: Annotated[str, Path(pattern=SYMBOL_PATTERN, examples=["EURUSD"])],
+    user: OnboardedUser,
+    source: Annotated[CandleSource, Depends(get_candle_source)],
+    timeframe: Timeframe = "H1",
+    count: Annotated[int, Query(ge=1, le=5000)] = 200,
+) -> CandleQuery:
+    return CandleQuery(user.id, source, instrument, timeframe, count)
+
+
+CandleQueryDep = Annotated[CandleQuery, Depends(get_candle_query)]

@@ -63,7 +63,9 @@ def only_json_numbers(value: Any) -> Any:
 JSON_INTEGER = BeforeValidator(only_json_numbers)
 
 
-class Schema(BaseModel):
+class OrmReadModel(BaseModel):
+    """A response model read straight off an ORM object's attributes (`model_validate(row)`)."""
+
     model_config = ConfigDict(from_attributes=True)
 
 

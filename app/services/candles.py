@@ -38,9 +38,8 @@ from app.services.agents import (
     require_online,
 )
 from app.services.jobs import run_job
-from app.services.orders import Trading
 from app.services.redis_cache import read_cached, write_cached
-from app.services.trading import read_output
+from app.services.trading import Trading, read_output
 
 log = logging.getLogger("mt5gate.candles")
 
@@ -59,7 +58,15 @@ class CandleSource:
     connection_id: uuid.UUID | None = None
 
 
-FEED = CandleSource()
+@dataclass(frozen=True)
+class CandleQuery:
+    """The last `count` bars of `instrument` at `timeframe`, asked by `user_id`."""
+
+    user_id: uuid.UUID
+    source: CandleSource
+    instrument: str
+    timeframe: str
+    count: int
 
 
 def feed_cache_key(instrument: str, timeframe: str) -> str:
@@ -130,29 +137,33 @@ async def get_candles(
     redis: Redis,
     flights: CandleFlights,
     *,
-    user_id: uuid.UUID,
-    source: CandleSource,
-    instrument: str,
-    timeframe: str,
-    count: int,
+    query: CandleQuery,
 ) -> tuple[list[Candle], bool]:
     """The last `count` candles, oldest first, and whether the cache served them.
 
     A cache hit creates no job and asks no agent. On a miss: feed_offline (feed), or
     not_found / no_agent / agent_offline (account); then agent_timeout / broker_error.
     """
-    if source.kind == "feed":
+    count = query.count
+    if query.source.kind == "feed":
         return await feed_candles(
-            trading, redis, flights, instrument=instrument, timeframe=timeframe, count=count
+            trading,
+            redis,
+            flights,
+            instrument=query.instrument,
+            timeframe=query.timeframe,
+            count=count,
         )
     # The connection is resolved even for a hit: it names the cache, and another user's
     # connection is a 404 whatever is cached.
     agent = await connection_agent(
-        trading.jobs.db, user_id=user_id, connection_id=source.connection_id
+        trading.jobs.db, user_id=query.user_id, connection_id=query.source.connection_id
     )
     if agent is None:  # no agent: nothing was ever fetched for this connection
         raise NoAgent()
-    key = redis_key(redis, account_cache_key(agent.connection_id, instrument, timeframe))
+    key = redis_key(
+        redis, account_cache_key(agent.connection_id, query.instrument, query.timeframe)
+    )
     cached = await read_cached(redis, key, CANDLES, what="candles")
     if cached is not None and len(cached) >= count:
         return cached[-count:], True
@@ -161,7 +172,13 @@ async def get_candles(
         key,
         count,
         lambda: fetch_candles(
-            trading, redis, agent, key=key, instrument=instrument, timeframe=timeframe, count=count
+            trading,
+            redis,
+            agent,
+            key=key,
+            instrument=query.instrument,
+            timeframe=query.timeframe,
+            count=count,
         ),
     )
     return candles[-count:], False
