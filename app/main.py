@@ -32,7 +32,7 @@ from app.core.migrate import upgrade_to_head_async
 from app.resources import open_resources
 from app.services.candles import CandleFlights
 from app.web import install_dashboard
-from app.ws import price_stream
+from app.ws.price_routes import PriceSocketRoutes
 
 log = logging.getLogger("mt5gate.app")
 
@@ -82,5 +82,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.route_templates = route_templates(app)
     app.add_middleware(BodySizeLimit)
     app.add_middleware(RequestObservability, metrics=settings.metrics_enabled)
-    app.add_middleware(price_stream.PriceSocketRoutes)  # outermost of ours: see its docstring
+    # The price sockets, matched ahead of every route above: see app/ws/price_routes.
+    app.add_middleware(PriceSocketRoutes)
     return app

@@ -11,7 +11,8 @@ sees the same machine:
   loop, as ``mt5gate demo`` runs it.
 
 Two patterns each: ``GET /api/v1/account`` over HTTP (what a user sees) and ``job alone``
-(``jobs.run_job`` called in-process: the dispatch path without the user's request). Both
+(``dispatch.create_job_and_wait`` called in-process: the dispatch path without the user's
+request). Both
 stores: SQLite with the in-memory bus, and PostgreSQL with a Redis of the bench's own.
 
 Target (issue 17): the shipped agent within 1 ms of the instant agent at p50.
@@ -34,8 +35,8 @@ from pathlib import Path
 
 import httpx
 
+from app import dispatch
 from app.core.config import Settings
-from app.services import jobs
 from bench.common import (
     RedisServer,
     ServedApi,
@@ -165,7 +166,7 @@ async def subject(stack: contextlib.AsyncExitStack, api: ServedApi, name: str) -
     agent_id = uuid.UUID(who.agent_id)
 
     async def job() -> str:
-        done = await jobs.run_job(
+        done = await dispatch.create_job_and_wait(
             api.resources.jobs,
             user_id=user_id,
             agent_id=agent_id,

@@ -17,7 +17,7 @@ from fastapi.routing import APIWebSocketRoute, iter_route_contexts
 from starlette.routing import Mount, WebSocketRoute
 
 from app.main import create_app
-from app.ws import price_stream
+from app.ws import price_routes
 from tests.conftest import make_settings
 from tests.servers import RunningApi, run_api
 from tests.stores import sqlite_store
@@ -167,7 +167,7 @@ def route_table(app: FastAPI) -> set[str]:
     table: set[str] = set()
     # FastAPI keeps an included router's routes inside it; this walks them with their
     # prefixes, as its OpenAPI generator does.
-    contexts = [*iter_route_contexts(app.routes), *iter_route_contexts(price_stream.ROUTES)]
+    contexts = [*iter_route_contexts(app.routes), *iter_route_contexts(price_routes.ROUTES)]
     for context in contexts:
         route, path = context.original_route, context.path
         assert path is not None, route

@@ -388,3 +388,15 @@ async def test_an_account_hit_needs_no_agent_but_a_miss_does(
     assert offline.status_code == 503
     assert offline.json()["detail"] == "agent_offline"
     assert offline.headers["x-cache"] == "miss"
+
+
+async def test_refusals_before_the_route_runs_are_a_miss_too(
+    client: httpx.AsyncClient, trader: Trader
+) -> None:
+    """X-Cache on every answer: a 401 (no token) and a validation 422 never reach the cache."""
+    anonymous = await client.get("/candles/EURUSD")
+    assert anonymous.status_code == 401
+    assert anonymous.headers["x-cache"] == "miss"
+    invalid = await client.get("/candles/EURUSD", params={"count": 0}, headers=trader.headers)
+    assert invalid.status_code == 422
+    assert invalid.headers["x-cache"] == "miss"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from app.ws.manager import Outbox, Outgoing, PriceSocket
 from app.ws.protocol import ReceiveQueue, WritableFlag
-from app.ws.ticks import MalformedTick, Tick, parse_tick, tick_frame
+from app.ws.ticks import MalformedTick, Tick, parse_tick, tick_json
 
 
 def drain(outbox: Outbox) -> list[dict[str, object]]:
@@ -75,7 +75,7 @@ def test_a_valid_tick_round_trips_into_the_contract_message() -> None:
     raw = json.dumps({"instrument": "EURUSD", "bid": 1.1, "ask": 1.2, "ts": 5, "extra": 1})
     tick = parse_tick(raw.encode(), instrument="EURUSD")
     assert tick == Tick("EURUSD", 1.1, 1.2, 5)
-    assert json.loads(tick_frame(tick)) == {
+    assert json.loads(tick_json(tick)) == {
         "type": "tick",
         "data": {"instrument": "EURUSD", "bid": 1.1, "ask": 1.2, "ts": 5},
     }

@@ -6,29 +6,31 @@ dependency in the thread pool, a thread hop per dependency per request.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Annotated, cast
+from typing import Annotated, Literal
 
-from fastapi import Depends
+from fastapi import Depends, Path, Query
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
-from sqlalchemy import Table, bindparam, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection, Request
 
 from app.api.route_templates import route_template
 from app.core.config import Settings
-from app.core.errors import InsufficientScope, InvalidTokenError, OnboardingIncomplete
+from app.core.errors import InsufficientScope, OnboardingIncomplete
 from app.core.rate_limits import RateLimiter
-from app.core.security import API_KEY_PREFIX, InvalidToken, decode_access_token
 from app.dispatch import JobStore
-from app.models import Agent, User, detached
+from app.models import Agent, User
 from app.resources import Resources
+from app.schemas.trading import SYMBOL_PATTERN, Timeframe
 from app.services.agents import authenticate_agent
-from app.services.api_keys import ApiKeyGrant, authenticate_api_key
+from app.services.api_keys import ApiKeyGrant
+from app.services.candles import CandleFlights, CandleQuery, CandleSource
+from app.services.principals import Principal, authenticate
 from app.services.rate_limits import limit_trading_call
+from app.services.trading import Trading, UserAccount
 
 
 def resources_of(connection: HTTPConnection) -> Resources:
@@ -98,46 +100,6 @@ bearer = HTTPBearer(
     auto_error=False, description="An access token from /auth/login, or an API key (mt5g_...)."
 )
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-
-
-USERS = cast(Table, User.__table__)
-SELECT_USER = select(*USERS.c).where(USERS.c.id == bindparam("p_user_id"))
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who a request or socket acts for: the user, through an access token or an API key."""
-
-    user: User
-    # When the credential stops working (None: a key without expiry).
-    expires_at: datetime | None
-    api_key: ApiKeyGrant | None = None
-
-
-async def authenticate(token: str | None, resources: Resources) -> Principal:
-    """The user behind a token or key; its own short connection, so waiting routes hold none."""
-    if not token:
-        raise InvalidTokenError()
-    if token.startswith(API_KEY_PREFIX):
-        found = await authenticate_api_key(
-            resources.single_statement_engine, token, resources.key_usage
-        )
-        if found is None:
-            raise InvalidTokenError()
-        user, grant = found
-        return Principal(user, grant.expires_at, grant)
-    settings = resources.settings
-    try:
-        claims = decode_access_token(
-            token, secret=settings.jwt_secret, algorithm=settings.jwt_algorithm
-        )
-    except InvalidToken as exc:
-        raise InvalidTokenError() from exc
-    async with resources.single_statement_engine.connect() as conn:
-        row = (await conn.execute(SELECT_USER, {"p_user_id": claims.user_id})).first()
-    if row is None:
-        raise InvalidTokenError()
-    return Principal(detached(User, row._mapping), claims.expires_at)
 
 
 # Paths no API key may use whatever its scopes (creating keys, onboarding, and the broker
@@ -218,3 +180,75 @@ async def get_current_agent(
 
 
 CurrentAgent = Annotated[Agent, Depends(get_current_agent)]
+
+
+async def get_trading(resources: ResourcesDep) -> Trading:
+    return Trading(
+        jobs=resources.jobs, session_factory=resources.session_factory, settings=resources.settings
+    )
+
+
+TradingDep = Annotated[Trading, Depends(get_trading)]
+ConnectionQuery = Annotated[
+    uuid.UUID | None,
+    Query(description="The broker connection to use; your oldest one when omitted."),
+]
+
+
+async def get_user_account(
+    user: OnboardedUser, trading: TradingDep, broker_connection_id: ConnectionQuery = None
+) -> UserAccount:
+    """The account a trading call acts on: the `broker_connection_id` query parameter's."""
+    return UserAccount(trading, user.id, broker_connection_id)
+
+
+UserAccountDep = Annotated[UserAccount, Depends(get_user_account)]
+
+
+async def get_candle_flights(connection: HTTPConnection) -> CandleFlights:
+    flights: CandleFlights = connection.app.state.candle_flights
+    return flights
+
+
+CandleFlightsDep = Annotated[CandleFlights, Depends(get_candle_flights)]
+
+
+async def get_candle_source(
+    source: Annotated[
+        Literal["feed", "account"],
+        Query(
+            description="`feed`: the platform's price feed, cached for everyone. `account`: "
+            "your own broker through your connection's agent, cached for that connection."
+        ),
+    ] = "feed",
+    broker_connection_id: Annotated[
+        uuid.UUID | None,
+        Query(description="With `source=account` only: the connection; your oldest one."),
+    ] = None,
+) -> CandleSource:
+    if source == "feed" and broker_connection_id is not None:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "broker_connection_id"),
+                    "msg": "broker_connection_id needs source=account: the feed is the "
+                    "platform's, not a connection's",
+                    "input": str(broker_connection_id),
+                }
+            ]
+        )
+    return CandleSource(source, broker_connection_id)
+
+
+async def get_candle_query(
+    instrument: Annotated[str, Path(pattern=SYMBOL_PATTERN, examples=["EURUSD"])],
+    user: OnboardedUser,
+    source: Annotated[CandleSource, Depends(get_candle_source)],
+    timeframe: Timeframe = "H1",
+    count: Annotated[int, Query(ge=1, le=5000)] = 200,
+) -> CandleQuery:
+    return CandleQuery(user.id, source, instrument, timeframe, count)
+
+
+CandleQueryDep = Annotated[CandleQuery, Depends(get_candle_query)]

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import socket
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -22,206 +23,167 @@ log = logging.getLogger("mt5gate.errors")
 
 
 class DomainError(Exception):
+    """An error the client is told of: `{"detail": code, "message": text, **extra}` with
+    its `status_code`, and `headers` on the response (Retry-After, say).
+
+    A subclass names its status and code in its class line
+    (`class NotFound(DomainError, status_code=404, code="not_found")`), and its docstring
+    is its default message: the sentence a client reads.
+    """
+
     status_code: ClassVar[int] = 400
     code: ClassVar[str] = "bad_request"
     message: ClassVar[str] = "The request cannot be served."
 
-    def __init__(self, message: str | None = None, **extra: Any) -> None:
+    def __init_subclass__(
+        cls, *, status_code: int | None = None, code: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if status_code is not None:
+            cls.status_code = status_code
+        if code is not None:
+            cls.code = code
+            cls.message = " ".join((cls.__doc__ or cls.message).split())
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         self.text = message or self.message
         self.extra = extra
-        self.headers: dict[str, str] = {}
+        self.headers: dict[str, str] = dict(headers or {})
         super().__init__(self.text)
 
     def body(self) -> dict[str, Any]:
         return {"detail": self.code, "message": self.text, **self.extra}
 
 
-class InvalidTokenError(DomainError):
-    status_code, code, message = 401, "invalid_token", "The access token is missing or invalid."
+class InvalidTokenError(DomainError, status_code=401, code="invalid_token"):
+    """The access token is missing or invalid."""
 
 
-class InvalidCredentials(DomainError):
-    status_code, code, message = 401, "invalid_credentials", "Wrong email or password."
+class InvalidCredentials(DomainError, status_code=401, code="invalid_credentials"):
+    """Wrong email or password."""
 
 
-class InvalidAgentToken(DomainError):
-    status_code, code, message = 401, "invalid_agent_token", "The agent token is invalid."
+class InvalidAgentToken(DomainError, status_code=401, code="invalid_agent_token"):
+    """The agent token is invalid."""
 
 
-class OnboardingIncomplete(DomainError):
-    status_code, code, message = (
-        403,
-        "onboarding_incomplete",
-        "Complete onboarding before trading.",
-    )
+class OnboardingIncomplete(DomainError, status_code=403, code="onboarding_incomplete"):
+    """Complete onboarding before trading."""
 
 
-class InsufficientScope(DomainError):
-    status_code, code, message = (
-        403,
-        "insufficient_scope",
-        "This API key may not do that; use a key with the scope it needs, or log in.",
-    )
+class InsufficientScope(DomainError, status_code=403, code="insufficient_scope"):
+    """This API key may not do that; use a key with the scope it needs, or log in."""
 
 
-class NotPriceSource(DomainError):
-    status_code, code, message = 403, "not_price_source", "This agent may not push prices."
+class NotPriceSource(DomainError, status_code=403, code="not_price_source"):
+    """This agent may not push prices."""
 
 
-class NotFound(DomainError):
-    status_code, code, message = 404, "not_found", "No such resource."
+class NotFound(DomainError, status_code=404, code="not_found"):
+    """No such resource."""
 
 
-class PositionNotFound(DomainError):
-    status_code, code, message = 404, "position_not_found", "No open position with that id."
+class PositionNotFound(DomainError, status_code=404, code="position_not_found"):
+    """No open position with that id."""
 
 
-class PendingOrderNotFound(DomainError):
-    status_code, code, message = (
-        404,
-        "pending_order_not_found",
-        "No pending order with that ticket.",
-    )
+class PendingOrderNotFound(DomainError, status_code=404, code="pending_order_not_found"):
+    """No pending order with that ticket."""
 
 
-class SymbolNotFound(DomainError):
-    status_code, code, message = 404, "symbol_not_found", "The broker has no such symbol."
+class SymbolNotFound(DomainError, status_code=404, code="symbol_not_found"):
+    """The broker has no such symbol."""
 
 
-class NoPrice(DomainError):
-    status_code, code, message = 404, "no_price", "The feed has no tick for that instrument."
+class NoPrice(DomainError, status_code=404, code="no_price"):
+    """The feed has no tick for that instrument."""
 
 
-class InvalidRange(DomainError):
-    status_code, code, message = (
-        422,
-        "invalid_range",
-        "`from` must be before `to`, at most 366 days apart.",
-    )
+class InvalidRange(DomainError, status_code=422, code="invalid_range"):
+    """`from` must be before `to`, at most 366 days apart."""
 
 
-class EmailTaken(DomainError):
-    status_code, code, message = 409, "email_taken", "An account with that email exists."
+class EmailTaken(DomainError, status_code=409, code="email_taken"):
+    """An account with that email exists."""
 
 
-class BrokerConnectionRequired(DomainError):
-    status_code, code, message = (
-        409,
-        "broker_connection_required",
-        "Add a broker connection before completing onboarding.",
-    )
+class BrokerConnectionRequired(DomainError, status_code=409, code="broker_connection_required"):
+    """Add a broker connection before completing onboarding."""
 
 
-class NoAgent(DomainError):
-    status_code, code, message = (
-        409,
-        "no_agent",
-        "No agent is provisioned for this broker connection.",
-    )
+class NoAgent(DomainError, status_code=409, code="no_agent"):
+    """No agent is provisioned for this broker connection."""
 
 
-class JobNotRunning(DomainError):
-    status_code, code, message = (
-        409,
-        "job_not_running",
-        "The job is not running under this agent.",
-    )
+class JobNotRunning(DomainError, status_code=409, code="job_not_running"):
+    """The job is not running under this agent."""
 
 
-class TooManyApiKeys(DomainError):
-    status_code, code, message = (
-        409,
-        "too_many_api_keys",
-        "You have 50 live API keys; revoke one first.",
-    )
+class TooManyApiKeys(DomainError, status_code=409, code="too_many_api_keys"):
+    """You have 50 live API keys; revoke one first."""
 
 
-class ClientOrderIdConflict(DomainError):
-    status_code, code, message = (
-        409,
-        "client_order_id_conflict",
-        "That client_order_id was used for a different order.",
-    )
+class ClientOrderIdConflict(DomainError, status_code=409, code="client_order_id_conflict"):
+    """That client_order_id was used for a different order."""
 
 
-class InvalidResult(DomainError):
-    status_code, code, message = 422, "invalid_result", "The job result has the wrong shape."
+class InvalidResult(DomainError, status_code=422, code="invalid_result"):
+    """The job result has the wrong shape."""
 
 
-class OrderRejected(DomainError):
-    status_code, code, message = 422, "order_rejected", "The broker rejected the order."
+class OrderRejected(DomainError, status_code=422, code="order_rejected"):
+    """The broker rejected the order."""
 
 
-class BrokerFailure(DomainError):
-    """The agent answered, but the broker or its terminal refused; `error` carries its code."""
-
-    status_code, code, message = 422, "broker_error", "The broker refused the request."
+# The agent answered, but the broker or its terminal refused; `error` carries its code.
+class BrokerFailure(DomainError, status_code=422, code="broker_error"):
+    """The broker refused the request."""
 
 
 class RetryLater(DomainError):
     """A 429: the answer carries `Retry-After` (seconds)."""
 
-    def __init__(self, *, retry_after: int) -> None:
-        super().__init__()
-        self.headers["Retry-After"] = str(retry_after)
+    def __init__(self, *, retry_after: int, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(headers={"Retry-After": str(retry_after), **(headers or {})})
 
 
-class TooManyAttempts(RetryLater):
-    status_code, code, message = (
-        429,
-        "too_many_attempts",
-        "Too many failed logins; try again after Retry-After seconds.",
-    )
+class TooManyAttempts(RetryLater, status_code=429, code="too_many_attempts"):
+    """Too many failed logins; try again after Retry-After seconds."""
 
 
-class RateLimited(RetryLater):
-    status_code, code, message = (
-        429,
-        "rate_limited",
-        "Too many calls; try again after Retry-After seconds.",
-    )
+class RateLimited(RetryLater, status_code=429, code="rate_limited"):
+    """Too many calls; try again after Retry-After seconds."""
 
 
-class RateLimiterUnavailable(DomainError):
-    """Logins fail closed while the failed-login limit cannot be checked."""
-
-    status_code, code, message = (
-        503,
-        "rate_limiter_unavailable",
-        "Logins are paused: the attempt limit cannot be checked right now; try again.",
-    )
+# Logins fail closed while the failed-login limit cannot be checked.
+class RateLimiterUnavailable(DomainError, status_code=503, code="rate_limiter_unavailable"):
+    """Logins are paused: the attempt limit cannot be checked right now; try again."""
 
 
-class AgentOffline(DomainError):
-    status_code, code, message = 503, "agent_offline", "The agent has not been seen recently."
+class AgentOffline(DomainError, status_code=503, code="agent_offline"):
+    """The agent has not been seen recently."""
 
 
-class FeedOffline(DomainError):
-    status_code, code, message = (
-        503,
-        "feed_offline",
-        "No price-source agent is online to serve the platform's price feed.",
-    )
+class FeedOffline(DomainError, status_code=503, code="feed_offline"):
+    """No price-source agent is online to serve the platform's price feed."""
 
 
-class AgentTimeout(DomainError):
-    status_code, code, message = 504, "agent_timeout", "The agent did not answer in time."
+class AgentTimeout(DomainError, status_code=504, code="agent_timeout"):
+    """The agent did not answer in time."""
 
 
-class ConcurrentChange(DomainError):
-    status_code, code, message = (
-        409,
-        "concurrent_change",
-        "Another request changed the same thing at the same moment; try again.",
-    )
+class ConcurrentChange(DomainError, status_code=409, code="concurrent_change"):
+    """Another request changed the same thing at the same moment; try again."""
 
 
-class DatabaseUnavailable(DomainError):
-    status_code, code, message = (
-        503,
-        "database_unavailable",
-        "The database cannot be reached right now; try again.",
-    )
+class DatabaseUnavailable(DomainError, status_code=503, code="database_unavailable"):
+    """The database cannot be reached right now; try again."""
 
 
 # serialization_failure, deadlock_detected: the database gave up one of two racing

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, StringConstraints, field_validator
 
-from app.schemas.common import STORABLE, Schema, UtcDatetime
+from app.schemas.common import STORABLE, OrmReadModel, UtcDatetime
 
 Scope = Literal["read", "trade"]
 SCOPE_SETS = ({"read"}, {"read", "trade"})
@@ -42,7 +42,7 @@ class ApiKeyCreate(BaseModel):
         return expires_at
 
 
-class ApiKeyRead(Schema):
+class ApiKeyRead(OrmReadModel):
     id: uuid.UUID
     name: str
     scopes: list[Scope]

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from app.schemas.common import JSON_INTEGER, STORABLE, Schema, UtcDatetime
+from app.schemas.common import JSON_INTEGER, STORABLE, OrmReadModel, UtcDatetime
 
 # The largest integer that every JSON client (JavaScript's numbers, schema validators that
 # compare in floating point) holds exactly; MT5 logins are far below it.
@@ -33,7 +33,7 @@ class AgentSummary(BaseModel):
     last_heartbeat_at: UtcDatetime | None
 
 
-class BrokerConnectionRead(Schema):
+class BrokerConnectionRead(OrmReadModel):
     id: uuid.UUID
     server: str
     login: int

@@ -18,7 +18,9 @@ from mt5gate_protocol.types import (  # noqa: F401
 )
 
 
-class Schema(BaseModel):
+class OrmReadModel(BaseModel):
+    """A response model read straight off an ORM object's attributes (`model_validate(row)`)."""
+
     model_config = ConfigDict(from_attributes=True)
 
 

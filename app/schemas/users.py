@@ -5,12 +5,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, EmailStr, Field, StringConstraints
 
-from app.schemas.common import STORABLE, Schema, UtcDatetime
+from app.schemas.common import STORABLE, OrmReadModel, UtcDatetime
 
 Password = Annotated[str, StringConstraints(min_length=8, max_length=256), STORABLE]
 
 
-class Credentials(BaseModel):
+class UserCreate(BaseModel):
+    """The registration body: a new account's email and password."""
+
     email: Annotated[EmailStr, StringConstraints(max_length=320), STORABLE]
     password: Password
 
@@ -20,7 +22,7 @@ class LoginCredentials(BaseModel):
     password: Annotated[str, StringConstraints(min_length=1, max_length=256), STORABLE]
 
 
-class UserRead(Schema):
+class UserRead(OrmReadModel):
     id: uuid.UUID
     email: str
     onboarding_completed: bool

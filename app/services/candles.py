@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -38,9 +39,8 @@ from app.services.agents import (
     online_price_source,
     require_online,
 )
-from app.services.orders import Trading
 from app.services.redis_cache import read_cached, write_cached
-from app.services.trading import read_output
+from app.services.trading import Trading, read_output
 from mt5gate_protocol.jobs import JobType
 
 log = logging.getLogger("mt5gate.candles")
@@ -60,7 +60,15 @@ class CandleSource:
     connection_id: uuid.UUID | None = None
 
 
-FEED = CandleSource()
+@dataclass(frozen=True)
+class CandleQuery:
+    """The last `count` bars of `instrument` at `timeframe`, asked by `user_id`."""
+
+    user_id: uuid.UUID
+    source: CandleSource
+    instrument: str
+    timeframe: str
+    count: int
 
 
 def feed_cache_key(instrument: str, timeframe: str) -> str:
@@ -131,75 +139,50 @@ async def get_candles(
     redis: Redis,
     flights: CandleFlights,
     *,
-    user_id: uuid.UUID,
-    source: CandleSource,
-    instrument: str,
-    timeframe: str,
-    count: int,
+    query: CandleQuery,
 ) -> tuple[list[Candle], bool]:
     """The last `count` candles, oldest first, and whether the cache served them.
 
     A cache hit creates no job and asks no agent. On a miss: feed_offline (feed), or
     not_found / no_agent / agent_offline (account); then agent_timeout / broker_error.
     """
-    if source.kind == "feed":
-        return await feed_candles(
-            trading, redis, flights, instrument=instrument, timeframe=timeframe, count=count
-        )
+    if query.source.kind == "feed":
+        return await feed_candles(trading, redis, flights, query=query)
     # The connection is resolved even for a hit: it names the cache, and another user's
     # connection is a 404 whatever is cached.
     agent = await connection_agent(
-        trading.jobs.db, user_id=user_id, connection_id=source.connection_id
+        trading.jobs.db, user_id=query.user_id, connection_id=query.source.connection_id
     )
     if agent is None:  # no agent: nothing was ever fetched for this connection
         raise NoAgent()
-    key = redis_key(redis, account_cache_key(agent.connection_id, instrument, timeframe))
-    cached = await read_cached(redis, key, CANDLES, what="candles")
-    if cached is not None and len(cached) >= count:
-        return cached[-count:], True
-    require_online(agent, settings=trading.settings)
-    candles = await flights.join(
-        key,
-        count,
-        lambda: fetch_candles(
-            trading, redis, agent, key=key, instrument=instrument, timeframe=timeframe, count=count
-        ),
+    key = redis_key(
+        redis, account_cache_key(agent.connection_id, query.instrument, query.timeframe)
     )
-    return candles[-count:], False
+    cached = await read_cached(redis, key, CANDLES, what="candles")
+    if cached is not None and len(cached) >= query.count:
+        return cached[-query.count :], True
+    require_online(agent, settings=trading.settings)
+    fetch = functools.partial(fetch_candles, trading, redis, agent, key=key, query=query)
+    candles = await flights.join(key, query.count, fetch)
+    return candles[-query.count :], False
 
 
 async def feed_candles(
-    trading: Trading,
-    redis: Redis,
-    flights: CandleFlights,
-    *,
-    instrument: str,
-    timeframe: str,
-    count: int,
+    trading: Trading, redis: Redis, flights: CandleFlights, *, query: CandleQuery
 ) -> tuple[list[Candle], bool]:
     """Candles from the platform's feed: the shared cache, else an online price source."""
-    key = redis_key(redis, feed_cache_key(instrument, timeframe))
+    key = redis_key(redis, feed_cache_key(query.instrument, query.timeframe))
     cached = await read_cached(redis, key, CANDLES, what="candles")
-    if cached is not None and len(cached) >= count:
-        return cached[-count:], True
+    if cached is not None and len(cached) >= query.count:
+        return cached[-query.count :], True
     feed = await online_price_source(trading.jobs.db, settings=trading.settings)
     if feed is None:
         raise FeedOffline()
-    candles = await flights.join(
-        key,
-        count,
-        lambda: fetch_candles(
-            trading,
-            redis,
-            feed,
-            key=key,
-            instrument=instrument,
-            timeframe=timeframe,
-            count=count,
-            shared=True,
-        ),
+    fetch = functools.partial(
+        fetch_candles, trading, redis, feed, key=key, query=query, shared=True
     )
-    return candles[-count:], False
+    candles = await flights.join(key, query.count, fetch)
+    return candles[-query.count :], False
 
 
 async def fetch_candles(
@@ -208,9 +191,7 @@ async def fetch_candles(
     agent: Agent,
     *,
     key: str,
-    instrument: str,
-    timeframe: str,
-    count: int,
+    query: CandleQuery,
     shared: bool = False,
 ) -> list[Candle]:
     """One `get_candles` job for `agent` (on behalf of its owner), cached under `key`.
@@ -223,7 +204,7 @@ async def fetch_candles(
         user_id=agent.user_id,
         agent_id=agent.id,
         job_type=JobType.GET_CANDLES,
-        input_data={"symbol": instrument, "timeframe": timeframe, "count": count},
+        input_data={"symbol": query.instrument, "timeframe": query.timeframe, "count": query.count},
         ttl_seconds=trading.settings.read_job_ttl_seconds,
         timeout=trading.settings.candles_wait_seconds,
     )

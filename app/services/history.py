@@ -11,7 +11,6 @@ thousand deals are not validated a second time on their way out.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -20,8 +19,8 @@ from app.core.errors import InvalidRange
 from app.models import Job, utcnow
 from app.schemas.common import iso_utc
 from app.schemas.trading import GetHistoryInput
-from app.services.orders import Trading, order_ids_by_ticket
-from app.services.trading import read_output, run_job
+from app.services.orders import order_ids_by_ticket
+from app.services.trading import UserAccount, run_read_job
 from mt5gate_protocol.jobs import JobType
 
 DEFAULT_SPAN = timedelta(days=7)
@@ -66,12 +65,7 @@ def filled_range(start: datetime | None, end: datetime | None) -> tuple[datetime
 
 
 async def fetch_history(
-    trading: Trading,
-    *,
-    user_id: uuid.UUID,
-    connection_id: uuid.UUID | None,
-    kind: Literal["deals", "orders"],
-    query: HistoryQuery,
+    account: UserAccount, *, kind: Literal["deals", "orders"], query: HistoryQuery
 ) -> tuple[Job, list[dict[str, Any]]]:
     """The job and the agent's records of `kind` that the query selects, newest first, at
     most `limit` (504 without an answer)."""
@@ -87,16 +81,13 @@ async def fetch_history(
             "position_id": query.position_id,
         }
     )
-    job = await run_job(
-        trading,
-        user_id=user_id,
-        connection_id=connection_id,
+    job, output = await run_read_job(
+        account,
         job_type=JobType.GET_HISTORY,
         input_data=request.model_dump(mode="json", by_alias=True, exclude_none=True),
-        ttl_seconds=trading.settings.read_job_ttl_seconds,
-        wait=trading.settings.history_wait_seconds,
+        wait=account.trading.settings.history_wait_seconds,
     )
-    records: list[dict[str, Any]] = read_output(job).get(kind) or []
+    records: list[dict[str, Any]] = output.get(kind) or []
     # The agent filters too; this holds the answer to the query whatever an agent did.
     since, until = iso_utc(start), iso_utc(end)
     time_field = "time" if kind == "deals" else "done_at"
@@ -127,27 +118,19 @@ def newest_first(records: list[dict[str, Any]], *, time_field: str) -> list[dict
     )
 
 
-async def list_deals(
-    trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None, query: HistoryQuery
-) -> list[dict[str, Any]]:
+async def list_deals(account: UserAccount, *, query: HistoryQuery) -> list[dict[str, Any]]:
     """The `deal` records, newest first, at most `limit`."""
-    _, deals = await fetch_history(
-        trading, user_id=user_id, connection_id=connection_id, kind="deals", query=query
-    )
+    _, deals = await fetch_history(account, kind="deals", query=query)
     return deals
 
 
-async def list_history_orders(
-    trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None, query: HistoryQuery
-) -> list[dict[str, Any]]:
+async def list_history_orders(account: UserAccount, *, query: HistoryQuery) -> list[dict[str, Any]]:
     """The `history_order` records, newest first, at most `limit`, each with the `order_id`
     of the mt5gate order it was (null for one placed elsewhere)."""
-    job, orders = await fetch_history(
-        trading, user_id=user_id, connection_id=connection_id, kind="orders", query=query
-    )
+    job, orders = await fetch_history(account, kind="orders", query=query)
     # A filled market order's ticket is its position's, which MT5 numbers after the order.
     order_ids = await order_ids_by_ticket(
-        trading, agent_id=job.agent_id, tickets=[o["ticket"] for o in orders]
+        account.trading, agent_id=job.agent_id, tickets=[o["ticket"] for o in orders]
     )
     for order in orders:
         order_id = order_ids.get(order["ticket"])

@@ -10,18 +10,15 @@ placed order later (cancelled through the API, a modification) is kept on the sa
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.core.config import Settings
-from app.core.errors import ClientOrderIdConflict, NotFound
+from app.core.errors import ClientOrderIdConflict, NotFound, OrderRejected
 from app.dispatch import (
     EXPIRED_ERROR,
-    JobStore,
     create_job,
     find_by_client_order_id,
     wait_for_job_result,
@@ -31,6 +28,7 @@ from app.models import Job, utcnow
 from app.schemas.orders import OrderCreate, OrderError, OrderRead, OrderStatus
 from app.schemas.trading import Expiration
 from app.services.agents import connection_agent, require_online_agent
+from app.services.trading import Trading
 from mt5gate_protocol.jobs import FINAL_STATUSES, ORDER_JOB_TYPES, JobStatus, JobType
 
 # What a placed order can become at the broker (written to `jobs.order_status`).
@@ -43,15 +41,6 @@ ORDERS_BY_TICKET = select(JOBS.c.ticket, JOBS.c.id).where(
     JOBS.c.job_type.in_(ORDER_JOB_TYPES),
     JOBS.c.ticket.in_(bindparam("p_tickets", expanding=True)),
 )
-
-
-@dataclass(frozen=True)
-class Trading:
-    """What every trading service needs: the job store, short sessions and the settings."""
-
-    jobs: JobStore
-    session_factory: async_sessionmaker[AsyncSession]
-    settings: Settings
 
 
 def order_status(job: Job, *, now: datetime) -> OrderStatus:
@@ -160,7 +149,8 @@ async def submit_order(
 
 
 async def place_order(trading: Trading, *, user_id: uuid.UUID, order: OrderCreate) -> OrderRead:
-    """Submits the order and waits up to the trade budget for its outcome."""
+    """Submits the order and waits up to the trade budget for its outcome; an order the
+    broker rejected is `OrderRejected` (422), with the order beside the error."""
     budget = trading.settings.trade_wait_seconds
     job_id = uuid.uuid4()
     with watch_job(trading.jobs, job_id) as watch:  # watching before the job exists
@@ -171,7 +161,13 @@ async def place_order(trading: Trading, *, user_id: uuid.UUID, order: OrderCreat
             job = await watch.result(job, timeout=budget)
         else:  # a repeat of an earlier order that is still in progress
             job = await wait_for_job_result(trading.jobs, job_id=job.id, timeout=budget)
-    return order_from_job(job)
+    placed = order_from_job(job)
+    if placed.error is not None and placed.status == "rejected":
+        raise OrderRejected(
+            f"The broker rejected the order: {placed.error.message or placed.error.code}",
+            order=placed.model_dump(mode="json"),
+        )
+    return placed
 
 
 async def get_order(

@@ -8,7 +8,6 @@ here is written onto the order it belongs to.
 
 from __future__ import annotations
 
-import uuid
 from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, update
@@ -18,8 +17,8 @@ from app.models import Job
 from app.schemas.pending_orders import PendingOrderCancelled, PendingOrderUpdate
 from app.schemas.positions import JobPending
 from app.schemas.trading import CancelPendingOrderInput, PendingOrder
-from app.services.orders import Trading, order_ids_by_ticket
-from app.services.trading import read_output, run_job, write_output
+from app.services.orders import order_ids_by_ticket
+from app.services.trading import Trading, UserAccount, run_read_job, run_write_job
 from mt5gate_protocol.jobs import JobType
 
 JOBS = cast(Table, Job.__table__)
@@ -32,21 +31,11 @@ ORDER_OF_TICKET = update(JOBS).where(
 CHANGEABLE = ("price", "stop_limit_price", "sl", "tp", "expiration")
 
 
-async def list_pending_orders(
-    trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None
-) -> list[PendingOrder]:
-    job = await run_job(
-        trading,
-        user_id=user_id,
-        connection_id=connection_id,
-        job_type=JobType.GET_PENDING_ORDERS,
-        input_data={},
-        ttl_seconds=trading.settings.read_job_ttl_seconds,
-        wait=trading.settings.read_wait_seconds,
-    )
-    orders = [PendingOrder.model_validate(o) for o in read_output(job)["pending_orders"]]
+async def list_pending_orders(account: UserAccount) -> list[PendingOrder]:
+    job, output = await run_read_job(account, job_type=JobType.GET_PENDING_ORDERS, input_data={})
+    orders = [PendingOrder.model_validate(o) for o in output["pending_orders"]]
     order_ids = await order_ids_by_ticket(
-        trading, agent_id=job.agent_id, tickets=[o.ticket for o in orders]
+        account.trading, agent_id=job.agent_id, tickets=[o.ticket for o in orders]
     )
     for order in orders:
         order.order_id = order_ids.get(order.ticket)
@@ -54,49 +43,36 @@ async def list_pending_orders(
 
 
 async def modify_pending_order(
-    trading: Trading,
-    *,
-    user_id: uuid.UUID,
-    connection_id: uuid.UUID | None,
-    ticket: int,
-    update: PendingOrderUpdate,
+    account: UserAccount, *, ticket: int, update: PendingOrderUpdate
 ) -> PendingOrder | JobPending:
-    job = await run_job(
-        trading,
-        user_id=user_id,
-        connection_id=connection_id,
+    job, output = await run_write_job(
+        account,
         job_type=JobType.MODIFY_PENDING_ORDER,
         input_data=update.job_input(ticket),
-        ttl_seconds=trading.settings.trade_job_ttl_seconds,
-        wait=trading.settings.trade_wait_seconds,
+        not_found=PendingOrderNotFound,
     )
-    output = write_output(job, not_found=PendingOrderNotFound)
     if isinstance(output, JobPending):
         return output
     order = PendingOrder.model_validate(output["pending_order"])
     changes = order.model_dump(mode="json", include=set(CHANGEABLE))
-    await record_on_order(trading, job, ticket=ticket, order_changes=changes)
-    order_ids = await order_ids_by_ticket(trading, agent_id=job.agent_id, tickets=[ticket])
+    await record_on_order(account.trading, job, ticket=ticket, order_changes=changes)
+    order_ids = await order_ids_by_ticket(account.trading, agent_id=job.agent_id, tickets=[ticket])
     order.order_id = order_ids.get(ticket)
     return order
 
 
 async def cancel_pending_order(
-    trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None, ticket: int
+    account: UserAccount, *, ticket: int
 ) -> PendingOrderCancelled | JobPending:
-    job = await run_job(
-        trading,
-        user_id=user_id,
-        connection_id=connection_id,
+    job, output = await run_write_job(
+        account,
         job_type=JobType.CANCEL_PENDING_ORDER,
         input_data=CancelPendingOrderInput(ticket=ticket).model_dump(),
-        ttl_seconds=trading.settings.trade_job_ttl_seconds,
-        wait=trading.settings.trade_wait_seconds,
+        not_found=PendingOrderNotFound,
     )
-    output = write_output(job, not_found=PendingOrderNotFound)
     if isinstance(output, JobPending):
         return output
-    await record_on_order(trading, job, ticket=ticket, order_status="cancelled")
+    await record_on_order(account.trading, job, ticket=ticket, order_status="cancelled")
     return PendingOrderCancelled.model_validate(output)
 
 

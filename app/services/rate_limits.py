@@ -59,7 +59,5 @@ async def limit_trading_call(
         limit.failing = False
     state = RateLimitState(limit.item.amount, remaining, reset_at)
     if not allowed:
-        error = RateLimited(retry_after=seconds_until(reset_at))
-        error.headers.update(state.headers())
-        raise error
+        raise RateLimited(retry_after=seconds_until(reset_at), headers=state.headers())
     return state

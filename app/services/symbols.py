@@ -17,9 +17,8 @@ from app.core.errors import SymbolNotFound
 from app.core.redis import redis_key
 from app.dispatch import create_job_and_wait
 from app.schemas.trading import GetSymbolsInput, SymbolInfo
-from app.services.orders import Trading
 from app.services.redis_cache import read_cached, write_cached
-from app.services.trading import online_agent, read_output
+from app.services.trading import UserAccount, online_agent, read_output
 from mt5gate_protocol.jobs import JobType
 
 SYMBOLS = TypeAdapter(list[SymbolInfo])
@@ -34,15 +33,11 @@ def symbol_key(connection_id: uuid.UUID, name: str) -> str:
 
 
 async def fetch_symbols(
-    trading: Trading,
-    redis: Redis,
-    *,
-    user_id: uuid.UUID,
-    connection_id: uuid.UUID | None,
-    request: GetSymbolsInput,
+    account: UserAccount, redis: Redis, *, request: GetSymbolsInput
 ) -> list[SymbolInfo]:
     """The agent's answer to `request`, from the connection's cache when it holds it."""
-    agent = await online_agent(trading, user_id=user_id, connection_id=connection_id)
+    trading = account.trading
+    agent = await online_agent(account)
     if request.symbol is not None:
         name = symbol_key(agent.connection_id, request.symbol)
     else:
@@ -53,7 +48,7 @@ async def fetch_symbols(
         return hit
     job = await create_job_and_wait(
         trading.jobs,
-        user_id=user_id,
+        user_id=account.user_id,
         agent_id=agent.id,
         job_type=JobType.GET_SYMBOLS,
         input_data=request.model_dump(mode="json", exclude_none=True),
@@ -69,39 +64,15 @@ async def fetch_symbols(
 
 
 async def list_symbols(
-    trading: Trading,
-    redis: Redis,
-    *,
-    user_id: uuid.UUID,
-    connection_id: uuid.UUID | None,
-    all_symbols: bool,
-    group: str | None,
+    account: UserAccount, redis: Redis, *, all_symbols: bool, group: str | None
 ) -> list[SymbolInfo]:
     return await fetch_symbols(
-        trading,
-        redis,
-        user_id=user_id,
-        connection_id=connection_id,
-        request=GetSymbolsInput(all=all_symbols, group=group),
+        account, redis, request=GetSymbolsInput(all=all_symbols, group=group)
     )
 
 
-async def get_symbol(
-    trading: Trading,
-    redis: Redis,
-    *,
-    user_id: uuid.UUID,
-    connection_id: uuid.UUID | None,
-    name: str,
-) -> SymbolInfo:
-    symbols = await fetch_symbols(
-        trading,
-        redis,
-        user_id=user_id,
-        connection_id=connection_id,
-        request=GetSymbolsInput(symbol=name),
-    )
-    for symbol in symbols:
+async def get_symbol(account: UserAccount, redis: Redis, *, name: str) -> SymbolInfo:
+    for symbol in await fetch_symbols(account, redis, request=GetSymbolsInput(symbol=name)):
         if symbol.name == name:
             return symbol
     raise SymbolNotFound()

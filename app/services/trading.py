@@ -9,15 +9,18 @@ missing position, which is `404 position_not_found`.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from app import dispatch
+from app.core.config import Settings
 from app.core.errors import AgentTimeout, BrokerFailure, DomainError, PositionNotFound
 from app.models import Agent, Job
 from app.schemas.positions import JobPending, PositionClosed, PositionUpdate
 from app.schemas.trading import Account, Position
 from app.services.agents import require_online_agent
-from app.services.orders import Trading
 from mt5gate_protocol.jobs import FINAL_STATUSES, JobStatus, JobType
 
 UNKNOWN_OUTCOME = (
@@ -27,36 +30,89 @@ UNKNOWN_OUTCOME = (
 NOT_TAKEN = "No agent took the request in time; nothing was done."
 
 
-async def online_agent(
-    trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None
-) -> Agent:
+@dataclass(frozen=True)
+class Trading:
+    """What every trading service needs: the job store, short sessions and the settings."""
+
+    jobs: dispatch.JobStore
+    session_factory: async_sessionmaker[AsyncSession]
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class UserAccount:
+    """One of a user's broker accounts, as a trading call reaches it: through the agent of
+    the user's connection `connection_id` (None: the user's oldest one)."""
+
+    trading: Trading
+    user_id: uuid.UUID
+    connection_id: uuid.UUID | None
+
+
+async def online_agent(account: UserAccount) -> Agent:
     """The agent of the user's connection: no_agent, agent_offline or not_found otherwise."""
+    trading = account.trading
     return await require_online_agent(
-        trading.jobs.db, settings=trading.settings, user_id=user_id, connection_id=connection_id
+        trading.jobs.db,
+        settings=trading.settings,
+        user_id=account.user_id,
+        connection_id=account.connection_id,
     )
 
 
-async def run_job(
-    trading: Trading,
+async def run_on_user_agent(
+    account: UserAccount,
     *,
-    user_id: uuid.UUID,
-    connection_id: uuid.UUID | None,
     job_type: JobType,
     input_data: dict[str, Any],
     ttl_seconds: float,
     wait: float,
 ) -> Job:
     """Runs a job on the user's agent, after checking that the agent is online."""
-    agent = await online_agent(trading, user_id=user_id, connection_id=connection_id)
+    agent = await online_agent(account)
     return await dispatch.create_job_and_wait(
-        trading.jobs,
-        user_id=user_id,
+        account.trading.jobs,
+        user_id=account.user_id,
         agent_id=agent.id,
         job_type=job_type,
         input_data=input_data,
         ttl_seconds=ttl_seconds,
         timeout=wait,
     )
+
+
+async def run_read_job(
+    account: UserAccount,
+    *,
+    job_type: JobType,
+    input_data: dict[str, Any],
+    wait: float | None = None,
+) -> tuple[Job, dict[str, Any]]:
+    """A read on the user's agent (the read TTL; the read wait unless `wait` is given): the
+    job and its `output_data` (see `read_output`)."""
+    settings = account.trading.settings
+    ttl, wait = settings.read_job_ttl_seconds, settings.read_wait_seconds if wait is None else wait
+    job = await run_on_user_agent(
+        account, job_type=job_type, input_data=input_data, ttl_seconds=ttl, wait=wait
+    )
+    return job, read_output(job)
+
+
+async def run_write_job(
+    account: UserAccount,
+    *,
+    job_type: JobType,
+    input_data: dict[str, Any],
+    not_found: type[DomainError] = PositionNotFound,
+) -> tuple[Job, dict[str, Any] | JobPending]:
+    """A write on the user's agent (the trade TTL and wait): the job, and its `output_data`
+    or JobPending while it may still execute (see `write_output`)."""
+    settings = account.trading.settings
+    ttl, wait = settings.trade_job_ttl_seconds, settings.trade_wait_seconds
+    job = await run_on_user_agent(
+        account, job_type=job_type, input_data=input_data, ttl_seconds=ttl, wait=wait
+    )
+    return job, write_output(job, not_found=not_found)
 
 
 def broker_failure(job: Job) -> BrokerFailure:
@@ -97,81 +153,35 @@ def write_output(
     raise AgentTimeout(UNKNOWN_OUTCOME if job.status == JobStatus.LOST else NOT_TAKEN)
 
 
-async def list_positions(
-    trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None
-) -> list[Position]:
-    job = await run_job(
-        trading,
-        user_id=user_id,
-        connection_id=connection_id,
-        job_type=JobType.GET_POSITIONS,
-        input_data={},
-        ttl_seconds=trading.settings.read_job_ttl_seconds,
-        wait=trading.settings.read_wait_seconds,
-    )
-    return [Position.model_validate(p) for p in read_output(job)["positions"]]
+async def list_positions(account: UserAccount) -> list[Position]:
+    _, output = await run_read_job(account, job_type=JobType.GET_POSITIONS, input_data={})
+    return [Position.model_validate(p) for p in output["positions"]]
 
 
-async def get_account(
-    trading: Trading, *, user_id: uuid.UUID, connection_id: uuid.UUID | None
-) -> Account:
-    job = await run_job(
-        trading,
-        user_id=user_id,
-        connection_id=connection_id,
-        job_type=JobType.GET_ACCOUNT,
-        input_data={},
-        ttl_seconds=trading.settings.read_job_ttl_seconds,
-        wait=trading.settings.read_wait_seconds,
-    )
-    return Account.model_validate(read_output(job))
+async def get_account(account: UserAccount) -> Account:
+    _, output = await run_read_job(account, job_type=JobType.GET_ACCOUNT, input_data={})
+    return Account.model_validate(output)
 
 
 async def close_position(
-    trading: Trading,
-    *,
-    user_id: uuid.UUID,
-    connection_id: uuid.UUID | None,
-    position_id: int,
-    volume: float | None,
+    account: UserAccount, *, position_id: int, volume: float | None
 ) -> PositionClosed | JobPending:
     """Closes the position (or `volume` lots of it) on the caller's own account."""
     input_data: dict[str, Any] = {"ticket": position_id}
     if volume is not None:
         input_data["volume"] = volume
-    job = await run_job(
-        trading,
-        user_id=user_id,
-        connection_id=connection_id,
-        job_type=JobType.CLOSE_POSITION,
-        input_data=input_data,
-        ttl_seconds=trading.settings.trade_job_ttl_seconds,
-        wait=trading.settings.trade_wait_seconds,
-    )
-    output = write_output(job)
+    _, output = await run_write_job(account, job_type=JobType.CLOSE_POSITION, input_data=input_data)
     if isinstance(output, JobPending):
         return output
     return PositionClosed.model_validate({"position_id": position_id, **output})
 
 
 async def modify_position(
-    trading: Trading,
-    *,
-    user_id: uuid.UUID,
-    connection_id: uuid.UUID | None,
-    position_id: int,
-    update: PositionUpdate,
+    account: UserAccount, *, position_id: int, update: PositionUpdate
 ) -> Position | JobPending:
-    job = await run_job(
-        trading,
-        user_id=user_id,
-        connection_id=connection_id,
-        job_type=JobType.MODIFY_POSITION,
-        input_data=update.job_input(position_id),
-        ttl_seconds=trading.settings.trade_job_ttl_seconds,
-        wait=trading.settings.trade_wait_seconds,
+    _, output = await run_write_job(
+        account, job_type=JobType.MODIFY_POSITION, input_data=update.job_input(position_id)
     )
-    output = write_output(job)
     if isinstance(output, JobPending):
         return output
     return Position.model_validate(output["position"])

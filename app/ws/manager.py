@@ -41,13 +41,13 @@ from app.core.config import Settings
 from app.core.metrics import REDIS_RECONNECTS, TICKS_DELIVERED, TICKS_RECEIVED
 from app.core.redis import pubsub_messages
 from app.core.supervisor import stop_tasks, supervise
-from app.ws.protocol import FRAME_WRITER, text_frame
+from app.ws.protocol import FRAME_WRITER, text_frame_bytes
 from app.ws.ticks import (
     MalformedTick,
     Tick,
     channel_for,
     parse_tick,
-    tick_frame,
+    tick_json,
 )
 
 log = logging.getLogger("mt5gate.ws")
@@ -74,7 +74,7 @@ class Outgoing:
 
     @classmethod
     def of(cls, text: str) -> Outgoing:
-        return cls(text, text_frame(text))
+        return cls(text, text_frame_bytes(text))
 
 
 class TooManyInstruments(Exception):
@@ -323,7 +323,7 @@ class WebSocketManager:
         sockets = self._sockets.get(tick.instrument)
         if not sockets:
             return 0
-        message = Outgoing.of(tick_frame(tick))
+        message = Outgoing.of(tick_json(tick))
         for sock in sockets:
             sock.offer(tick.instrument, message)
         TICKS_DELIVERED.inc(len(sockets))
@@ -390,7 +390,7 @@ class WebSocketManager:
             except MalformedTick as exc:
                 self._log_malformed(instrument, exc, raw)
                 continue
-            sock.offer(instrument, Outgoing.of(tick_frame(tick)))
+            sock.offer(instrument, Outgoing.of(tick_json(tick)))
 
     # -- Redis ------------------------------------------------------------------------------
 

@@ -23,13 +23,12 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from starlette.routing import Match, WebSocketRoute
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message
 from starlette.websockets import WebSocket
 
-from app.api.deps import Principal, authenticate, resources_of
 from app.core.errors import InvalidTokenError
 from app.resources import Resources
+from app.services.principals import Principal, authenticate
 from app.ws.manager import (
     CLOSE_STALLED,
     PriceSocket,
@@ -48,6 +47,12 @@ MAX_CLIENT_MESSAGE_CHARS = 16_384
 # How long a stalled client's connection is kept once its close frame is queued, for it to
 # read up to it (as long as uvicorn waits for a close handshake).
 STALLED_CLOSE_LINGER_SECONDS = 10.0
+
+
+def resources_of(websocket: WebSocket) -> Resources:
+    """The process's resources, which the lifespan put on the app's state."""
+    resources: Resources = websocket.app.state.resources
+    return resources
 
 
 class CommandError(Exception):
@@ -211,35 +216,6 @@ async def read_commands(websocket: WebSocket, manager: WebSocketManager, sock: P
         sock.send_control(
             json.dumps({"type": "subscriptions", "instruments": sorted(sock.instruments)})
         )
-
-
-ROUTES = [
-    WebSocketRoute("/ws/prices/{instrument}", instrument_prices, name="instrument_prices"),
-    WebSocketRoute("/ws/prices", prices, name="prices"),
-]
-
-
-class PriceSocketRoutes:
-    """Serves the price sockets ahead of the app's router (a pure ASGI middleware).
-
-    An open socket keeps alive every coroutine it was routed through. Through FastAPI's
-    exception middleware, exit stack and included routers that is a dozen frames and
-    closures, ~7 KB per socket; none of it does anything for these two handlers, which
-    handle their own errors. Anything else goes on to the app.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            for route in ROUTES:
-                match, child_scope = route.matches(scope)
-                if match is Match.FULL:
-                    scope.update(child_scope)
-                    await route.endpoint(WebSocket(scope, receive, send))
-                    return
-        await self.app(scope, receive, send)
 
 
 def parse_command(text: str | None) -> tuple[str, list[str]]:

@@ -60,8 +60,8 @@ FRAME_WRITER = "mt5gate.frame_writer"
 STOCK_PROTOCOL = "websockets-sansio"
 
 
-def text_frame(text: str) -> bytes:
-    """A server's (unmasked, unfragmented) text frame."""
+def text_frame_bytes(text: str) -> bytes:
+    """The bytes of a server's (unmasked, unfragmented) text frame."""
     return Frame(Opcode.TEXT, text.encode()).serialize(mask=False)
 
 
@@ -145,7 +145,7 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
             }
 
     def write_frame(self, frame: bytes) -> bool:
-        """Writes a frame from `text_frame` if the connection can take it now."""
+        """Writes a frame from `text_frame_bytes` if the connection can take it now."""
         if (
             not self.handshake_complete
             or self.close_sent

@@ -61,7 +61,7 @@ def parse_tick(raw: bytes | str, *, instrument: str) -> Tick:
     return Tick(instrument, _price(body, "bid"), _price(body, "ask"), ts)
 
 
-def tick_frame(tick: Tick) -> str:
-    """The `tick` message the contract sends to clients."""
+def tick_json(tick: Tick) -> str:
+    """The JSON text of the `tick` message the contract sends to clients."""
     data = {"instrument": tick.instrument, "bid": tick.bid, "ask": tick.ask, "ts": tick.ts}
     return json.dumps({"type": "tick", "data": data}, separators=(",", ":"))

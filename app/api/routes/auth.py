@@ -7,7 +7,7 @@ from app.core.config import Settings
 from app.core.security import create_access_token
 from app.models import User
 from app.schemas.common import ErrorBody
-from app.schemas.users import Credentials, LoginCredentials, TokenResponse, UserRead
+from app.schemas.users import LoginCredentials, TokenResponse, UserCreate, UserRead
 from app.services import users
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -30,7 +30,7 @@ def token_response(user: User, settings: Settings) -> TokenResponse:
     status_code=status.HTTP_201_CREATED,
     responses={409: {"model": ErrorBody, "description": "email_taken"}},
 )
-async def register(body: Credentials, session: SessionDep, settings: SettingsDep) -> TokenResponse:
+async def register(body: UserCreate, session: SessionDep, settings: SettingsDep) -> TokenResponse:
     user = await users.register_user(session, email=body.email, password=body.password)
     return token_response(user, settings)
 

@@ -9,16 +9,9 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BeforeValidator
 
-from app.api.deps import OnboardedUser, get_onboarded_user
+from app.api.deps import UserAccountDep, get_onboarded_user
 from app.api.docs import cross_field_rules
-from app.api.routes.trading import (
-    AGENT_ERRORS,
-    BROKER_ERROR,
-    ConnectionQuery,
-    Responses,
-    TradingDep,
-    error,
-)
+from app.api.routes.trading import AGENT_ERRORS, BROKER_ERROR, Responses, error
 from app.schemas.common import ErrorBody
 from app.schemas.trading import SYMBOL_PATTERN, Deal, HistoryOrder
 from app.services import history as service
@@ -82,30 +75,16 @@ RANGE_RULES = cross_field_rules("`to` after `from`, at most 366 days apart (`inv
 
 
 @router.get("/deals", response_model=list[Deal], responses=RANGE_ERROR, openapi_extra=RANGE_RULES)
-async def list_deals(
-    user: OnboardedUser,
-    trading: TradingDep,
-    query: HistoryQueryDep,
-    broker_connection_id: ConnectionQuery = None,
-) -> JSONResponse:
+async def list_deals(account: UserAccountDep, query: HistoryQueryDep) -> JSONResponse:
     """The account's deals in `[from, to)`, newest first (waits up to 10 s)."""
-    deals = await service.list_deals(
-        trading, user_id=user.id, connection_id=broker_connection_id, query=query
-    )
+    deals = await service.list_deals(account, query=query)
     return JSONResponse(deals)  # validated when the agent answered
 
 
 @router.get(
     "/orders", response_model=list[HistoryOrder], responses=RANGE_ERROR, openapi_extra=RANGE_RULES
 )
-async def list_history_orders(
-    user: OnboardedUser,
-    trading: TradingDep,
-    query: HistoryQueryDep,
-    broker_connection_id: ConnectionQuery = None,
-) -> JSONResponse:
+async def list_history_orders(account: UserAccountDep, query: HistoryQueryDep) -> JSONResponse:
     """The account's finished orders in `[from, to)`, newest first (waits up to 10 s)."""
-    orders = await service.list_history_orders(
-        trading, user_id=user.id, connection_id=broker_connection_id, query=query
-    )
+    orders = await service.list_history_orders(account, query=query)
     return JSONResponse(orders)  # validated when the agent answered

@@ -6,8 +6,8 @@ import uuid
 
 from fastapi import APIRouter, Depends
 
-from app.api.deps import OnboardedUser, get_onboarded_user
-from app.api.routes.trading import TradingDep, error
+from app.api.deps import OnboardedUser, TradingDep, get_onboarded_user
+from app.api.routes.trading import error
 from app.schemas.quotes import JobView
 from app.services import job_lookup
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Path, Response, status
+from fastapi import APIRouter, Body, Depends, Path, Response
 
-from app.api.deps import OnboardedUser, get_onboarded_user
+from app.api.deps import UserAccountDep, get_onboarded_user
 from app.api.docs import cross_field_rules
 from app.api.routes.trading import (
     AGENT_ERRORS,
     BROKER_ERROR,
     READ_TIMEOUT,
-    ConnectionQuery,
     Responses,
-    TradingDep,
+    accepted_if_pending,
     error,
 )
 from app.schemas.pending_orders import PendingOrderCancelled, PendingOrderUpdate
@@ -40,13 +39,9 @@ WRITE: Responses = {
 
 
 @router.get("/pending-orders", responses={**AGENT_ERRORS, **BROKER_ERROR, **READ_TIMEOUT})
-async def list_pending_orders(
-    user: OnboardedUser, trading: TradingDep, broker_connection_id: ConnectionQuery = None
-) -> list[PendingOrder]:
+async def list_pending_orders(account: UserAccountDep) -> list[PendingOrder]:
     """The account's pending orders, as its agent reports them (waits up to 5 s)."""
-    return await service.list_pending_orders(
-        trading, user_id=user.id, connection_id=broker_connection_id
-    )
+    return await service.list_pending_orders(account)
 
 
 @router.patch(
@@ -57,33 +52,19 @@ async def list_pending_orders(
 async def modify_pending_order(
     ticket: TicketPath,
     body: Annotated[PendingOrderUpdate, Body()],
-    user: OnboardedUser,
-    trading: TradingDep,
+    account: UserAccountDep,
     response: Response,
-    broker_connection_id: ConnectionQuery = None,
 ) -> PendingOrder | JobPending:
     """Changes a pending order's price, stop-limit price, sl, tp or expiration; a field
     left out stays, `null` removes sl or tp (waits up to 10 s)."""
-    outcome = await service.modify_pending_order(
-        trading, user_id=user.id, connection_id=broker_connection_id, ticket=ticket, update=body
-    )
-    if isinstance(outcome, JobPending):
-        response.status_code = status.HTTP_202_ACCEPTED
-    return outcome
+    outcome = await service.modify_pending_order(account, ticket=ticket, update=body)
+    return accepted_if_pending(outcome, response)
 
 
 @router.delete("/pending-orders/{ticket}", responses=WRITE)
 async def cancel_pending_order(
-    ticket: TicketPath,
-    user: OnboardedUser,
-    trading: TradingDep,
-    response: Response,
-    broker_connection_id: ConnectionQuery = None,
+    ticket: TicketPath, account: UserAccountDep, response: Response
 ) -> PendingOrderCancelled | JobPending:
     """Deletes a pending order at the broker (waits up to 10 s)."""
-    outcome = await service.cancel_pending_order(
-        trading, user_id=user.id, connection_id=broker_connection_id, ticket=ticket
-    )
-    if isinstance(outcome, JobPending):
-        response.status_code = status.HTTP_202_ACCEPTED
-    return outcome
+    outcome = await service.cancel_pending_order(account, ticket=ticket)
+    return accepted_if_pending(outcome, response)

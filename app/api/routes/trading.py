@@ -8,24 +8,30 @@ route here can be reached without it.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response, status
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
 from fastapi.routing import APIRoute
+from starlette.datastructures import MutableHeaders
+from starlette.types import Message, Receive, Scope, Send
 
-from app.api.deps import OnboardedUser, RedisDep, ResourcesDep, get_onboarded_user
+from app.api.deps import (
+    CandleFlightsDep,
+    CandleQueryDep,
+    OnboardedUser,
+    RedisDep,
+    TradingDep,
+    UserAccountDep,
+    get_onboarded_user,
+)
 from app.api.docs import cross_field_rules
-from app.core.errors import OrderRejected
 from app.schemas.common import ErrorBody
 from app.schemas.orders import OrderCreate, OrderRead, OrderRejectedBody
 from app.schemas.positions import BrokerErrorBody, JobPending, PositionClosed, PositionUpdate
-from app.schemas.trading import SYMBOL_PATTERN, Account, Candle, Position, Timeframe
+from app.schemas.trading import Account, Candle, Position
 from app.services import orders as order_service
 from app.services import trading as trading_service
-from app.services.candles import CANDLES, CandleFlights, CandleSource, get_candles
-from app.services.orders import Trading
+from app.services.candles import CANDLES, get_candles
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -72,25 +78,6 @@ router = APIRouter(
 )
 
 
-async def get_trading(resources: ResourcesDep) -> Trading:
-    return Trading(
-        jobs=resources.jobs,
-        session_factory=resources.session_factory,
-        settings=resources.settings,
-    )
-
-
-async def get_candle_flights(request: Request) -> CandleFlights:
-    flights: CandleFlights = request.app.state.candle_flights
-    return flights
-
-
-TradingDep = Annotated[Trading, Depends(get_trading)]
-CandleFlightsDep = Annotated[CandleFlights, Depends(get_candle_flights)]
-ConnectionQuery = Annotated[
-    uuid.UUID | None,
-    Query(description="The broker connection to use; your oldest one when omitted."),
-]
 PositionId = Annotated[int, Path(ge=0, lt=2**63, description="The MT5 position ticket.")]
 
 ORDER_STATUS_CODES = {
@@ -101,6 +88,14 @@ ORDER_STATUS_CODES = {
     "expired": status.HTTP_200_OK,
     "unknown": status.HTTP_200_OK,
 }
+Outcome = TypeVar("Outcome")
+
+
+def accepted_if_pending(outcome: Outcome, response: Response) -> Outcome:
+    """A write's answer: 202 while it may still execute (`JobPending`), else as it is."""
+    if isinstance(outcome, JobPending):
+        response.status_code = status.HTTP_202_ACCEPTED
+    return outcome
 
 
 @router.post(
@@ -149,12 +144,6 @@ async def place_order(
     (waiting for it like the first call) and never sends a second one to the broker.
     """
     order = await order_service.place_order(trading, user_id=user.id, order=body)
-    if order.status == "rejected":
-        assert order.error is not None
-        raise OrderRejected(
-            f"The broker rejected the order: {order.error.message or order.error.code}",
-            order=order.model_dump(mode="json"),
-        )
     response.status_code = ORDER_STATUS_CODES[order.status]
     return order
 
@@ -184,13 +173,15 @@ async def get_order(order_id: uuid.UUID, user: OnboardedUser, trading: TradingDe
 
 
 @router.get("/positions", responses={**AGENT_ERRORS, **BROKER_ERROR, **READ_TIMEOUT})
-async def list_positions(
-    user: OnboardedUser, trading: TradingDep, broker_connection_id: ConnectionQuery = None
-) -> list[Position]:
+async def list_positions(account: UserAccountDep) -> list[Position]:
     """The open positions of the account, as its agent reports them (waits up to 5 s)."""
-    return await trading_service.list_positions(
-        trading, user_id=user.id, connection_id=broker_connection_id
-    )
+    return await trading_service.list_positions(account)
+
+
+VolumeQuery = Annotated[
+    float | None,
+    Query(gt=0, le=100, allow_inf_nan=False, description="Lots to close; all when omitted."),
+]
 
 
 @router.delete(
@@ -198,27 +189,11 @@ async def list_positions(
     responses={**AGENT_ERRORS, **BROKER_ERROR, **WRITE_PENDING},
 )
 async def close_position(
-    position_id: PositionId,
-    user: OnboardedUser,
-    trading: TradingDep,
-    response: Response,
-    volume: Annotated[
-        float | None,
-        Query(gt=0, le=100, allow_inf_nan=False, description="Lots to close; all when omitted."),
-    ] = None,
-    broker_connection_id: ConnectionQuery = None,
+    position_id: PositionId, account: UserAccountDep, response: Response, volume: VolumeQuery = None
 ) -> PositionClosed | JobPending:
     """Closes the position, or `volume` lots of it (waits up to 10 s)."""
-    outcome = await trading_service.close_position(
-        trading,
-        user_id=user.id,
-        connection_id=broker_connection_id,
-        position_id=position_id,
-        volume=volume,
-    )
-    if isinstance(outcome, JobPending):
-        response.status_code = status.HTTP_202_ACCEPTED
-    return outcome
+    outcome = await trading_service.close_position(account, position_id=position_id, volume=volume)
+    return accepted_if_pending(outcome, response)
 
 
 @router.patch(
@@ -228,100 +203,47 @@ async def close_position(
 async def modify_position(
     position_id: PositionId,
     body: Annotated[PositionUpdate, Body()],
-    user: OnboardedUser,
-    trading: TradingDep,
+    account: UserAccountDep,
     response: Response,
-    broker_connection_id: ConnectionQuery = None,
 ) -> Position | JobPending:
     """Sets the position's stop-loss and/or take-profit; `null` removes one, a field left
     out stays as it is (waits up to 10 s)."""
-    outcome = await trading_service.modify_position(
-        trading,
-        user_id=user.id,
-        connection_id=broker_connection_id,
-        position_id=position_id,
-        update=body,
-    )
-    if isinstance(outcome, JobPending):
-        response.status_code = status.HTTP_202_ACCEPTED
-    return outcome
+    outcome = await trading_service.modify_position(account, position_id=position_id, update=body)
+    return accepted_if_pending(outcome, response)
 
 
 @router.get("/account", responses={**AGENT_ERRORS, **BROKER_ERROR, **READ_TIMEOUT})
-async def get_account(
-    user: OnboardedUser, trading: TradingDep, broker_connection_id: ConnectionQuery = None
-) -> Account:
+async def get_account(account: UserAccountDep) -> Account:
     """Balance, equity and margin of the account (waits up to 5 s)."""
-    return await trading_service.get_account(
-        trading, user_id=user.id, connection_id=broker_connection_id
-    )
+    return await trading_service.get_account(account)
 
 
 class CacheHeaderRoute(APIRoute):
     """A route whose every response carries `X-Cache`, errors included (the contract): an
     answer that the route did not mark (an error, a 401, a validation 422) is a miss.
 
-    Exceptions are rendered here, by the app's own handlers, so that the header can be
-    added; what has no handler (a bug) goes on to the server's 500 as everywhere else.
+    The app's exception handlers render an error inside the route that raised it (FastAPI
+    wraps each route in them), so the header is added as any response starts; what has no
+    handler (a bug) goes on to the server's 500 as everywhere else.
     """
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handle = super().get_route_handler()
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_cache_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).setdefault("X-Cache", "miss")
+            await send(message)
 
-        async def handle_with_cache_header(request: Request) -> Response:
-            try:
-                response = await handle(request)
-            except Exception as exc:
-                handler = next(
-                    (
-                        request.app.exception_handlers[kind]
-                        for kind in type(exc).__mro__
-                        if kind in request.app.exception_handlers
-                    ),
-                    None,
-                )
-                if handler is None:
-                    raise
-                response = await handler(request, exc)
-            response.headers.setdefault("X-Cache", "miss")
-            return response
-
-        return handle_with_cache_header
+        await super().handle(scope, receive, send_with_cache_header)
 
 
 candles_router = APIRouter(route_class=CacheHeaderRoute)
-
-
-async def get_candle_source(
-    source: Annotated[
-        Literal["feed", "account"],
-        Query(
-            description="`feed`: the platform's price feed, cached for everyone. `account`: "
-            "your own broker through your connection's agent, cached for that connection."
-        ),
-    ] = "feed",
-    broker_connection_id: Annotated[
-        uuid.UUID | None,
-        Query(description="With `source=account` only: the connection; your oldest one."),
-    ] = None,
-) -> CandleSource:
-    if source == "feed" and broker_connection_id is not None:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "value_error",
-                    "loc": ("query", "broker_connection_id"),
-                    "msg": "broker_connection_id needs source=account: the feed is the "
-                    "platform's, not a connection's",
-                    "input": str(broker_connection_id),
-                }
-            ]
-        )
-    return CandleSource(source, broker_connection_id)
-
-
-CandleSourceDep = Annotated[CandleSource, Depends(get_candle_source)]
 CACHE_HEADER = {"X-Cache": {"description": "`hit` or `miss`", "schema": {"type": "string"}}}
+
+
+def candles_response(bars: list[Candle], *, hit: bool) -> Response:
+    """The bars as they were validated (not a second time), with `X-Cache`."""
+    headers = {"X-Cache": "hit" if hit else "miss"}
+    return Response(CANDLES.dump_json(bars), media_type="application/json", headers=headers)
 
 
 @candles_router.get(
@@ -341,14 +263,7 @@ CACHE_HEADER = {"X-Cache": {"description": "`hit` or `miss`", "schema": {"type":
     openapi_extra=cross_field_rules("`broker_connection_id` needs `source=account`"),
 )
 async def candles(
-    instrument: Annotated[str, Path(pattern=SYMBOL_PATTERN, examples=["EURUSD"])],
-    user: OnboardedUser,
-    trading: TradingDep,
-    redis: RedisDep,
-    flights: CandleFlightsDep,
-    source: CandleSourceDep,
-    timeframe: Timeframe = "H1",
-    count: Annotated[int, Query(ge=1, le=5000)] = 200,
+    query: CandleQueryDep, trading: TradingDep, redis: RedisDep, flights: CandleFlightsDep
 ) -> Response:
     """The last `count` bars, oldest first, from the platform's feed (default) or, with
     `source=account`, from your own broker. Served from the Redis cache (30 s; the feed's
@@ -357,21 +272,8 @@ async def candles(
     at least `count` bars, else fetched by one job (concurrent misses share it; waits up to
     10 s). Every answer, errors included, carries `X-Cache: hit|miss`; with Redis down
     every call is a miss."""
-    bars, hit = await get_candles(
-        trading,
-        redis,
-        flights,
-        user_id=user.id,
-        source=source,
-        instrument=instrument,
-        timeframe=timeframe,
-        count=count,
-    )
-    return Response(
-        CANDLES.dump_json(bars),
-        media_type="application/json",
-        headers={"X-Cache": "hit" if hit else "miss"},
-    )
+    bars, hit = await get_candles(trading, redis, flights, query=query)
+    return candles_response(bars, hit=hit)
 
 
 router.include_router(candles_router)
