@@ -17,6 +17,7 @@ from app.core.db import create_engine, create_session_factory, single_statement_
 from app.core.job_events import JobEvents
 from app.core.rate_limits import RateLimiter
 from app.core.redis import create_redis
+from app.events import AccountEvents, AccountStreams, EventLog
 from app.services.api_keys import (
     KEY_RECHECK_SECONDS,
     LAST_USED_FLUSH_SECONDS,
@@ -44,6 +45,7 @@ class Resources:
     ws: WebSocketManager
     key_usage: KeyUsage
     key_sockets: KeySockets
+    account_events: AccountEvents
 
 
 @asynccontextmanager
@@ -89,6 +91,8 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         ws = WebSocketManager(redis, settings)
         await ws.start()
         stack.push_async_callback(ws.close)
+        account_events = await open_account_events(redis, settings)
+        stack.push_async_callback(account_events.streams.close)
 
         yield Resources(
             settings=settings,
@@ -102,7 +106,19 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             ws=ws,
             key_usage=key_usage,
             key_sockets=key_sockets,
+            account_events=account_events,
         )
+
+
+async def open_account_events(redis: Redis, settings: Settings) -> AccountEvents:
+    log = EventLog(
+        redis,
+        keep_count=settings.account_events_keep_count,
+        keep_seconds=settings.account_events_keep_seconds,
+    )
+    streams = AccountStreams(redis, settings, log)
+    await streams.start()
+    return AccountEvents(log=log, streams=streams, settings=settings)
 
 
 async def cancel_and_wait(task: asyncio.Task[None]) -> None:
