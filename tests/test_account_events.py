@@ -202,6 +202,12 @@ async def test_a_state_without_a_known_position_closes_it_and_shows_what_changed
     assert found[3]["data"] == {"ticket": 20, "reason": "cancelled"}
 
 
+async def test_integral_numbers_are_integers_as_the_schema_says(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    assert await reported(client, trader.agent, event("deal", deal(7.0, volume=1))) == 1
+
+
 async def test_a_deal_ticket_already_recorded_is_ignored(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader
 ) -> None:
@@ -222,6 +228,8 @@ async def test_a_deal_ticket_already_recorded_is_ignored(
         ([event("agent", {"status": "online", "terminal_connected": True})], 0, ["kind"]),
         ([{"kind": "account", "data": account()}], 0, ["at"]),
         ([event("account", account(), at="yesterday")], 0, ["at"]),
+        ([event("account", account(margin_available=False))], 0, ["data", "margin_available"]),
+        ([event("deal", deal(ticket="7"))], 0, ["data", "ticket"]),
         ([], None, ["events"]),
         ([event("deal", deal(n)) for n in range(501)], None, ["events"]),
     ],

@@ -17,7 +17,7 @@ from app.core.db import create_engine, create_session_factory, single_statement_
 from app.core.job_events import JobEvents
 from app.core.rate_limits import RateLimiter
 from app.core.redis import create_redis
-from app.events import AccountEvents, AccountStreams, EventLog
+from app.events import AccountEvents, AccountStreams, EventLog, agents_changed, orders_ended
 from app.services.api_keys import (
     KEY_RECHECK_SECONDS,
     LAST_USED_FLUSH_SECONDS,
@@ -29,6 +29,8 @@ from app.services.rate_limits import TradingLimit
 from app.ws.manager import WebSocketManager
 
 JOB_SWEEP_INTERVAL_SECONDS = 1.0
+# How often each process compares the agents' heartbeats with what their streams said.
+AGENT_WATCH_INTERVAL_SECONDS = 1.0
 
 
 @dataclass
@@ -75,13 +77,16 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             poll_interval=settings.job_poll_interval_seconds,
             result_timeout=settings.job_result_timeout_seconds,
         )
+        account_events = await open_account_events(redis, settings)
+        stack.push_async_callback(account_events.streams.close)
+        sweep = partial(sweep_jobs, jobs, partial(orders_ended, account_events.log, db))
         key_usage = KeyUsage(db)
         stack.push_async_callback(key_usage.flush)  # after the loop below has stopped
         key_sockets = KeySockets(redis, db, keepalive=settings.redis_health_check_interval_seconds)
         await key_sockets.start()
         stack.push_async_callback(key_sockets.stop)
         for name, interval, work in (
-            ("job_sweep", JOB_SWEEP_INTERVAL_SECONDS, partial(sweep_jobs, jobs)),
+            ("job_sweep", JOB_SWEEP_INTERVAL_SECONDS, sweep),
             ("waiter_recheck", jobs.poll_interval, partial(recheck_waiters, jobs)),
             ("key_usage_flush", LAST_USED_FLUSH_SECONDS, key_usage.flush),
             ("key_socket_recheck", KEY_RECHECK_SECONDS, key_sockets.recheck),
@@ -91,8 +96,17 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
         ws = WebSocketManager(redis, settings)
         await ws.start()
         stack.push_async_callback(ws.close)
-        account_events = await open_account_events(redis, settings)
-        stack.push_async_callback(account_events.streams.close)
+        agent_watch = partial(
+            agents_changed,
+            account_events.log,
+            db,
+            offline_after=settings.agent_offline_after_seconds,
+        )
+        task = asyncio.create_task(
+            run_every(AGENT_WATCH_INTERVAL_SECONDS, agent_watch, name="agent_watch"),
+            name="agent_watch",
+        )
+        stack.push_async_callback(cancel_and_wait, task)
 
         yield Resources(
             settings=settings,

@@ -3,14 +3,15 @@
 - `EventLog` (`_log`): the Redis Stream and state per connection, appended atomically;
 - `_state`: how each event changes what the server knows, and what a `state` report adds;
 - `AccountStreams` (`_hub`): the process's account sockets and its one subscription;
-- `_service`: the rules the routes and the socket handler call.
+- `_service`: the rules the routes and the socket handler call;
+- `_server_events`: the server's own events (orders, the agent's status).
 """
 
 from app.events._hub import AccountSocket, AccountStreams
 from app.events._log import EventLog, Replay
+from app.events._server_events import agent_seen, agents_changed, order_changed, orders_ended
 from app.events._service import (
     AccountEvents,
-    agent_of_connection,
     agent_view,
     report_events,
     snapshot_json,
@@ -26,7 +27,10 @@ __all__ = [
     "EventLog",
     "Emitted",
     "Replay",
-    "agent_of_connection",
+    "agent_seen",
+    "agents_changed",
+    "order_changed",
+    "orders_ended",
     "agent_view",
     "report_events",
     "snapshot_json",

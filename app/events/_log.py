@@ -43,6 +43,9 @@ TRIM_CHECK_EVERY = 100
 # Head entries read per trim check: a trim removes at most this many at once.
 TRIM_BATCH = 1000
 MAX_APPEND_ATTEMPTS = 50
+# {connection id: the data of its last `agent` event}, beside the states (which hold it
+# too), for the agent watch to read in one command.
+AGENTS_KEY = "account_events_agents"
 
 
 def dumps(value: Any) -> str:
@@ -94,6 +97,7 @@ class EventLog:
         self.keep_count = keep_count
         self.keep_seconds = keep_seconds
         self._check_every = max(1, min(TRIM_CHECK_EVERY, keep_count // 10))
+        self._agents_key = redis_key(redis, AGENTS_KEY)
 
     def _keys(self, connection_id: uuid.UUID | str) -> tuple[str, str, str]:
         stream = stream_key(self.redis, connection_id)
@@ -139,6 +143,8 @@ class EventLog:
                         pipe.zadd(deals_key, {str(t): t for t in applier.new_deals})
                         pipe.zremrangebyrank(deals_key, 0, -self.keep_count - 1)
                     pipe.set(state_key, dumps(state))
+                    if any(event.kind == "agent" for event in emitted):
+                        pipe.hset(self._agents_key, str(connection_id), dumps(state["agent"]))
                     pipe.publish(stream, live_message(emitted))
                     await pipe.execute()
                     return emitted
@@ -211,6 +217,18 @@ class EventLog:
         events += [(e["id"], dumps(e)) for e in state["latest"].values() if e["id"] > since]
         events.sort(key=lambda item: item[0])
         return Replay(events, last)
+
+    async def agent_statuses(self) -> dict[str, Any]:
+        """{connection id: the data of its last `agent` event}."""
+        found = await self.redis.hgetall(self._agents_key)
+        return {
+            key.decode() if isinstance(key, bytes) else key: json.loads(value)
+            for key, value in found.items()
+        }
+
+    async def agent_status_of(self, connection_id: uuid.UUID | str) -> dict[str, Any] | None:
+        said = await self.redis.hget(self._agents_key, str(connection_id))
+        return json.loads(said) if said is not None else None
 
     async def last_deal_ticket(self, connection_id: uuid.UUID | str) -> int | None:
         _, _, deals_key = self._keys(connection_id)

@@ -14,8 +14,9 @@ from app.core.config import Settings
 from app.core.errors import NotFound
 from app.events._hub import AccountStreams
 from app.events._log import EventLog, dumps
+from app.events._server_events import with_order_changes
 from app.events._state import Draft, Emitted, snapshot_of
-from app.models import Agent, BrokerConnection, detached, utcnow
+from app.models import Agent, BrokerConnection, utcnow
 from app.schemas.common import iso_utc
 from app.schemas.events import EventBatch
 from app.services.agents import connection_agent
@@ -28,9 +29,6 @@ OLDEST_CONNECTION = (
     .where(CONNECTIONS.c.user_id == bindparam("p_user_id"))
     .order_by(CONNECTIONS.c.created_at, CONNECTIONS.c.id)
     .limit(1)
-)
-SELECT_AGENT_OF_CONNECTION = select(*AGENTS.c).where(
-    AGENTS.c.connection_id == bindparam("p_connection_id")
 )
 
 
@@ -66,21 +64,17 @@ async def user_connection(
     return (oldest, None) if oldest is not None else None
 
 
-async def agent_of_connection(db: AsyncEngine, connection_id: uuid.UUID) -> Agent | None:
-    async with db.connect() as conn:
-        row = (
-            await conn.execute(SELECT_AGENT_OF_CONNECTION, {"p_connection_id": connection_id})
-        ).first()
-    return detached(Agent, row._mapping) if row is not None else None
-
-
-async def report_events(events: AccountEvents, *, agent: Agent, batch: EventBatch) -> int:
+async def report_events(
+    events: AccountEvents, db: AsyncEngine, *, agent: Agent, batch: EventBatch
+) -> int:
     """Appends what an agent saw on its terminal to its own connection's log; returns how
-    many events that added (repeats of what the server knew add none)."""
+    many events that added (repeats of what the server knew add none). A pending order
+    that the broker removed moves the mt5gate order placed as it (`order` event)."""
     drafts = [
         Draft(event.kind, event.data.model_dump(mode="json"), iso_utc(event.at))
         for event in batch.events
     ]
+    drafts = await with_order_changes(db, agent_id=agent.id, drafts=drafts)
     emitted = await events.log.append(agent.connection_id, drafts)
     return len(emitted)
 

@@ -15,6 +15,7 @@ reflects exactly the events up to its `last_event_id`:
                     each position (`p:{id}`) and the newest `account` (`account`); these
                     are not kept in the stream one by one (a replay ends with the latest)
     last_deal_ticket the newest deal ticket recorded, or None
+    orders          {order_id: status} of the last `order` events (the newest 1000)
 
 `apply` turns what was reported into the events to emit: repeats of what the state
 already says are dropped, a `state` report becomes the differences it shows.
@@ -30,6 +31,8 @@ from typing import Any
 # "profit-only" (coalesced).
 MARKET_FIELDS = frozenset({"profit", "current_price", "swap"})
 ACCOUNT_KEY = "account"
+# Orders whose last status the state keeps (to say each status once): the newest ones.
+ORDERS_REMEMBERED = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,7 @@ def new_state(now: float | None = None) -> dict[str, Any]:
         "agent": None,
         "latest": {},
         "last_deal_ticket": None,
+        "orders": {},
     }
 
 
@@ -90,13 +94,28 @@ class Applier:
         self.new_deals: list[int] = []
 
     def apply(self, draft: Draft) -> None:
-        handler = getattr(self, f"_{draft.kind}", None)
-        if handler is None:  # order, agent, and anything the server says as it is
-            self._emit(draft, None)
-            if draft.kind == "agent":
-                self.state["agent"] = draft.data
+        getattr(self, f"_{draft.kind}")(draft)
+
+    # -- the server's own ---------------------------------------------------------------
+
+    def _order(self, draft: Draft) -> None:
+        """Once per status of an order, whoever offers it how often."""
+        orders = self.state.setdefault("orders", {})
+        order_id, status = draft.data["order_id"], draft.data["status"]
+        if orders.get(order_id) == status:
             return
-        handler(draft)
+        orders.pop(order_id, None)
+        orders[order_id] = status
+        while len(orders) > ORDERS_REMEMBERED:
+            del orders[next(iter(orders))]
+        self._emit(draft, None)
+
+    def _agent(self, draft: Draft) -> None:
+        """Once per change of the agent's status."""
+        if self.state["agent"] == draft.data:
+            return
+        self.state["agent"] = draft.data
+        self._emit(draft, None)
 
     def _emit(self, draft: Draft, coalesce: str | None) -> None:
         state = self.state
@@ -129,8 +148,10 @@ class Applier:
         self._emit(draft, coalesce)
 
     def _position_closed(self, draft: Draft) -> None:
+        """Once: the close of a position the state does not hold is a repeat."""
         key = str(draft.data["position_id"])
-        self.state["positions"].pop(key, None)
+        if self.state["positions"].pop(key, None) is None:
+            return
         self.state["latest"].pop(f"p:{key}", None)
         self._emit(draft, None)
 
@@ -146,8 +167,9 @@ class Applier:
     _pending_order_changed = _pending_order_placed
 
     def _pending_order_removed(self, draft: Draft) -> None:
-        self.state["pending_orders"].pop(str(draft.data["ticket"]), None)
-        self._emit(draft, None)
+        """Once: the removal of a pending order the state does not hold is a repeat."""
+        if self.state["pending_orders"].pop(str(draft.data["ticket"]), None) is not None:
+            self._emit(draft, None)
 
     # -- deals and the account ----------------------------------------------------------
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import APIRouter, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from pydantic import ValidationError
 
 from app.api.deps import CurrentAgent, ResourcesDep
 from app.core.errors import DomainError
@@ -38,6 +40,37 @@ def event_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return found
 
 
+def integral_floats_as_ints(value: Any) -> Any:
+    """JSON Schema's `integer` takes `5.0`; pydantic's strict int does not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [integral_floats_as_ints(item) for item in value]
+    if isinstance(value, dict):
+        return {key: integral_floats_as_ints(item) for key, item in value.items()}
+    return value
+
+
+def check_strictly(body: bytes) -> None:
+    """The batch read as its schema types it: a number is a JSON number (`false` or `"1"`
+    is not), a time an ISO-8601 string. It follows FastAPI's own (lax) validation, which
+    made the route's argument; this one only refuses."""
+    normalized = json.dumps(integral_floats_as_ints(json.loads(body))).encode()
+    try:
+        EventBatch.model_validate_json(normalized, strict=True)
+    except ValidationError as exc:
+        raise refused([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+
+
+def refused(errors: list[dict[str, Any]]) -> InvalidEvents:
+    found = event_errors(errors)
+    count = len(found)
+    return InvalidEvents(
+        f"{count} error{'s' if count != 1 else ''}; nothing of the batch was stored.",
+        errors=found,
+    )
+
+
 class EventBatchRoute(APIRoute):
     """Answers a malformed batch with the contract's `invalid_events`, not FastAPI's list."""
 
@@ -48,12 +81,7 @@ class EventBatchRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as exc:
-                errors = event_errors(list(exc.errors()))
-                count = len(errors)
-                raise InvalidEvents(
-                    f"{count} error{'s' if count != 1 else ''}; nothing of the batch was stored.",
-                    errors=errors,
-                ) from exc
+                raise refused(list(exc.errors())) from exc
 
         return handle
 
@@ -78,8 +106,9 @@ router = APIRouter(
     },
 )
 async def post_events(
-    agent: CurrentAgent, resources: ResourcesDep, batch: EventBatch
+    agent: CurrentAgent, resources: ResourcesDep, batch: EventBatch, request: Request
 ) -> EventsAccepted:
     """Appends the events to the account stream of the agent's own connection."""
-    accepted = await report_events(resources.account_events, agent=agent, batch=batch)
+    check_strictly(await request.body())
+    accepted = await report_events(resources.account_events, resources.db, agent=agent, batch=batch)
     return EventsAccepted(accepted=accepted)

@@ -7,10 +7,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, Response, status
 
-from app.api.deps import CurrentAgent, JobStoreDep, RedisDep, SessionFactoryDep, SettingsDep
+from app.api.deps import (
+    CurrentAgent,
+    JobStoreDep,
+    RedisDep,
+    ResourcesDep,
+    SessionFactoryDep,
+    SettingsDep,
+)
 from app.api.docs import cross_field_rules
 from app.core.errors import InvalidAgentToken
 from app.core.security import decrypt_secret
+from app.events import agent_seen, order_changed
 from app.models import BrokerConnection
 from app.schemas.agents import (
     Credentials,
@@ -35,13 +43,26 @@ router = APIRouter(
 
 @router.post("/heartbeat")
 async def heartbeat(
-    agent: CurrentAgent, job_store: JobStoreDep, body: Heartbeat | None = None
+    agent: CurrentAgent,
+    job_store: JobStoreDep,
+    resources: ResourcesDep,
+    body: Heartbeat | None = None,
 ) -> ServerTime:
     body = body or Heartbeat()
     now = await service.heartbeat(
         job_store.db, agent, version=body.version, terminal_connected=body.terminal_connected
     )
-    return ServerTime(server_time=now)
+    events = resources.account_events.log
+    await agent_seen(
+        events,
+        agent,
+        terminal_connected=body.terminal_connected
+        if body.terminal_connected is not None
+        else agent.terminal_connected,
+        offline_after=resources.settings.agent_offline_after_seconds,
+    )
+    last_deal = await events.last_deal_ticket(agent.connection_id)
+    return ServerTime(server_time=now, last_deal_ticket=last_deal)
 
 
 @router.get("/credentials")
@@ -96,9 +117,11 @@ async def post_result(
     job_id: uuid.UUID,
     agent: CurrentAgent,
     job_store: JobStoreDep,
+    resources: ResourcesDep,
     result: Annotated[JobResult, Body()],
 ) -> JobResultAccepted:
     job = await jobs.complete_job(job_store, agent_id=agent.id, job_id=job_id, result=result)
+    await order_changed(resources.account_events.log, connection_id=agent.connection_id, job=job)
     return JobResultAccepted(job_id=job.id, status=job.status)
 
 
