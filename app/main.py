@@ -13,6 +13,7 @@ from app.api.docs import DESCRIPTION, install_docs
 from app.api.observability import RequestObservability
 from app.api.route_templates import route_templates
 from app.api.routes import (
+    agent_events,
     agents,
     api_keys,
     auth,
@@ -32,6 +33,7 @@ from app.core.migrate import upgrade_to_head_async
 from app.resources import open_resources
 from app.services.candles import CandleFlights
 from app.web import install_dashboard
+from app.ws import account_stream
 from app.ws.price_routes import PriceSocketRoutes
 
 log = logging.getLogger("mt5gate.app")
@@ -68,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(users.router)
     api.include_router(broker_connections.router)
     api.include_router(agents.router)
+    api.include_router(agent_events.router)
     api.include_router(trading.router)
     api.include_router(api_keys.router)
     api.include_router(pending_orders.router)
@@ -77,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(prices.router)
     app.include_router(api)
     app.include_router(health.router)
+    app.add_api_websocket_route("/ws/account", account_stream.account_events, name="account_events")
     install_docs(app)
     install_dashboard(app)  # `/` and `/dashboard/...`, after the API's routes
     app.state.route_templates = route_templates(app)

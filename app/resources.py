@@ -21,6 +21,7 @@ from app.core.rate_limits import RateLimiter
 from app.core.redis import create_redis
 from app.core.tasks import cancel_and_wait, run_every
 from app.dispatch import JobEvents, JobStore, recheck_waiters, sweep_jobs
+from app.events import AccountEvents, AccountStreams, EventLog, agents_changed, orders_ended
 from app.services.api_keys import (
     KEY_RECHECK_SECONDS,
     LAST_USED_FLUSH_SECONDS,
@@ -31,6 +32,8 @@ from app.services.rate_limits import TradingLimit
 from app.ws.manager import WebSocketManager
 
 JOB_SWEEP_INTERVAL_SECONDS = 1.0
+# How often each process compares the agents' heartbeats with what their streams said.
+AGENT_WATCH_INTERVAL_SECONDS = 1.0
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Resources:
     ws: WebSocketManager
     key_usage: KeyUsage
     key_sockets: KeySockets
+    account_events: AccountEvents
 
 
 @asynccontextmanager
@@ -78,13 +82,23 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             poll_interval=settings.job_poll_interval_seconds,
             result_timeout=settings.job_result_timeout_seconds,
         )
+        account_events = await open_account_events(redis, settings)
+        stack.push_async_callback(account_events.streams.close)
+        sweep = partial(sweep_jobs, jobs, partial(orders_ended, account_events.log, db))
         key_usage = KeyUsage(db)
         stack.push_async_callback(key_usage.flush)  # after the loop below has stopped
         key_sockets = KeySockets(redis, db, keepalive=settings.redis_health_check_interval_seconds)
         await key_sockets.start()
         stack.push_async_callback(key_sockets.stop)
+        agent_watch = partial(
+            agents_changed,
+            account_events.log,
+            db,
+            offline_after=settings.agent_offline_after_seconds,
+        )
         for name, interval, work in (
-            ("job_sweep", JOB_SWEEP_INTERVAL_SECONDS, partial(sweep_jobs, jobs)),
+            ("job_sweep", JOB_SWEEP_INTERVAL_SECONDS, sweep),
+            ("agent_watch", AGENT_WATCH_INTERVAL_SECONDS, agent_watch),
             ("waiter_recheck", jobs.poll_interval, partial(recheck_waiters, jobs)),
             ("key_usage_flush", LAST_USED_FLUSH_SECONDS, key_usage.flush),
             ("key_socket_recheck", KEY_RECHECK_SECONDS, key_sockets.recheck),
@@ -107,4 +121,16 @@ async def open_resources(settings: Settings) -> AsyncIterator[Resources]:
             ws=ws,
             key_usage=key_usage,
             key_sockets=key_sockets,
+            account_events=account_events,
         )
+
+
+async def open_account_events(redis: Redis, settings: Settings) -> AccountEvents:
+    log = EventLog(
+        redis,
+        keep_count=settings.account_events_keep_count,
+        keep_seconds=settings.account_events_keep_seconds,
+    )
+    streams = AccountStreams(redis, settings, log)
+    await streams.start()
+    return AccountEvents(log=log, streams=streams, settings=settings)

@@ -19,6 +19,11 @@ class Heartbeat(BaseModel):
 
 class ServerTime(BaseModel):
     server_time: UtcDatetime
+    last_deal_ticket: int | None = Field(
+        default=None,
+        description="The newest deal the server has recorded for this connection (null: "
+        "none yet); the agent reports the deals after it.",
+    )
 
 
 class Credentials(BaseModel):

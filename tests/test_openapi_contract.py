@@ -51,7 +51,17 @@ CONTRACT_5XX = {(503, "agent_offline"), (504, "agent_timeout"), (503, "feed_offl
 CONTRACT_5XX_STATUSES = sorted({str(status) for status, _ in CONTRACT_5XX})
 # What valid input may get: schemathesis's default without its blanket "5xx" (that a 5xx
 # is no bug is for `contract_server_errors` to judge).
-POSITIVE_DATA_STATUSES = ["2xx", "3xx", "401", "403", "404", "409", "429", *CONTRACT_5XX_STATUSES]
+# 413: a body the schema allows can still be over the size limit (an agent's batch of 500
+# `state` events, each with thousands of positions).
+POSITIVE_DATA_STATUSES = [
+    *("2xx", "3xx", "401", "403", "404", "409", "413", "429"),
+    *CONTRACT_5XX_STATUSES,
+]
+# What invalid input may get: schemathesis's default, and 413 body_too_large.
+NEGATIVE_DATA_STATUSES = [
+    *("400", "401", "403", "404", "405", "406", "409", "413", "415", "422", "428", "429"),
+    "5xx",
+]
 
 
 @schemathesis.check
@@ -169,6 +179,8 @@ def run_schemathesis(base_url: str, trader: Trader, served: dict[str, Any]) -> O
                     "expected-statuses": ["2xx", "3xx", "4xx", *CONTRACT_5XX_STATUSES]
                 },
                 "positive_data_acceptance": {"expected-statuses": POSITIVE_DATA_STATUSES},
+                # A body over the size limit (501 agent events can be) is refused too.
+                "negative_data_rejection": {"expected-statuses": NEGATIVE_DATA_STATUSES},
             },
             "headers": {"Authorization": f"Bearer {trader.user.token}"},
             "request-timeout": 10,

@@ -87,6 +87,20 @@ stays open; codes: `invalid_json`, `invalid_message`, `message_too_large`,
 
 A client that falls behind gets the newest tick of each instrument; older unsent ticks
 are dropped, and it never delays the other clients.
+
+## Account events over WebSocket
+
+### `WS /ws/account?token=<access_token or API key>[&broker_connection_id=<id>][&since=<event_id>]`
+
+What happens on one broker account (the oldest connection by default). The first message
+is a snapshot, `{"type": "snapshot", "seq": 0, "data": {"last_event_id", "account",
+"positions", "pending_orders", "agent"}}`, then every event as `{"type": "event", "seq": N,
+"event": {"id", "kind", "at", "data"}}`. With `since`, the events after that id are
+replayed first instead of the snapshot (a `since` the log does not hold gets the
+snapshot). `{"type": "ping"}` is answered `{"type": "pong"}`; any other message
+`{"type": "error", "detail", "message"}`. Close codes: `4001` credentials (also when they
+expire or the key is revoked), `4003` onboarding incomplete, `4004` not your connection,
+`1008` too many sockets, `1013` a client that cannot keep up (resume with `since`).
 """
 
 ERROR_BODY_REF = {"$ref": "#/components/schemas/ErrorBody"}

@@ -91,6 +91,14 @@ class Settings(BaseSettings):
     # `channels`: SUBSCRIBE to an instrument while this process has a socket on it;
     # `pattern`: one PSUBSCRIBE prices:* for all (see bench/fanout.py for the trade-off).
     ws_redis_subscription: Literal["channels", "pattern"] = "channels"
+    # Account events (WS /ws/account): open sockets per user across every process; the
+    # messages queued for one socket past which it is closed with 1013 (never dropped one);
+    # what the per-connection log keeps: every event among the newest `keep_count` or
+    # younger than `keep_seconds`.
+    ws_max_account_sockets_per_user: int = Field(default=20, gt=0)
+    ws_account_queue_size: int = Field(default=1024, ge=8)
+    account_events_keep_count: int = Field(default=10_000, gt=0)
+    account_events_keep_seconds: float = Field(default=86_400, ge=0)
     ws_ping_interval_seconds: float = Field(default=20, gt=0)
     # A peer that does not answer a ping within this long is dead: its socket is closed.
     ws_ping_timeout_seconds: float = Field(default=20, gt=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from app.core.tasks import batched
@@ -18,10 +19,14 @@ log = logging.getLogger("mt5gate.jobs")
 RECHECK_BATCH = 500  # ids per query: bounded statements, however many waiters
 
 
-async def sweep_jobs(store: JobStore) -> int:
+async def sweep_jobs(
+    store: JobStore,
+    on_ended: Callable[[list[uuid.UUID]], Awaitable[object]] | None = None,
+) -> int:
     """Ends jobs nobody will finish: past-due pending ones expire, unanswered claims are lost.
 
-    Wakes their waiters and returns how many it ended.
+    Wakes their waiters, tells `on_ended` (the account events) which ended, and returns
+    how many it ended.
     """
     now = utcnow()
     async with store.db.connect() as conn:
@@ -31,6 +36,8 @@ async def sweep_jobs(store: JobStore) -> int:
         ended += lost.all()
     for job_id in ended:
         await store.events.job_finished(str(job_id))
+    if ended and on_ended is not None:
+        await on_ended(ended)
     if ended:
         log.info("event=jobs_swept ended=%d", len(ended))
     return len(ended)

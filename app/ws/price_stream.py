@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from starlette.types import Message
@@ -134,18 +135,13 @@ async def stream_prices(
     sock = manager.connect(websocket)
     close: tuple[int, str] | None = None
     peer_code = 1005  # no status
-    expires_at = principal.expires_at
-    ends = None  # a key without expiry
-    if expires_at is not None:
-        ends = loop.time() + (expires_at - datetime.now(UTC)).total_seconds()
 
     def revoke() -> None:  # its API key was revoked: end the handler now, then close 4001
         if sock.close_code is None and sock.deadline is not None and not sock.deadline.expired():
             sock.close_code = CLOSE_INVALID_TOKEN
             sock.deadline.reschedule(loop.time())
 
-    key = principal.api_key
-    forget_key = resources.key_sockets.register(key.id, revoke) if key is not None else None
+    ends, forget_key = watch_credentials(resources, principal, revoke)
     try:
         async with asyncio.timeout_at(ends) as deadline:
             sock.deadline = deadline
@@ -158,16 +154,23 @@ async def stream_prices(
     except TimeoutError:
         if not deadline.expired():
             raise
-        if sock.close_code == CLOSE_STALLED:
-            close = (CLOSE_STALLED, "stalled")
-        elif sock.close_code == CLOSE_INVALID_TOKEN:
-            close = (CLOSE_INVALID_TOKEN, "key_revoked")
-        else:
-            close = (CLOSE_INVALID_TOKEN, "token_expired")
+        close = deadline_close(sock.close_code, stalled=(CLOSE_STALLED, "stalled"))
     finally:
-        if forget_key is not None:
-            forget_key()
+        forget_key()
         manager.disconnect(sock)
+    await end_socket(websocket, resources, close, peer_code=peer_code, opened_at=opened_at)
+
+
+async def end_socket(
+    websocket: WebSocket,
+    resources: Resources,
+    close: tuple[int, str] | None,
+    *,
+    peer_code: int,
+    opened_at: float,
+) -> None:
+    """Closes a socket whose handler ended with the server's `close` (code, reason), or
+    logs the close its client made (`close` None)."""
     if close is None:
         log_closed(websocket, peer_code, opened_at=opened_at)
         return
@@ -180,6 +183,32 @@ async def stream_prices(
         # A stalled client may never read the close frame: give up after the same limit.
         sent = await close_quietly(websocket, code, reason, stall_timeout)
     log_closed(websocket, code, reason, frame_sent=sent, opened_at=opened_at)
+
+
+def watch_credentials(
+    resources: Resources, principal: Principal, revoke: Callable[[], None]
+) -> tuple[float | None, Callable[[], None]]:
+    """When a socket's credentials stop working, as a loop time for `asyncio.timeout_at`
+    (None: a key without expiry), and the registration of `revoke` for its API key's
+    revocation (a function that undoes it)."""
+    ends = None
+    if principal.expires_at is not None:
+        left = (principal.expires_at - datetime.now(UTC)).total_seconds()
+        ends = asyncio.get_running_loop().time() + left
+    key = principal.api_key
+    if key is None:
+        return ends, lambda: None
+    return ends, resources.key_sockets.register(key.id, revoke)
+
+
+def deadline_close(close_code: int | None, *, stalled: tuple[int, str]) -> tuple[int, str]:
+    """The close of a socket whose handler's deadline passed: the server's own decision
+    (`stalled`: the socket could not keep up; a revoked key), else its token expired."""
+    if close_code == stalled[0]:
+        return stalled
+    if close_code == CLOSE_INVALID_TOKEN:
+        return (CLOSE_INVALID_TOKEN, "key_revoked")
+    return (CLOSE_INVALID_TOKEN, "token_expired")
 
 
 async def read_until_disconnect(websocket: WebSocket) -> int:

@@ -9,10 +9,18 @@ from fastapi import APIRouter, Body, Query, Request, Response, status
 
 from app import dispatch
 from app.api.client_disconnect import client_disconnect
-from app.api.deps import CurrentAgent, JobStoreDep, RedisDep, SessionFactoryDep, SettingsDep
+from app.api.deps import (
+    CurrentAgent,
+    JobStoreDep,
+    RedisDep,
+    ResourcesDep,
+    SessionFactoryDep,
+    SettingsDep,
+)
 from app.api.docs import cross_field_rules
 from app.core.errors import InvalidAgentToken
 from app.core.security import decrypt_secret
+from app.events import heartbeat_seen, order_changed
 from app.models import BrokerConnection
 from app.schemas.agents import (
     Credentials,
@@ -37,13 +45,22 @@ router = APIRouter(
 
 @router.post("/heartbeat")
 async def heartbeat(
-    agent: CurrentAgent, job_store: JobStoreDep, body: Heartbeat | None = None
+    agent: CurrentAgent,
+    job_store: JobStoreDep,
+    resources: ResourcesDep,
+    body: Heartbeat | None = None,
 ) -> ServerTime:
     body = body or Heartbeat()
     now = await service.heartbeat(
         job_store.db, agent, version=body.version, terminal_connected=body.terminal_connected
     )
-    return ServerTime(server_time=now)
+    last_deal = await heartbeat_seen(
+        resources.account_events.log,
+        agent,
+        terminal_connected=body.terminal_connected,
+        offline_after=resources.settings.agent_offline_after_seconds,
+    )
+    return ServerTime(server_time=now, last_deal_ticket=last_deal)
 
 
 @router.get("/credentials")
@@ -99,9 +116,11 @@ async def post_result(
     job_id: uuid.UUID,
     agent: CurrentAgent,
     job_store: JobStoreDep,
+    resources: ResourcesDep,
     result: Annotated[JobResult, Body()],
 ) -> JobResultAccepted:
     job = await dispatch.complete_job(job_store, agent_id=agent.id, job_id=job_id, result=result)
+    await order_changed(resources.account_events.log, connection_id=agent.connection_id, job=job)
     return JobResultAccepted(job_id=job.id, status=job.status)
 
 
