@@ -236,6 +236,9 @@ def run_schemathesis(base_url: str, trader: Trader, served: dict[str, Any]) -> O
     return outcome
 
 
+# Every operation, many generated cases each (the agent-events batches up to 500 events):
+# three minutes on a loaded 2-CPU machine, well past the suite's default of 120 s.
+@pytest.mark.timeout(480)
 async def test_every_operation_holds_to_the_served_schema_under_every_check(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader
 ) -> None:
