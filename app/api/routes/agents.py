@@ -11,6 +11,7 @@ from app import dispatch
 from app.api.client_disconnect import client_disconnect
 from app.api.deps import CurrentAgent, JobStoreDep, RedisDep, SessionFactoryDep, SettingsDep
 from app.api.docs import cross_field_rules
+from app.api.json_bodies import RustJsonRoute
 from app.core.errors import InvalidAgentToken
 from app.core.security import decrypt_secret
 from app.models import BrokerConnection
@@ -31,6 +32,7 @@ from app.services import price_pushes
 router = APIRouter(
     prefix="/agents/{agent_id}",
     tags=["agents"],
+    route_class=RustJsonRoute,  # results and price pushes: the large bodies
     responses={401: {"model": ErrorBody, "description": "invalid_agent_token"}},
 )
 
