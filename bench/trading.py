@@ -9,7 +9,7 @@ time, the kinds interleaved so that each sees the same conditions:
 * `POST /orders`: a trade job, filled by the agent (201);
 * `GET /account`: a read job;
 * pending placed: `POST /orders` of a buy limit, placed by the agent (201);
-* pending cancelled: `DELETE /pending-orders/{ticket}` (200);
+* pending cancelled: `DELETE /pending-orders/{ticket}` of the order placed just before (200);
 * history 1,000 deals: `GET /history/deals?limit=1000`, the agent answering 1,000 deals;
 * candles hit: `GET /candles/EURUSD?count=200` served from the feed's Redis cache;
 * candles miss: a new instrument every time, so a job for the price source (the same
@@ -133,13 +133,25 @@ async def measure(
                 miss_counter += 1  # a fresh instrument: never cached
                 return http.get(f"/candles/B{miss_counter}", params={"count": 200})
 
+            placed: list[httpx.Response] = []
+
+            async def place_pending() -> httpx.Response:
+                placed.append(await http.post("/orders", json=PENDING))
+                return placed[-1]
+
+            def cancel_pending() -> Awaitable[httpx.Response]:
+                # The order placed last: each has a ticket of its own (its JSON read, a few
+                # microseconds, counts in the cancellation's time).
+                ticket = placed.pop().json()["ticket"] if placed else 2001
+                return http.delete(f"/pending-orders/{ticket}")
+
             requests: dict[str, tuple[Callable[[], Awaitable[httpx.Response]], int, str | None]] = {
                 "GET /me (floor)": (lambda: http.get("/me"), 200, None),
                 "GET /me (API key)": (lambda: http.get("/me", headers=key_headers), 200, None),
                 "POST /orders": (lambda: http.post("/orders", json=ORDER), 201, None),
                 "GET /account": (lambda: http.get("/account"), 200, None),
-                "pending placed": (lambda: http.post("/orders", json=PENDING), 201, None),
-                "pending cancelled": (lambda: http.delete("/pending-orders/2001"), 200, None),
+                "pending placed": (place_pending, 201, None),
+                "pending cancelled": (cancel_pending, 200, None),
                 "history 1,000 deals": (
                     lambda: http.get("/history/deals", params={"limit": 1000}),
                     200,
