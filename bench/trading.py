@@ -2,7 +2,8 @@
 
 The API is served in this process on loopback; an instant agent (its own process,
 long-polling `jobs/next` and answering at once) executes every job. One request at a
-time, the kinds interleaved so that each sees the same conditions:
+time, the kinds interleaved so that each sees the same conditions, each after a pause
+that lets the server settle (SETTLE_SECONDS):
 
 * `GET /me`: authentication and one row read, the floor every route pays;
 * `GET /me (API key)`: the same with an API key (a hash and a joined read instead of a JWT);
@@ -71,6 +72,12 @@ ORDER = {"symbol": "EURUSD", "side": "buy", "volume": 0.1}
 PENDING = {**ORDER, "type": "limit", "price": 1.05}
 JOB_ROUTES = ("POST /orders", "pending placed", "pending cancelled", "history 1,000 deals")
 WARM_UP = 20
+# A pause before each timed request, so that every kind starts with the server idle: the
+# agent that answered the previous job is back in its long-poll (its result's response, a
+# token check and a claim that finds nothing), instead of that work landing in the next
+# request's time. Without it a kind that follows a job (pending placed follows GET
+# /account) paid ~1 ms that one following a plain read (POST /orders) did not.
+SETTLE_SECONDS = 0.005
 PSEUDO = httpx.Request("POST", "http://in-process/job")
 
 
@@ -189,6 +196,7 @@ async def measure(
                         primed = time.monotonic()
                     for kind in kinds:
                         request, expected, cache = requests[kind]
+                        await asyncio.sleep(SETTLE_SECONDS)
                         try:
                             took = await timed(request, expected, cache)
                         except UnexpectedMiss:
