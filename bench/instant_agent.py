@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import multiprocessing
 from datetime import UTC, datetime
@@ -58,8 +59,8 @@ def candles_output(count: int) -> dict[str, Any]:
     }
 
 
-CANNED_OUTPUT["place_pending_order"] = {"ticket": 2001, "placed_at": NOW}
-CANNED_OUTPUT["cancel_pending_order"] = {"ticket": 2001, "cancelled_at": NOW}
+# Each placed order gets a ticket of its own, as at a broker (see `result_body`).
+FIRST_PENDING_TICKET = 2001
 
 
 def deal(index: int) -> dict[str, Any]:
@@ -95,11 +96,20 @@ def output_for(job: dict[str, Any]) -> dict[str, Any]:
 
 
 _BODIES: dict[tuple[str, int], bytes] = {}
+_pending_tickets = itertools.count(FIRST_PENDING_TICKET)
 
 
 def result_body(job: dict[str, Any]) -> bytes:
     """The result's JSON, encoded once per job type and size: the agent's own cost stays
-    out of the figures (a thousand deals take milliseconds to encode)."""
+    out of the figures (a thousand deals take milliseconds to encode). A pending order
+    placed gets the next ticket, and a cancellation names the ticket it was given: with
+    one ticket for every order, each cancellation would mark every order placed so far."""
+    if job["job_type"] == "place_pending_order":
+        placed = {"ticket": next(_pending_tickets), "placed_at": NOW}
+        return json.dumps({"status": "completed", "output_data": placed}).encode()
+    if job["job_type"] == "cancel_pending_order":
+        cancelled = {"ticket": job["input_data"]["ticket"], "cancelled_at": NOW}
+        return json.dumps({"status": "completed", "output_data": cancelled}).encode()
     key = (
         job["job_type"],
         int(job["input_data"].get("limit") or job["input_data"].get("count") or 0),

@@ -2,14 +2,15 @@
 
 The API is served in this process on loopback; an instant agent (its own process,
 long-polling `jobs/next` and answering at once) executes every job. One request at a
-time, the kinds interleaved so that each sees the same conditions:
+time, the kinds interleaved so that each sees the same conditions, each after a pause
+that lets the server settle (SETTLE_SECONDS):
 
 * `GET /me`: authentication and one row read, the floor every route pays;
 * `GET /me (API key)`: the same with an API key (a hash and a joined read instead of a JWT);
 * `POST /orders`: a trade job, filled by the agent (201);
 * `GET /account`: a read job;
 * pending placed: `POST /orders` of a buy limit, placed by the agent (201);
-* pending cancelled: `DELETE /pending-orders/{ticket}` (200);
+* pending cancelled: `DELETE /pending-orders/{ticket}` of the order placed just before (200);
 * history 1,000 deals: `GET /history/deals?limit=1000`, the agent answering 1,000 deals;
 * candles hit: `GET /candles/EURUSD?count=200` served from the feed's Redis cache;
 * candles miss: a new instrument every time, so a job for the price source (the same
@@ -71,6 +72,12 @@ ORDER = {"symbol": "EURUSD", "side": "buy", "volume": 0.1}
 PENDING = {**ORDER, "type": "limit", "price": 1.05}
 JOB_ROUTES = ("POST /orders", "pending placed", "pending cancelled", "history 1,000 deals")
 WARM_UP = 20
+# A pause before each timed request, so that every kind starts with the server idle: the
+# agent that answered the previous job is back in its long-poll (its result's response, a
+# token check and a claim that finds nothing), instead of that work landing in the next
+# request's time. Without it a kind that follows a job (pending placed follows GET
+# /account) paid ~1 ms that one following a plain read (POST /orders) did not.
+SETTLE_SECONDS = 0.005
 PSEUDO = httpx.Request("POST", "http://in-process/job")
 
 
@@ -133,13 +140,25 @@ async def measure(
                 miss_counter += 1  # a fresh instrument: never cached
                 return http.get(f"/candles/B{miss_counter}", params={"count": 200})
 
+            placed: list[httpx.Response] = []
+
+            async def place_pending() -> httpx.Response:
+                placed.append(await http.post("/orders", json=PENDING))
+                return placed[-1]
+
+            def cancel_pending() -> Awaitable[httpx.Response]:
+                # The order placed last: each has a ticket of its own (its JSON read, a few
+                # microseconds, counts in the cancellation's time).
+                ticket = placed.pop().json()["ticket"] if placed else 2001
+                return http.delete(f"/pending-orders/{ticket}")
+
             requests: dict[str, tuple[Callable[[], Awaitable[httpx.Response]], int, str | None]] = {
                 "GET /me (floor)": (lambda: http.get("/me"), 200, None),
                 "GET /me (API key)": (lambda: http.get("/me", headers=key_headers), 200, None),
                 "POST /orders": (lambda: http.post("/orders", json=ORDER), 201, None),
                 "GET /account": (lambda: http.get("/account"), 200, None),
-                "pending placed": (lambda: http.post("/orders", json=PENDING), 201, None),
-                "pending cancelled": (lambda: http.delete("/pending-orders/2001"), 200, None),
+                "pending placed": (place_pending, 201, None),
+                "pending cancelled": (cancel_pending, 200, None),
                 "history 1,000 deals": (
                     lambda: http.get("/history/deals", params={"limit": 1000}),
                     200,
@@ -177,6 +196,7 @@ async def measure(
                         primed = time.monotonic()
                     for kind in kinds:
                         request, expected, cache = requests[kind]
+                        await asyncio.sleep(SETTLE_SECONDS)
                         try:
                             took = await timed(request, expected, cache)
                         except UnexpectedMiss:

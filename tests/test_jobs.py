@@ -245,6 +245,37 @@ async def test_malformed_result_is_422_and_leaves_the_job_running(
     assert (await answer(client, trader.agent, job_id, completed())).status_code == 200
 
 
+@pytest.mark.parametrize(
+    ("body", "refusal"),
+    [
+        (b'{"status": "completed", "output_data": {}', "json_invalid"),  # cut short
+        (
+            b'{"status": "failed", "error": {"code": "rejected", "message": "\\ud800"}}',
+            "no lone surrogates",
+        ),
+        # UTF-16, which json.loads reads: a body it parses, then checked as any answer.
+        ('{"status": "completed", "output_data": {}}'.encode("utf-16"), "invalid_result"),
+    ],
+)
+async def test_a_result_body_the_rust_parser_refuses_is_read_as_json_loads_reads_it(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader, body: bytes, refusal: str
+) -> None:
+    """Malformed JSON, a lone surrogate, UTF-16: the standard library decides, as before
+    the Rust parser went in front of it, and the job stays running."""
+    job_id = await create_job(api, trader)
+    await poll(client, trader.agent)
+    response = await client.post(
+        trader.agent.path(f"jobs/{job_id}/result"),
+        content=body,
+        headers={**trader.agent.headers, "Content-Type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert refusal in response.text
+    job = await dispatch.get_job(api.resources.jobs, job_id)
+    assert job is not None
+    assert job.status == "running"
+
+
 async def test_answer_reaching_a_process_that_did_not_hand_the_job_out_is_checked_the_same(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader
 ) -> None:

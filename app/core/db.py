@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from app.core import json_codec
 from app.core.errors import is_concurrency_conflict
 
 log = logging.getLogger("mt5gate.db")
@@ -31,6 +32,9 @@ SINGLE_STATEMENTS = "mt5gate_single_statements"
 
 
 def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
+    # The JSON columns through the Rust codec: a history answer stored is ~300 KB.
+    kwargs.setdefault("json_serializer", json_codec.dumps)
+    kwargs.setdefault("json_deserializer", json_codec.loads)
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":

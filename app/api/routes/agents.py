@@ -18,6 +18,7 @@ from app.api.deps import (
     SettingsDep,
 )
 from app.api.docs import cross_field_rules
+from app.api.json_bodies import RustJsonRoute
 from app.core.errors import InvalidAgentToken
 from app.core.security import decrypt_secret
 from app.events import heartbeat_seen, order_changed
@@ -39,6 +40,7 @@ from app.services import price_pushes
 router = APIRouter(
     prefix="/agents/{agent_id}",
     tags=["agents"],
+    route_class=RustJsonRoute,  # results and price pushes: the large bodies
     responses={401: {"model": ErrorBody, "description": "invalid_agent_token"}},
 )
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BeforeValidator
 
 from app.api.deps import UserAccountDep, get_onboarded_user
 from app.api.docs import cross_field_rules
 from app.api.routes.trading import AGENT_ERRORS, BROKER_ERROR, Responses, error
+from app.core import json_codec
 from app.schemas.common import ErrorBody
 from app.schemas.trading import SYMBOL_PATTERN, Deal, HistoryOrder
 from app.services import history as service
@@ -64,6 +64,14 @@ async def history_query(
 
 
 HistoryQueryDep = Annotated[HistoryQuery, Depends(history_query)]
+
+
+def json_response(records: list[dict[str, Any]]) -> Response:
+    """The records as they were stored: validated and normalised when the agent answered,
+    so not validated again on their way out (`response_model` documents them)."""
+    return Response(json_codec.dumps_bytes(records), media_type="application/json")
+
+
 RANGE_ERROR: Responses = {
     422: {
         "model": ErrorBody,  # `broker_error`'s body is one too, with its `error` beside
@@ -75,16 +83,16 @@ RANGE_RULES = cross_field_rules("`to` after `from`, at most 366 days apart (`inv
 
 
 @router.get("/deals", response_model=list[Deal], responses=RANGE_ERROR, openapi_extra=RANGE_RULES)
-async def list_deals(account: UserAccountDep, query: HistoryQueryDep) -> JSONResponse:
+async def list_deals(account: UserAccountDep, query: HistoryQueryDep) -> Response:
     """The account's deals in `[from, to)`, newest first (waits up to 10 s)."""
     deals = await service.list_deals(account, query=query)
-    return JSONResponse(deals)  # validated when the agent answered
+    return json_response(deals)
 
 
 @router.get(
     "/orders", response_model=list[HistoryOrder], responses=RANGE_ERROR, openapi_extra=RANGE_RULES
 )
-async def list_history_orders(account: UserAccountDep, query: HistoryQueryDep) -> JSONResponse:
+async def list_history_orders(account: UserAccountDep, query: HistoryQueryDep) -> Response:
     """The account's finished orders in `[from, to)`, newest first (waits up to 10 s)."""
     orders = await service.list_history_orders(account, query=query)
-    return JSONResponse(orders)  # validated when the agent answered
+    return json_response(orders)
