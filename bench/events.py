@@ -50,6 +50,8 @@ from bench.trading import wait_for_agent
 
 ORDER = {"symbol": "EURUSD", "side": "buy", "volume": 0.1}
 SOCKETS_PER_CONNECTION = 10
+# Appends at once (as many agents' requests would be): memory://'s pool is small.
+APPENDS_IN_FLIGHT = 8
 
 
 def stores() -> list[str]:
@@ -126,34 +128,46 @@ def part_a(quick: bool) -> None:
 # -- (c) 1,000 sockets over 100 connections -------------------------------------------------
 
 
-def socket_clients(pipe: Connection, urls: list[str], connection_of: list[int]) -> None:
+def socket_clients(pipe: Connection, urls: list[str]) -> None:
     """The client process: opens every socket, reads until told to stop, then sends back
     `(events received per socket, latencies in seconds)`."""
     raise_open_files_limit()
-    asyncio.run(read_sockets(pipe, urls, connection_of))
+    asyncio.run(read_sockets(pipe, urls))
 
 
-async def read_sockets(pipe: Connection, urls: list[str], connection_of: list[int]) -> None:
+async def read_sockets(pipe: Connection, urls: list[str]) -> None:
     received = [0] * len(urls)
     latencies: list[float] = []
     ready = 0
     all_ready = asyncio.Event()
 
-    async def follow(index: int, url: str) -> None:
+    failed = 0
+
+    def counted() -> None:
         nonlocal ready
-        async with websockets.connect(url, open_timeout=60, max_queue=None) as ws:
-            await ws.recv()  # the snapshot
-            ready += 1
-            if ready == len(urls):
-                all_ready.set()
-            async for message in ws:
-                now = time.time()
-                body = json.loads(message)
-                if body["type"] != "event":
-                    continue
-                received[index] += 1
-                sent = datetime.fromisoformat(body["event"]["data"]["time"]).timestamp()
-                latencies.append(now - sent)
+        ready += 1
+        if ready == len(urls):
+            all_ready.set()
+
+    async def follow(index: int, url: str) -> None:
+        nonlocal failed
+        try:
+            async with websockets.connect(url, open_timeout=60, max_queue=None) as ws:
+                await ws.recv()  # the snapshot
+                counted()
+                async for message in ws:
+                    now = time.time()
+                    body = json.loads(message)
+                    if body["type"] != "event":
+                        continue
+                    received[index] += 1
+                    sent = datetime.fromisoformat(body["event"]["data"]["time"]).timestamp()
+                    latencies.append(now - sent)
+        except (OSError, websockets.WebSocketException) as exc:
+            failed += 1
+            print(f"socket {index}: {exc!r}", file=sys.stderr)
+            if not all_ready.is_set():
+                counted()
 
     tasks = [asyncio.create_task(follow(i, url)) for i, url in enumerate(urls)]
     await all_ready.wait()
@@ -163,7 +177,7 @@ async def read_sockets(pipe: Connection, urls: list[str], connection_of: list[in
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    pipe.send((received, latencies, connection_of))
+    pipe.send((received, latencies, failed))
 
 
 def deal(ticket: int) -> dict[str, Any]:
@@ -183,10 +197,9 @@ async def fan_out(
         who = [await onboard(api.base_url) for _ in range(connections)]
         ids = [await connection_id(api.base_url, w.token) for w in who]
         urls = [ws_url(api.base_url, w.token) for w in who for _ in range(SOCKETS_PER_CONNECTION)]
-        connection_of = [c for c in range(connections) for _ in range(SOCKETS_PER_CONNECTION)]
         ours, theirs = multiprocessing.get_context("spawn").Pipe()
         clients = multiprocessing.get_context("spawn").Process(
-            target=socket_clients, args=(theirs, urls, connection_of)
+            target=socket_clients, args=(theirs, urls)
         )
         clients.start()
         loop = asyncio.get_running_loop()
@@ -195,17 +208,23 @@ async def fan_out(
         total = int(rate * seconds)
         started = time.perf_counter()
         appends = []
+        in_flight = asyncio.Semaphore(APPENDS_IN_FLIGHT)
+
+        async def append(connection: uuid.UUID, draft: Draft) -> None:
+            async with in_flight:
+                await log.append(connection, [draft])
+
         for n in range(total):  # on schedule, not each after the previous one's answer
             due = started + n / rate
             if (wait := due - time.perf_counter()) > 0:
                 await asyncio.sleep(wait)
             draft = Draft("deal", deal(n + 1), iso_utc(datetime.now(UTC)))
-            appends.append(asyncio.create_task(log.append(ids[n % connections], [draft])))
+            appends.append(asyncio.create_task(append(ids[n % connections], draft)))
         await asyncio.gather(*appends)
         sent_for = time.perf_counter() - started
         await asyncio.sleep(2)  # the last events' way to the client process
         ours.send("stop")
-        received, latencies, _ = await loop.run_in_executor(None, ours.recv)
+        received, latencies, failed = await loop.run_in_executor(None, ours.recv)
         clients.join(30)
     expected = total * SOCKETS_PER_CONNECTION
     delivered = sum(received)
@@ -215,7 +234,7 @@ async def fan_out(
         len(urls),
         connections,
         f"{total / sent_for:.0f}",
-        f"{delivered}/{expected}",
+        f"{delivered}/{expected}" + (f" ({failed} sockets failed)" if failed else ""),
         f"{percentile(latencies, 50) * 1000:.1f}",
         f"{percentile(latencies, 99) * 1000:.1f}",
     ]

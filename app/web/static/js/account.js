@@ -140,6 +140,9 @@ function applySnapshot(snapshot) {
   if (snapshot.pending_orders) changes.pendingOrders = snapshot.pending_orders;
   update(changes);
   applyAgent(snapshot.agent);
+  // An online agent that has reported nothing of its terminal (one older than the
+  // stream): what the stream cannot say is read over REST, as without a stream.
+  if (!snapshot.account && snapshot.agent?.status === "online" && !timers.length) startPolling();
 }
 
 function applyAgent(agent) {
