@@ -25,6 +25,9 @@ class AgentConfig:
     # Price source: push these symbols' changed ticks every ``price_interval`` seconds.
     price_symbols: tuple[str, ...] = ()
     price_interval: float = 0.25
+    # The account watcher: a snapshot of positions, pending orders, deals and the account
+    # every ``watch_interval`` seconds, its changes posted as events; 0 turns it off.
+    watch_interval: float = 0.25
     # Long-poll: ``jobs/next?wait=poll_wait`` (the API allows 0–30 s).
     poll_wait: int = 25
     heartbeat_interval: float = 10.0
