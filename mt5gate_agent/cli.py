@@ -19,7 +19,7 @@ from typing import Any
 
 from mt5gate_agent import __version__
 from mt5gate_agent.backends import BACKENDS
-from mt5gate_agent.config import AgentConfig
+from mt5gate_agent.config import DEFAULT_WATCH_INTERVAL, AgentConfig
 from mt5gate_agent.runner import TokenRefused, run_agent
 
 TOKEN_ENV = "MT5GATE_AGENT_TOKEN"
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--watch-interval",
         type=float,
-        default=0.25,
+        default=DEFAULT_WATCH_INTERVAL,
         metavar="SECONDS",
         help="how often the account (positions, pending orders, deals, balance) is compared "
         "with the last look and its changes reported as account events (default 0.25; 0 "
