@@ -233,6 +233,9 @@ class AccountDiffer:
         for position_id in [p for p in self._positions if p not in current]:
             self._vanished.setdefault(position_id, now)
         for position_id, since in list(self._vanished.items()):
+            if position_id in current:  # a look that missed it: it is still open
+                del self._vanished[position_id]
+                continue
             deals = self._closing_deals.get(position_id)
             if not deals and now - since < self.close_grace:
                 continue

@@ -443,6 +443,18 @@ async def test_a_close_whose_deal_the_history_never_shows_is_reported_after_a_gr
     assert (closed["position_id"], closed["reason"]) == (ticket, "other")
 
 
+async def test_a_look_that_misses_an_open_position_closes_nothing(
+    mt5_watch: Watch, fake_mt5: Any
+) -> None:
+    fake_mt5.hand_trade("EURUSD")
+    await mt5_watch.look(1.0)
+    # Some terminal builds answer None with "Success" for no positions: the backend reads
+    # it as none, once; the position is back at the next look.
+    fake_mt5.terminal.fail_next["positions_get"] = (1, "Success")
+    assert await mt5_watch.look(0.25) == []
+    assert await mt5_watch.look(CLOSE_GRACE_SECONDS) == []
+
+
 async def test_a_profit_move_in_the_terminal_is_throttled_too(
     mt5_watch: Watch, fake_mt5: Any
 ) -> None:
