@@ -167,6 +167,7 @@ class _Agent:
         self.last_deal_ticket: int | None = None
         # Jobs go first: the account watcher's backend calls wait for the jobs in hand.
         self.jobs_first = JobGate()
+        self.event_sender: EventSender | None = None
 
     def refuse(self, exc: BaseException) -> bool:
         """Stops the agent if `exc` is the API refusing its token; True when it was."""
@@ -193,6 +194,8 @@ class _Agent:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            if self.event_sender is not None and self.refused is None:
+                await self.event_sender.drain(SIGN_OFF_TIMEOUT_SECONDS)
 
     async def pause(self, seconds: float) -> bool:
         """Waits ``seconds``; False if ``stop`` was set meanwhile (or already)."""
@@ -429,7 +432,7 @@ class _Agent:
 
     def watch_tasks(self) -> list[asyncio.Task[None]]:
         """The account watcher and the sender of its events (see :mod:`mt5gate_agent.watch`)."""
-        sender = EventSender(
+        sender = self.event_sender = EventSender(
             self.client,
             backoff=lambda: Backoff(self.config.backoff_initial, self.config.backoff_max),
             on_refused_token=self.refuse,

@@ -424,6 +424,25 @@ class EventSender:
             for _ in batch:
                 self.outbox.popleft()
 
+    async def drain(self, timeout: float) -> None:
+        """Stopping: one more try, within ``timeout`` seconds, to post what is queued (what
+        is still not taken then is left to the `state` of the next start)."""
+        if self.unsupported:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                while self.outbox:
+                    batch = [
+                        self.outbox[i] for i in range(min(MAX_EVENTS_PER_POST, len(self.outbox)))
+                    ]
+                    await self._post(batch)
+                    for _ in batch:
+                        self.outbox.popleft()
+        except (TimeoutError, AgentApiError, httpx.HTTPError) as exc:
+            log.info(
+                "event=events_not_drained count=%d reason=%s", len(self.outbox), type(exc).__name__
+            )
+
     async def _post(self, batch: list[Event]) -> None:
         """Posts ``batch``; on 422 drops the refused events (logged) and posts the rest once
         more, dropping the whole batch if that is refused too. Raises what is retryable."""

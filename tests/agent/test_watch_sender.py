@@ -215,3 +215,20 @@ async def test_an_overflowing_outbox_keeps_its_deals_and_asks_for_a_state(
     outbox.sender.add([event("position_opened", {"position_id": n}, 0.0) for n in range(10)])
     assert outbox.sender.lost_events
     assert [e["kind"] for e in outbox.sender.outbox] == ["deal", "deal"]
+
+
+async def test_stopping_drains_the_outbox_once_within_its_timeout(
+    receiver: Receiver, logs: LogEvents
+) -> None:
+    async with AgentClient(receiver.url, "agent-1", "token") as client:
+        sender = EventSender(
+            client, backoff=lambda: Backoff(0.01, 0.02), on_refused_token=lambda _: False
+        )
+        sender.add(deals(1, 3))
+        await sender.drain(5.0)
+        assert tickets(receiver.taken) == [1, 2, 3]
+        assert not sender.outbox
+        receiver.answers = [(503, {"detail": "internal_error"})]
+        sender.add(deals(4, 1))
+        await sender.drain(5.0)  # one try only: left for the next start's state
+        assert logs.count("event=events_not_drained count=1") == 1
