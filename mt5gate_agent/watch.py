@@ -15,8 +15,9 @@ Invariants:
   there are none. A job therefore waits behind one snapshot step at most (the one already
   on the worker thread), and no event about a job's effect (a ``position_opened`` after a
   fill) reaches the server before the job's result, hence after its ``order`` event.
-- **State first.** The first thing reported after each start, and after events had to be
-  dropped (the outbox overflowed while the API was unreachable), is
+- **State first.** The first thing reported after each start, after events had to be
+  dropped (the outbox overflowed while the API was unreachable), and after an outage of
+  ``RESYNC_AFTER_OUTAGE_SECONDS`` (the server may have taken the agent for offline), is
   ``{"kind": "state", "data": {account, positions, pending_orders}}``: the server compares
   it with what it knew, so a restart invents nothing and loses nothing.
 - **Deals once.** Each deal ticket is reported once, starting after the heartbeat's
@@ -61,6 +62,9 @@ CLOSE_GRACE_SECONDS = 2.0
 # Queued events beyond this many (the API unreachable for long): the non-deal ones are
 # dropped and a fresh `state` is reported instead.
 MAX_OUTBOX = 10_000
+# After POSTs failed for this long (the API unreachable: the server may have taken the
+# agent for offline), the next look reports a fresh `state`, after what was queued.
+RESYNC_AFTER_OUTAGE_SECONDS = 30.0
 # How far back the deals are read: wide enough for a broker server clock the agent could
 # not measure yet (the deals' window is in server time).
 DEAL_LOOKBACK_SECONDS = 86_400.0
@@ -357,8 +361,11 @@ class EventSender:
         self.max_outbox = max_outbox
         self.outbox: deque[Event] = deque()
         self._queued = asyncio.Event()
-        # Set when events had to be dropped: the watcher reports a fresh `state`.
-        self.lost_events = False
+        # Set when events had to be dropped, or after an outage: the watcher reports a
+        # fresh `state` at its next look.
+        self.state_wanted = False
+        self.resync_after = RESYNC_AFTER_OUTAGE_SECONDS
+        self._failing_since: float | None = None
         self.unsupported = False
         self.posted_batches = 0
 
@@ -380,7 +387,7 @@ class EventSender:
                 '"outbox full while the API was unreachable: a fresh state follows"',
             )
             self.outbox = deque(kept)
-            self.lost_events = True
+            self.state_wanted = True
         self._queued.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -405,6 +412,7 @@ class EventSender:
                     self.unsupported = True
                     return
                 delay = backoff.next()
+                self._failing_since = self._failing_since or time.monotonic()
                 log.warning(
                     "event=events_post_failed reason=%s status=%d retry_in_s=%.2f",
                     exc.detail,
@@ -415,6 +423,7 @@ class EventSender:
                 continue
             except httpx.HTTPError as exc:
                 delay = backoff.next()
+                self._failing_since = self._failing_since or time.monotonic()
                 log.warning(
                     "event=events_post_failed reason=%s retry_in_s=%.2f", type(exc).__name__, delay
                 )
@@ -423,6 +432,12 @@ class EventSender:
             backoff.reset()
             for _ in batch:
                 self.outbox.popleft()
+            if self._failing_since is not None:
+                outage = time.monotonic() - self._failing_since
+                self._failing_since = None
+                if outage >= self.resync_after:
+                    log.info("event=events_resync outage_s=%.1f", outage)
+                    self.state_wanted = True
 
     async def drain(self, timeout: float) -> None:
         """Stopping: one more try, within ``timeout`` seconds, to post what is queued (what
@@ -609,11 +624,11 @@ class AccountWatcher:
                 self.differ.set_deal_floor(floor)
         snapshot = await self.snapshot()
         at = self.server_clock()
-        if not self.differ.started or self.sender.lost_events:
+        if not self.differ.started or self.sender.state_wanted:
             if not self.differ.started and self.last_deal_ticket() is None and snapshot.deals:
                 # No floor from the server: what is there already is not news.
                 self.differ.set_deal_floor(max(int(d["ticket"]) for d in snapshot.deals))
-            self.sender.lost_events = False
+            self.sender.state_wanted = False
             events = self.differ.restart(snapshot, now=now, at=at)
         else:
             events = self.differ.diff(snapshot, now=now, at=at)

@@ -128,10 +128,10 @@ async def test_the_first_look_reports_the_whole_state_and_nothing_else(
     assert await watch.look(0.25) == []
 
 
-async def test_after_lost_events_the_next_look_is_a_state_again(sim_watch: Watch) -> None:
-    sim_watch.sender.lost_events = True
+async def test_when_a_state_is_wanted_the_next_look_is_a_state_again(sim_watch: Watch) -> None:
+    sim_watch.sender.state_wanted = True
     assert kinds(await sim_watch.look(0.25)) == ["state"]
-    assert not sim_watch.sender.lost_events
+    assert not sim_watch.sender.state_wanted
 
 
 # -- positions ---------------------------------------------------------------------------------

@@ -213,8 +213,22 @@ async def test_an_overflowing_outbox_keeps_its_deals_and_asks_for_a_state(
     outbox.sender.max_outbox = 10
     outbox.sender.add(deals(1, 2))
     outbox.sender.add([event("position_opened", {"position_id": n}, 0.0) for n in range(10)])
-    assert outbox.sender.lost_events
+    assert outbox.sender.state_wanted
     assert [e["kind"] for e in outbox.sender.outbox] == ["deal", "deal"]
+
+
+async def test_after_an_outage_a_fresh_state_is_wanted(
+    receiver: Receiver, outbox: Outbox, logs: LogEvents
+) -> None:
+    outbox.sender.add(deals(1, 1))
+    await receiver.wait_for_events(1)
+    assert not outbox.sender.state_wanted  # no outage, no state
+    outbox.sender.resync_after = 0.0
+    receiver.answers = [(503, {"detail": "internal_error"})]
+    outbox.sender.add(deals(2, 1))
+    await logs.wait_for("event=events_resync")
+    assert outbox.sender.state_wanted
+    assert tickets(receiver.taken) == [1, 2]
 
 
 async def test_stopping_drains_the_outbox_once_within_its_timeout(
