@@ -366,6 +366,8 @@ class EventSender:
         self.state_wanted = False
         self.resync_after = RESYNC_AFTER_OUTAGE_SECONDS
         self._failing_since: float | None = None
+        # How many events at the head of the outbox the POST in progress carries.
+        self._in_flight = 0
         self.unsupported = False
         self.posted_batches = 0
 
@@ -373,7 +375,8 @@ class EventSender:
         if not events:
             return
         for item in events:
-            if self.outbox and _coalesces(self.outbox[-1], item):
+            # Never into the batch being posted: it is popped whole once taken.
+            if len(self.outbox) > self._in_flight and _coalesces(self.outbox[-1], item):
                 # Only the newest figures of a throttled kind matter while they wait.
                 self.outbox[-1] = item
             else:
@@ -398,6 +401,7 @@ class EventSender:
                 await self._queued.wait()
                 continue
             batch = [self.outbox[i] for i in range(min(MAX_EVENTS_PER_POST, len(self.outbox)))]
+            self._in_flight = len(batch)
             try:
                 await self._post(batch)
             except AgentApiError as exc:
@@ -429,6 +433,9 @@ class EventSender:
                 )
                 await _pause(stop, delay)
                 continue
+            finally:
+                # No await before the batch is popped below: nothing coalesces into it.
+                self._in_flight = 0
             backoff.reset()
             for _ in batch:
                 self.outbox.popleft()
