@@ -152,9 +152,10 @@ async def test_while_the_api_is_down_throttled_figures_coalesce_to_the_newest(
     outbox.sender.add([event("position_changed", position, 0.0)])
     outbox.sender.add([event("position_changed", position | {"profit": 2.0}, 0.0)])
     outbox.sender.add([event("position_changed", position | {"sl": 1.0, "profit": 3.0}, 0.0)])
-    await receiver.wait_for_events(3)
+    await receiver.wait_for_events(4)
     taken = [e for batch in receiver.taken for e in batch]
     assert [(e["kind"], e["data"].get("equity"), e["data"].get("profit")) for e in taken] == [
+        ("account", 1.0, None),  # being posted: nothing replaces it
         ("account", 2.0, None),
         ("position_changed", None, 2.0),  # a profit move, replaced by the newer one
         ("position_changed", None, 3.0),  # the sl change is not a market move: kept
