@@ -366,21 +366,35 @@ class EventSender:
         self.state_wanted = False
         self.resync_after = RESYNC_AFTER_OUTAGE_SECONDS
         self._failing_since: float | None = None
-        # How many events at the head of the outbox the POST in progress carries.
-        self._in_flight = 0
+        # The events the POST in progress carries (by id): never written over.
+        self._in_flight: set[int] = set()
+        # The last queued `account`, and each position's last queued event: where a newer
+        # profit-only change or account is written instead of queued anew.
+        self._latest: dict[Any, Event] = {}
         self.unsupported = False
         self.posted_batches = 0
 
     def add(self, events: list[Event]) -> None:
         if not events:
             return
-        for item in events:
-            # Never into the batch being posted: it is popped whole once taken.
-            if len(self.outbox) > self._in_flight and _coalesces(self.outbox[-1], item):
-                # Only the newest figures of a throttled kind matter while they wait.
-                self.outbox[-1] = item
-            else:
-                self.outbox.append(item)
+        for given in events:
+            item = dict(given)  # the outbox's own: a newer one may be written over it
+            if item["kind"] == "state":
+                self._latest.clear()  # nothing after a state moves before it
+            key = _entity(item)
+            queued = self._latest.get(key) if key is not None else None
+            if (
+                queued is not None
+                and id(queued) not in self._in_flight
+                and _coalesces(queued, item)
+            ):
+                # Only the newest figures matter while they wait, in the older one's place.
+                queued.clear()
+                queued.update(item)
+                continue
+            self.outbox.append(item)
+            if key is not None:
+                self._latest[key] = item
         if len(self.outbox) > self.max_outbox:
             kept = [e for e in self.outbox if e["kind"] == "deal"]
             log.warning(
@@ -390,8 +404,22 @@ class EventSender:
                 '"outbox full while the API was unreachable: a fresh state follows"',
             )
             self.outbox = deque(kept)
+            self._latest.clear()
             self.state_wanted = True
         self._queued.set()
+
+    def _taken(self, count: int) -> None:
+        """The first ``count`` queued events were taken (or dropped)."""
+        for _ in range(count):
+            item = self.outbox.popleft()
+            key = _entity(item)
+            if key is not None and self._latest.get(key) is item:
+                del self._latest[key]
+
+    def _next_batch(self) -> list[Event]:
+        batch = [self.outbox[i] for i in range(min(MAX_EVENTS_PER_POST, len(self.outbox)))]
+        self._in_flight = {id(item) for item in batch}
+        return batch
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = self._backoff_factory()
@@ -400,8 +428,7 @@ class EventSender:
                 self._queued.clear()
                 await self._queued.wait()
                 continue
-            batch = [self.outbox[i] for i in range(min(MAX_EVENTS_PER_POST, len(self.outbox)))]
-            self._in_flight = len(batch)
+            batch = self._next_batch()
             try:
                 await self._post(batch)
             except AgentApiError as exc:
@@ -434,11 +461,10 @@ class EventSender:
                 await _pause(stop, delay)
                 continue
             finally:
-                # No await before the batch is popped below: nothing coalesces into it.
-                self._in_flight = 0
+                # No await before the batch is popped below: nothing is written over it.
+                self._in_flight = set()
             backoff.reset()
-            for _ in batch:
-                self.outbox.popleft()
+            self._taken(len(batch))
             if self._failing_since is not None:
                 outage = time.monotonic() - self._failing_since
                 self._failing_since = None
@@ -454,12 +480,10 @@ class EventSender:
         try:
             async with asyncio.timeout(timeout):
                 while self.outbox:
-                    batch = [
-                        self.outbox[i] for i in range(min(MAX_EVENTS_PER_POST, len(self.outbox)))
-                    ]
+                    batch = self._next_batch()
                     await self._post(batch)
-                    for _ in batch:
-                        self.outbox.popleft()
+                    self._in_flight = set()
+                    self._taken(len(batch))
         except (TimeoutError, AgentApiError, httpx.HTTPError) as exc:
             log.info(
                 "event=events_not_drained count=%d reason=%s", len(self.outbox), type(exc).__name__
@@ -496,9 +520,19 @@ class EventSender:
                 batch = kept
 
 
+def _entity(item: Event) -> Any:
+    """What an event is about, for coalescing: the account, a position, or nothing."""
+    if item["kind"] == "account":
+        return "account"
+    if item["kind"].startswith("position_"):
+        return ("position", item["data"].get("position_id"))
+    return None
+
+
 def _coalesces(queued: Event, new: Event) -> bool:
-    """Whether ``new`` may replace ``queued`` (adjacent in the outbox): two `account` events,
-    or two `position_changed` of one position that differ in market figures only."""
+    """Whether ``new`` may be written over ``queued`` (the last queued event about the same
+    thing): an `account` over an `account`; a `position_changed` over a `position_changed`
+    whose volume, sl and tp it repeats (a profit move)."""
     if queued["kind"] != new["kind"]:
         return False
     if new["kind"] == "account":

@@ -147,18 +147,33 @@ async def test_while_the_api_is_down_throttled_figures_coalesce_to_the_newest(
     receiver.answers = [(503, {"detail": "internal_error"})] * 3
     outbox.sender.add([event("account", {"equity": 1.0}, 0.0)])
     await receiver.wait_for_calls(1)
-    position = {"position_id": 7, "volume": 0.1, "sl": None, "profit": 1.0}
-    outbox.sender.add([event("account", {"equity": 2.0}, 0.0)])
-    outbox.sender.add([event("position_changed", position, 0.0)])
-    outbox.sender.add([event("position_changed", position | {"profit": 2.0}, 0.0)])
-    outbox.sender.add([event("position_changed", position | {"sl": 1.0, "profit": 3.0}, 0.0)])
-    await receiver.wait_for_events(4)
+    seven = {"position_id": 7, "volume": 0.1, "sl": None, "profit": 1.0}
+    eight = {"position_id": 8, "volume": 0.1, "sl": None, "profit": 1.0}
+    outbox.sender.add(
+        [
+            event("account", {"equity": 2.0}, 0.0),
+            event("position_changed", seven, 0.0),
+            event("position_changed", eight, 0.0),
+        ]
+    )
+    outbox.sender.add(
+        [
+            event("position_changed", seven | {"profit": 2.0}, 0.0),
+            event("account", {"equity": 3.0}, 0.0),
+        ]
+    )
+    outbox.sender.add([event("position_changed", seven | {"sl": 1.0, "profit": 3.0}, 0.0)])
+    await receiver.wait_for_events(5)
     taken = [e for batch in receiver.taken for e in batch]
-    assert [(e["kind"], e["data"].get("equity"), e["data"].get("profit")) for e in taken] == [
-        ("account", 1.0, None),  # being posted: nothing replaces it
-        ("account", 2.0, None),
-        ("position_changed", None, 2.0),  # a profit move, replaced by the newer one
-        ("position_changed", None, 3.0),  # the sl change is not a market move: kept
+    assert [
+        (e["kind"], e["data"].get("equity") or (e["data"]["position_id"], e["data"]["profit"]))
+        for e in taken
+    ] == [
+        ("account", 1.0),  # being posted: nothing is written over it
+        ("account", 3.0),  # the newest account, where the first queued one was
+        ("position_changed", (7, 2.0)),  # a profit move, written over by the newer one
+        ("position_changed", (8, 1.0)),
+        ("position_changed", (7, 3.0)),  # an sl change is not a profit move: queued anew
     ]
 
 
