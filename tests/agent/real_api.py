@@ -52,6 +52,8 @@ class Faults:
     clock_skew: float = 0.0
     # Seconds a job handed out by a long poll spends on the wire.
     delivery_delay: float = 0.0
+    # Seconds the answer to an event post spends on the wire (the events already taken).
+    events_delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ class FaultLayer:
             harness.price_batches.append(json.loads(request_body))
         elif kind == "events" and status == 202:
             harness.event_batches.append(json.loads(request_body)["events"])
+            await asyncio.sleep(faults.events_delay)
         await send_response(send, status, body, headers)
         harness.changed()
 
