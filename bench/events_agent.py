@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import websockets
 
+from app.core.config import Settings
 from bench.common import bench_settings, onboard, percentile, print_table, serve_in_loop
 from mt5gate_agent.backends import BackendWorker
 from mt5gate_agent.backends.sim import SimBackend
@@ -212,44 +213,44 @@ async def next_event(ws: Any, kind: str, position_id: int) -> dict[str, Any]:
                 return dict(event)
 
 
-async def measure_stop_loss_to_event(hits: int = 100) -> list[float]:
+async def measure_stop_loss_to_event(settings: Settings, hits: int = 100) -> list[float]:
     """Seconds from each stop-loss hit to its `position_closed` at the client."""
     took: list[float] = []
-    with bench_settings("sqlite") as settings:
-        async with serve_in_loop(settings) as api:
-            user = await onboard(api.base_url)
-            sim = SimBackend(seed=13)
-            stop = asyncio.Event()
-            config = AgentConfig(
-                api_url=api.base_url, agent_id=user.agent_id, token=user.agent_token, backend="sim"
-            )
-            agent = asyncio.create_task(run_agent(config, stop, backend=sim))
-            ws_url = api.base_url.replace("http://", "ws://", 1) + "/ws/account"
-            headers = {"Authorization": f"Bearer {user.token}"}
-            try:
-                async with (
-                    httpx.AsyncClient(base_url=f"{api.base_url}/api/v1", headers=headers) as http,
-                    websockets.connect(ws_url, additional_headers=headers) as ws,
-                ):
-                    for _ in range(hits):
-                        bid, ask = sim.quote("EURUSD")
-                        sl = round(bid - 0.005, 5)
-                        order = {"symbol": "EURUSD", "side": "buy", "volume": 0.01, "sl": sl}
-                        filled = await http.post("/orders", json=order)
-                        filled.raise_for_status()
-                        position_id = filled.json()["position_id"]
-                        await next_event(ws, "position_opened", position_id)
-                        hit_at = time.perf_counter()
-                        spread = ask - bid
-                        sim.set_quote(
-                            "EURUSD", round(sl - 0.0001, 5), round(sl - 0.0001 + spread, 5)
-                        )
-                        closed = await next_event(ws, "position_closed", position_id)
-                        took.append(time.perf_counter() - hit_at)
-                        assert closed["data"]["reason"] == "sl", closed
-            finally:
-                stop.set()
-                await asyncio.wait_for(agent, 10)
+    rng = random.Random(5)
+    async with serve_in_loop(settings) as api:
+        user = await onboard(api.base_url)
+        sim = SimBackend(seed=13)
+        stop = asyncio.Event()
+        config = AgentConfig(
+            api_url=api.base_url, agent_id=user.agent_id, token=user.agent_token, backend="sim"
+        )
+        agent = asyncio.create_task(run_agent(config, stop, backend=sim))
+        ws_url = api.base_url.replace("http://", "ws://", 1) + "/ws/account"
+        headers = {"Authorization": f"Bearer {user.token}"}
+        try:
+            async with (
+                httpx.AsyncClient(base_url=f"{api.base_url}/api/v1", headers=headers) as http,
+                websockets.connect(ws_url, additional_headers=headers) as ws,
+            ):
+                for _ in range(hits):
+                    bid, ask = sim.quote("EURUSD")
+                    sl = round(bid - 0.005, 5)
+                    order = {"symbol": "EURUSD", "side": "buy", "volume": 0.01, "sl": sl}
+                    filled = await http.post("/orders", json=order)
+                    filled.raise_for_status()
+                    position_id = filled.json()["position_id"]
+                    await next_event(ws, "position_opened", position_id)
+                    # A stop is hit at any moment of the watcher's cycle, not just after a look.
+                    await asyncio.sleep(rng.uniform(0, DEFAULT_WATCH_INTERVAL))
+                    hit_at = time.perf_counter()
+                    spread = ask - bid
+                    sim.set_quote("EURUSD", round(sl - 0.0001, 5), round(sl - 0.0001 + spread, 5))
+                    closed = await next_event(ws, "position_closed", position_id)
+                    took.append(time.perf_counter() - hit_at)
+                    assert closed["data"]["reason"] == "sl", closed
+        finally:
+            stop.set()
+            await asyncio.wait_for(agent, 10)
     return took
 
 
@@ -269,7 +270,9 @@ def report_stop_loss_to_event(took: list[float]) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     quick = "--quick" in argv
-    report_stop_loss_to_event(asyncio.run(measure_stop_loss_to_event(30 if quick else 100)))
+    with bench_settings("sqlite") as settings:
+        took = asyncio.run(measure_stop_loss_to_event(settings, 30 if quick else 100))
+    report_stop_loss_to_event(took)
     report_watch_cost(asyncio.run(measure_watch_cost(seconds=3.0 if quick else 10.0)))
 
 
