@@ -555,6 +555,10 @@ async def test_what_the_agent_sends_and_the_server_answers_fit_the_same_protocol
     } <= answered
     results = []
     for exchange in api.exchanges:
+        if exchange.kind not in PROTOCOL_MODELS:
+            # Account events: their models are the server's (the events stream's), not yet
+            # in mt5gate_protocol; tests/agent/test_watch_*.py post them to the real route.
+            continue
         sent, answer = PROTOCOL_MODELS[exchange.kind]
         if sent is not None and exchange.request_body:
             body = sent.validate_json(exchange.request_body)
