@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ("dispatch", "trading", "fanout", "events")
+BENCHMARKS = ("dispatch", "trading", "fanout", "events", "events_agent")
 
 
 def main(argv: list[str]) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 
 from mt5gate_agent import __version__
 from mt5gate_agent.backends import BACKENDS
-from mt5gate_agent.config import AgentConfig
+from mt5gate_agent.config import DEFAULT_WATCH_INTERVAL, AgentConfig
 from mt5gate_agent.runner import TokenRefused, run_agent
 
 TOKEN_ENV = "MT5GATE_AGENT_TOKEN"
@@ -61,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="how often ticks are pushed (default 0.25)",
     )
     parser.add_argument(
+        "--watch-interval",
+        type=float,
+        default=DEFAULT_WATCH_INTERVAL,
+        metavar="SECONDS",
+        help="how often the account (positions, pending orders, deals, balance) is compared "
+        "with the last look and its changes reported as account events (default 0.25; 0 "
+        "turns the watcher off)",
+    )
+    parser.add_argument(
         "--terminal-path", help="mt5 backend: path of terminal64.exe (default: auto-detect)"
     )
     parser.add_argument(
@@ -97,6 +106,8 @@ def parse_config(argv: Sequence[str]) -> tuple[AgentConfig, str]:
         parser.error(f"--token is required (or set ${TOKEN_ENV})")
     if args.price_interval <= 0:
         parser.error("--price-interval must be positive")
+    if not 0 <= args.watch_interval <= 60:
+        parser.error("--watch-interval must be between 0 and 60")
     if not 0 <= args.sim_latency_ms <= 60_000:
         parser.error("--sim-latency-ms must be between 0 and 60000")
     symbols = tuple(s.strip() for s in args.prices.split(",") if s.strip())
@@ -107,6 +118,7 @@ def parse_config(argv: Sequence[str]) -> tuple[AgentConfig, str]:
         backend=args.backend,
         price_symbols=symbols,
         price_interval=args.price_interval,
+        watch_interval=args.watch_interval,
         sim_seed=args.seed,
         sim_latency=args.sim_latency_ms / 1000,
         terminal_path=args.terminal_path,

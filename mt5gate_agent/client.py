@@ -38,11 +38,22 @@ class AgentApiError(Exception):
         self.message = message
 
 
+class EventsRefused(AgentApiError):
+    """422 ``invalid_events``: the server refused an event batch whole; ``errors`` are its
+    ``[{index, loc, msg}]``."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]]) -> None:
+        super().__init__(422, "invalid_events", message)
+        self.errors = errors
+
+
 @dataclass(frozen=True, slots=True)
 class HeartbeatReply:
     server_time: datetime
     # The server's clock minus ours, estimated at the middle of the round trip.
     clock_offset: float
+    # The newest deal the server has for this connection (None: none, or an older server).
+    last_deal_ticket: int | None = None
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -114,7 +125,12 @@ class AgentClient:
             # The contract's times are UTC; a naive one is read as UTC, not as local time.
             server_time = server_time.replace(tzinfo=UTC)
         offset = server_time.timestamp() - (sent + received) / 2
-        return HeartbeatReply(server_time=server_time, clock_offset=offset)
+        last_deal = body.get("last_deal_ticket")
+        return HeartbeatReply(
+            server_time=server_time,
+            clock_offset=offset,
+            last_deal_ticket=last_deal if type(last_deal) is int else None,
+        )
 
     async def credentials(self) -> Credentials:
         response = await self._http.get("/credentials")
@@ -143,6 +159,22 @@ class AgentClient:
             json=result.model_dump(mode="json", exclude_none=True),
         )
         return JobResultAccepted.model_validate(_json(response))
+
+    async def post_events(self, events: list[dict[str, Any]]) -> None:
+        """``POST /events`` (1–500 events); :class:`EventsRefused` on 422 invalid_events."""
+        response = await self._http.post("/events", json={"events": events})
+        if response.status_code == 422:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if isinstance(body, dict) and body.get("detail") == "invalid_events":
+                errors = body.get("errors")
+                raise EventsRefused(
+                    str(body.get("message") or ""),
+                    [e for e in errors if isinstance(e, dict)] if isinstance(errors, list) else [],
+                )
+        _json(response)
 
     async def push_prices(self, ticks: dict[str, dict[str, Any]]) -> PricesAccepted:
         """Sends the ticks as read from the terminal (a `PricePush` body); the server checks

@@ -8,6 +8,8 @@ from mt5gate_agent import __version__
 
 # What the simulated price-source agent of ``mt5gate demo`` pushes.
 DEFAULT_PRICE_SYMBOLS: tuple[str, ...] = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")
+# Four looks a second: a change at the broker reaches the server within ~0.3 s.
+DEFAULT_WATCH_INTERVAL = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +27,9 @@ class AgentConfig:
     # Price source: push these symbols' changed ticks every ``price_interval`` seconds.
     price_symbols: tuple[str, ...] = ()
     price_interval: float = 0.25
+    # The account watcher: a snapshot of positions, pending orders, deals and the account
+    # every ``watch_interval`` seconds, its changes posted as events; 0 turns it off.
+    watch_interval: float = DEFAULT_WATCH_INTERVAL
     # Long-poll: ``jobs/next?wait=poll_wait`` (the API allows 0–30 s).
     poll_wait: int = 25
     heartbeat_interval: float = 10.0

@@ -27,6 +27,7 @@ import httpx
 from mt5gate_agent.backends import Backend, BackendWorker, BrokerError, create_backend
 from mt5gate_agent.client import AgentApiError, AgentClient
 from mt5gate_agent.config import AgentConfig
+from mt5gate_agent.watch import AccountWatcher, EventSender, JobGate
 from mt5gate_protocol.jobs import CompletedResult, FailedResult, JobEnvelope, JobError, JobStatus
 
 log = logging.getLogger("mt5gate_agent")
@@ -162,6 +163,11 @@ class _Agent:
         self.clock_offset = 0.0
         # The 401 that ended the agent: its token is dead.
         self.refused: AgentApiError | None = None
+        # From the last heartbeat: where the account watcher's deals start.
+        self.last_deal_ticket: int | None = None
+        # Jobs go first: the account watcher's backend calls wait for the jobs in hand.
+        self.jobs_first = JobGate()
+        self.event_sender: EventSender | None = None
 
     def refuse(self, exc: BaseException) -> bool:
         """Stops the agent if `exc` is the API refusing its token; True when it was."""
@@ -180,12 +186,16 @@ class _Agent:
         background = [asyncio.create_task(self.heartbeat_loop(), name="agent-heartbeat")]
         if self.config.price_symbols:
             background.append(asyncio.create_task(self.price_loop(), name="agent-prices"))
+        if self.config.watch_interval > 0:
+            background.extend(self.watch_tasks())
         try:
             await self.job_loop()
         finally:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            if self.event_sender is not None and self.refused is None:
+                await self.event_sender.drain(SIGN_OFF_TIMEOUT_SECONDS)
 
     async def pause(self, seconds: float) -> bool:
         """Waits ``seconds``; False if ``stop`` was set meanwhile (or already)."""
@@ -245,6 +255,7 @@ class _Agent:
             version=self.config.version, terminal_connected=connected
         )
         self.clock_offset = heartbeat.clock_offset
+        self.last_deal_ticket = heartbeat.last_deal_ticket
 
     async def sign_off(self) -> None:
         """Tells the server, best effort, that this agent no longer executes anything, so
@@ -350,6 +361,10 @@ class _Agent:
 
     async def handle(self, job: JobEnvelope) -> None:
         """Executes one job (unless expired) and posts its result; never raises."""
+        with self.jobs_first.job():
+            await self._handle(job)
+
+    async def _handle(self, job: JobEnvelope) -> None:
         started = time.perf_counter()
         code: str | None = None
         result: CompletedResult | FailedResult
@@ -412,6 +427,28 @@ class _Agent:
                 kv(event="result_retry", job_id=job.id, reason=describe(failure), retry_in_s=delay)
             )
             await asyncio.sleep(delay)
+
+    # -- account events ------------------------------------------------------------------
+
+    def watch_tasks(self) -> list[asyncio.Task[None]]:
+        """The account watcher and the sender of its events (see :mod:`mt5gate_agent.watch`)."""
+        sender = self.event_sender = EventSender(
+            self.client,
+            backoff=lambda: Backoff(self.config.backoff_initial, self.config.backoff_max),
+            on_refused_token=self.refuse,
+        )
+        watcher = AccountWatcher(
+            self.worker,
+            sender,
+            self.jobs_first,
+            interval=self.config.watch_interval,
+            server_clock=lambda: time.time() + self.clock_offset,
+            last_deal_ticket=lambda: self.last_deal_ticket,
+        )
+        return [
+            asyncio.create_task(watcher.run(self.stop), name="agent-watch"),
+            asyncio.create_task(sender.run(self.stop), name="agent-events"),
+        ]
 
     # -- prices --------------------------------------------------------------------------
 

@@ -56,6 +56,10 @@ class Backend(Protocol):
     def is_connected(self) -> bool:
         """Whether the terminal is connected to the broker's trade server."""
 
+    def recent_deals(self, after_ticket: int, lookback_seconds: float) -> list[dict[str, Any]]:
+        """The contract's `deal`s with a ticket above ``after_ticket`` from the last
+        ``lookback_seconds``, oldest first: what the account watcher reports."""
+
     def close(self) -> None:
         """Release the terminal connection. Idempotent."""
 

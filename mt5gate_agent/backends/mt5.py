@@ -497,6 +497,23 @@ class Mt5Backend:
         JobType.GET_SYMBOLS: _get_symbols,
     }
 
+    # -- the account watcher -----------------------------------------------------------
+
+    def recent_deals(self, after_ticket: int, lookback_seconds: float) -> list[dict[str, Any]]:
+        """Deals above ``after_ticket`` of the last ``lookback_seconds`` (the window in the
+        server's time, up to a day ahead of it), oldest first."""
+        self._ensure_ready()
+        offset = self.server_offset()
+        now = self._clock() + offset
+        found = self._module().history_deals_get(int(now - lookback_seconds), int(now + 86_400))
+        if found is None:
+            error = self._last_error("history_deals_get")
+            if error.retcode in TERMINAL_LINK_ERRORS or (error.retcode or 0) < 0:
+                raise error
+            found = ()
+        deals = sorted((d for d in found if int(d.ticket) > after_ticket), key=lambda d: d.ticket)
+        return [_deal_view(d, offset, self.magic) for d in deals]
+
     # -- the server's time zone --------------------------------------------------------
 
     def server_offset(self) -> float:

@@ -22,8 +22,11 @@ What a trader would recognise:
   down to it, a buy stop when it goes up to it; sells on the bid) and filled at that tick's
   price; a triggered stop-limit becomes a limit under the same ticket; ``day`` orders expire
   at the end of the (UTC) server day, ``specified`` ones at their time;
+- a stop-out: when the margin level (equity / margin) falls below ``stop_out_level``
+  percent, the most losing position is closed, then the next, until it is back above;
 - the account history MT5 keeps: a deal per fill and close (``reason`` ``mt5gate`` for what
-  the agent sent, ``sl``/``tp`` for the stops; the deposit is a ``balance`` deal) and a
+  the agent sent, ``sl``/``tp`` for the stops, ``stop_out``; the deposit is a ``balance``
+  deal) and a
   finished order per market order, close, fill, cancellation and expiry;
 - an optional execution latency (``latency_seconds``) on the requests that go to the
   trade server (orders, closes, SL/TP changes), as MT5's ``order_send`` takes tens of
@@ -33,7 +36,7 @@ What a trader would recognise:
   fills agree.
 
 Simplifications, on purpose: the market never closes (the demo works on a Sunday), there is
-no swap, no commission, no stop-out, and margin is not reduced for hedged positions.
+no swap, no commission, and margin is not reduced for hedged positions.
 
 The market moves lazily: every call first generates the ticks due up to the clock's
 ``now``. With a fixed ``seed`` and an injected ``clock`` everything is deterministic; each
@@ -209,7 +212,7 @@ class SimDeal:
     volume: float
     price: float
     profit: float
-    reason: str  # "mt5gate" (sent by the agent), "sl", "tp", "client" (the deposit)
+    reason: str  # "mt5gate" (sent by the agent), "sl", "tp", "stop_out", "client" (deposit)
     time: float
 
     def view(self) -> dict[str, Any]:
@@ -347,6 +350,7 @@ class SimBackend:
         first_deal_ticket: int = 40_000_001,
         latency_seconds: float = 0.0,
         sleep: Callable[[float], None] = time.sleep,
+        stop_out_level: float = 50.0,
     ) -> None:
         if not 0 <= latency_seconds < math.inf:
             raise ValueError("latency_seconds must be a finite number >= 0")
@@ -357,6 +361,7 @@ class SimBackend:
         self.balance = float(balance)
         self.leverage = int(leverage)
         self.currency = currency
+        self.stop_out_level = float(stop_out_level)
         self._history_minutes = history_minutes
         self._history_hours = history_hours
         self._history_days = history_days
@@ -627,6 +632,21 @@ class SimBackend:
         JobType.GET_SYMBOLS: _get_symbols,
     }
 
+    def recent_deals(self, after_ticket: int, lookback_seconds: float) -> list[dict[str, Any]]:
+        """Deals above ``after_ticket`` of the last ``lookback_seconds``, oldest first: the
+        newest end of the history only, however long it is."""
+        with self._lock:
+            self._advance()
+            since = self._clock() - lookback_seconds
+            found: list[dict[str, Any]] = []
+            for deal in reversed(self.deals):  # recorded in ticket order
+                if deal.ticket <= after_ticket:
+                    break
+                if deal.time >= since:
+                    found.append(deal.view())
+            found.reverse()
+            return found
+
     def set_quote(self, symbol: str, bid: float, ask: float) -> None:
         """Moves ``symbol`` to this quote now, as a tick would (stops and pending orders
         trigger): for scenarios and tests. The random walk continues from there."""
@@ -858,6 +878,8 @@ class SimBackend:
             self._trigger_pending(market)
         if self.positions:
             self._trigger_stops(market)
+        if self.positions:
+            self._stop_out()
 
     def _trigger_pending(self, market: _Market) -> None:
         """MT5's triggers: a buy limit at or below its price (the ask), a sell limit at or
@@ -994,6 +1016,16 @@ class SimBackend:
                 hit_tp = position.tp is not None and market.ask <= position.tp
             if hit_sl or hit_tp:
                 self._close(position, position.volume, reason="sl" if hit_sl else "tp")
+
+    def _stop_out(self) -> None:
+        """MT5's stop-out: below ``stop_out_level`` percent of margin level, the most
+        losing position is closed (deal reason ``stop_out``), until the level recovers."""
+        while self.positions:
+            level = self.margin_level()
+            if level is None or level >= self.stop_out_level:
+                return
+            worst = min(self.positions.values(), key=lambda p: (self.profit_of(p), p.ticket))
+            self._close(worst, worst.volume, reason="stop_out")
 
     # -- the tick stream -----------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from app.services.agents import set_price_source
 from tests.flows import Trader, onboard_trader
 from tests.servers import bound_socket
 
-KINDS = ("heartbeat", "credentials", "poll", "result", "prices")
+KINDS = ("heartbeat", "credentials", "poll", "result", "prices", "events")
 
 
 def kind_of(path: str) -> str | None:
@@ -37,7 +37,7 @@ def kind_of(path: str) -> str | None:
         return "poll"
     if path.endswith("/result"):
         return "result"
-    for kind in ("heartbeat", "credentials", "prices"):
+    for kind in ("heartbeat", "credentials", "prices", "events"):
         if path.endswith(f"/{kind}"):
             return kind
     return None
@@ -52,6 +52,8 @@ class Faults:
     clock_skew: float = 0.0
     # Seconds a job handed out by a long poll spends on the wire.
     delivery_delay: float = 0.0
+    # Seconds the answer to an event post spends on the wire (the events already taken).
+    events_delay: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Exchange:
 
 class FaultLayer:
     """ASGI middleware before the real app: injects Faults, and records what the agent
-    sent (heartbeat bodies, accepted price batches) and how often it called."""
+    sent (heartbeat bodies, accepted price and event batches) and how often it called."""
 
     def __init__(self, app: ASGIApp, harness: RealAgentApi) -> None:
         self.app = app
@@ -103,6 +105,9 @@ class FaultLayer:
             await asyncio.sleep(faults.delivery_delay)
         elif kind == "prices" and status == 202:
             harness.price_batches.append(json.loads(request_body))
+        elif kind == "events" and status == 202:
+            harness.event_batches.append(json.loads(request_body)["events"])
+            await asyncio.sleep(faults.events_delay)
         await send_response(send, status, body, headers)
         harness.changed()
 
@@ -150,6 +155,7 @@ class RealAgentApi:
         self.exchanges: list[Exchange] = []
         self.heartbeats: list[dict[str, Any]] = []
         self.price_batches: list[dict[str, Any]] = []
+        self.event_batches: list[list[dict[str, Any]]] = []
         self.port = 0
         self.trader: Trader | None = None
         self._changed = asyncio.Event()

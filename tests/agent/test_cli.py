@@ -47,6 +47,23 @@ def test_the_backend_defaults_to_mt5_and_prices_to_none() -> None:
     assert (config.backend, config.price_symbols) == ("mt5", ())
 
 
+@pytest.mark.parametrize(("given", "expected"), [([], 0.25), (["--watch-interval", "0"], 0.0)])
+def test_the_account_watcher_looks_four_times_a_second_unless_told(
+    given: list[str], expected: float
+) -> None:
+    config, _ = parse_config(["--api", "http://h", "--agent-id", "a1", "--token", "t", *given])
+    assert config.watch_interval == expected
+
+
+@pytest.mark.parametrize("interval", ["-1", "61"])
+def test_a_watch_interval_out_of_range_is_a_usage_error(interval: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_config(
+            ["--api", "h", "--agent-id", "a", "--token", "t", "--watch-interval", interval]
+        )
+    assert exited.value.code == 2
+
+
 def test_the_token_can_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MT5GATE_AGENT_TOKEN", "from-env")
     config, _ = parse_config(["--api", "http://h", "--agent-id", "a1"])

@@ -20,6 +20,7 @@ from mt5gate_agent.client import AgentApiError, AgentClient, api_root, parse_tim
 from mt5gate_agent.config import AgentConfig
 from mt5gate_agent.runner import Backoff, kv, run_agent
 from mt5gate_protocol.agent import Credentials, Heartbeat, PricePush, PricesAccepted, ServerTime
+from mt5gate_protocol.events import EventBatch, EventsAccepted
 from mt5gate_protocol.jobs import JobEnvelope, JobResult, JobResultAccepted
 from tests.log_events import LogEvents, watch_log
 
@@ -530,6 +531,7 @@ PROTOCOL_MODELS: dict[str, tuple[TypeAdapter[Any] | None, TypeAdapter[Any]]] = {
     "poll": (None, TypeAdapter(JobEnvelope)),
     "result": (TypeAdapter(JobResult), TypeAdapter(JobResultAccepted)),
     "prices": (TypeAdapter(PricePush), TypeAdapter(PricesAccepted)),
+    "events": (TypeAdapter(EventBatch), TypeAdapter(EventsAccepted)),
 }
 
 
@@ -552,6 +554,7 @@ async def test_what_the_agent_sends_and_the_server_answers_fit_the_same_protocol
         ("poll", 200),
         ("result", 200),
         ("prices", 202),
+        ("events", 202),
     } <= answered
     results = []
     for exchange in api.exchanges:

@@ -698,10 +698,16 @@ def order_send(request: dict[str, Any]) -> Any:
     )
 
 
-def _fill(spec: FakeSymbol, order: int, request: dict[str, Any], price: float) -> int:
+def _fill(
+    spec: FakeSymbol,
+    order: int,
+    request: dict[str, Any],
+    price: float,
+    reason: int = DEAL_REASON_EXPERT,
+) -> int:
     """The deal of an order that executes at `price` (its ticket is returned): it opens a
     position under the order's ticket, or closes (part of) `request["position"]`, which
-    exists."""
+    exists. `reason` is the deal's: an order sent through this package is an expert's."""
     volume = request["volume"]
     buy = request["type"] in (ORDER_TYPE_BUY, ORDER_TYPE_BUY_LIMIT, ORDER_TYPE_BUY_STOP)
     deal_ticket = terminal.deal_ticket()
@@ -731,7 +737,7 @@ def _fill(spec: FakeSymbol, order: int, request: dict[str, Any], price: float) -
             DEAL_ENTRY_OUT,
             request.get("magic", 0),
             position["ticket"],
-            3,
+            reason,
             volume,
             price,
             -0.5,
@@ -768,7 +774,7 @@ def _fill(spec: FakeSymbol, order: int, request: dict[str, Any], price: float) -
             DEAL_ENTRY_IN,
             request.get("magic", 0),
             order,
-            3,
+            reason,
             volume,
             price,
             -0.5,
@@ -1051,3 +1057,68 @@ def add_deal(**fields: Any) -> Any:
     deal = TradeDeal(**values)
     terminal.deals[ticket] = deal
     return deal
+
+
+# -- what happens at the terminal without mt5gate ---------------------------------------------
+
+
+def hand_trade(
+    symbol: str,
+    side: str = "buy",
+    volume: float = 0.1,
+    *,
+    sl: float = 0.0,
+    tp: float = 0.0,
+    reason: int = DEAL_REASON_CLIENT,
+) -> int:
+    """A trade placed by hand in the desktop terminal (no magic number, reason `client`):
+    a position mt5gate did not open. Returns its ticket."""
+    spec = terminal.symbols[symbol]
+    order = terminal.ticket()
+    request = {
+        "symbol": symbol,
+        "volume": volume,
+        "type": ORDER_TYPE_BUY if side == "buy" else ORDER_TYPE_SELL,
+        "sl": sl,
+        "tp": tp,
+        "magic": 0,
+    }
+    now = server_time()
+    terminal.history_orders[order] = _order_tuple(
+        {**request, "ticket": order, "price": 0.0, "time_setup": now, "position_id": order},
+        state=ORDER_STATE_FILLED,
+        done=now,
+        filled=volume,
+    )
+    _fill(spec, order, request, spec.ask if side == "buy" else spec.bid, reason)
+    return order
+
+
+def close_by_broker(ticket: int, reason: int = DEAL_REASON_SL) -> int:
+    """The broker closes a position itself (its stop loss, take profit, a stop-out) at the
+    current price, as the deal `reason` says. Returns the closing deal's ticket."""
+    position = terminal.positions[ticket]
+    spec = terminal.symbols[position["symbol"]]
+    buy = position["type"] == POSITION_TYPE_BUY
+    request = {
+        "symbol": spec.name,
+        "volume": position["volume"],
+        "type": ORDER_TYPE_SELL if buy else ORDER_TYPE_BUY,
+        "position": ticket,
+        "magic": position["magic"],
+    }
+    return _fill(spec, terminal.ticket(), request, spec.bid if buy else spec.ask, reason)
+
+
+def set_quote(symbol: str, bid: float, ask: float) -> None:
+    """Moves a symbol's quote, and with it its positions' current price and profit."""
+    spec = terminal.symbols[symbol]
+    spec.bid, spec.ask = bid, ask
+    for position in terminal.positions.values():
+        if position["symbol"] != symbol:
+            continue
+        buy = position["type"] == POSITION_TYPE_BUY
+        position["price_current"] = bid if buy else ask
+        direction = 1 if buy else -1
+        difference = (position["price_current"] - position["price_open"]) * direction
+        position["profit"] = round(difference * spec.contract_size * position["volume"], 2)
