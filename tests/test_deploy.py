@@ -1,6 +1,7 @@
 """deploy/nginx/mt5gate.conf, run by Debian's nginx in front of three `mt5gate serve`
 processes on PostgreSQL + Redis: the whole loop goes through it, and stopping one process
-loses nothing a client had. (The account socket, /ws/account, does not exist yet.)"""
+loses nothing a client had: price sockets reconnect and get every tick after, account
+sockets resume with `since` and miss no event."""
 
 from __future__ import annotations
 
@@ -133,6 +134,44 @@ async def read_ticks(ws: Any, instrument: str, count: int) -> list[int]:
     return seen
 
 
+async def account_socket(url: str) -> tuple[Any, int]:
+    """A /ws/account socket and the `last_event_id` of its snapshot."""
+    ws = await websockets.connect(url, open_timeout=RECV_TIMEOUT)
+    async with asyncio.timeout(RECV_TIMEOUT):
+        first = json.loads(await ws.recv())
+    assert first["type"] == "snapshot", first
+    return ws, int(first["data"]["last_event_id"])
+
+
+# Kept one by one in the log; a replay coalesces profit-only changes and account events.
+LOGGED_KINDS = {"order", "position_opened", "position_closed", "deal", "agent"}
+
+
+async def follow_orders(url: str, ws: Any, last_id: int, orders: set[str]) -> list[int]:
+    """The ids of the logged events a socket gets until each of `orders` has its `filled`
+    event; a socket closed by a stopping process is reopened with `since` (the nginx round
+    robin picks a live one)."""
+    ids: list[int] = []
+    filled: set[str] = set()
+    async with asyncio.timeout(RECV_TIMEOUT * 3):
+        while not orders <= filled:
+            try:
+                message = json.loads(await ws.recv())
+            except websockets.ConnectionClosed:
+                ws = await websockets.connect(f"{url}&since={last_id}", open_timeout=RECV_TIMEOUT)
+                continue
+            if message["type"] != "event":
+                continue
+            event = message["event"]
+            last_id = int(event["id"])
+            if event["kind"] in LOGGED_KINDS:
+                ids.append(last_id)
+            if event["kind"] == "order" and event["data"]["status"] == "filled":
+                filled.add(event["data"]["order_id"])
+    await ws.close()
+    return ids
+
+
 async def wait_final(client: httpx.AsyncClient, order_id: str, headers: dict[str, str]) -> str:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -167,6 +206,9 @@ async def run_the_loop(
         agent = await start_agent(base_url, trader.agent, tmp_path / "agent.log")
         try:
             await agent.wait_for_line("event=agent_online", timeout=20)
+            # Three account sockets, round the three processes, from before the first order.
+            account_url = f"{ws_base}/ws/account?token={token}"
+            accounts = [await account_socket(account_url) for _ in range(3)]
             first = await client.post("/orders", json=ORDER, headers=headers)
             assert first.status_code == 201, first.text
             assert first.json()["status"] == "filled"
@@ -223,8 +265,23 @@ async def run_the_loop(
             assert last.status_code == 201, last.text
             for ws in live:
                 await ws.close()
+            # Every account socket, resumed where the stopped process left it, has every
+            # order's fill, and the same events in the same order, none twice.
+            placed = {order.json()["order_id"] for order in [first, *answers, last]}
+            sequences = [
+                await follow_orders(account_url, ws, last_id, placed) for ws, last_id in accounts
+            ]
+            for ids in sequences:
+                assert ids == sorted(set(ids))
+            # From the newest snapshot on, the sockets saw the same log.
+            start = max(last_id for _, last_id in accounts)
+            common = [[i for i in ids if i > start] for ids in sequences]
+            shortest = min(len(ids) for ids in common)
+            assert shortest >= len(placed)
+            assert len({tuple(ids[:shortest]) for ids in common}) == 1
         finally:
             await agent.stop()
     access = (tmp_path / "access.log").read_text()
     assert "GET /api/v1/agents/" in access  # the agent long-polled through nginx
     assert "GET /ws/prices" in access
+    assert "GET /ws/account" in access

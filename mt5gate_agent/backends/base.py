@@ -14,7 +14,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
+
+from mt5gate_protocol.jobs import JobType
 
 T = TypeVar("T")
 
@@ -82,6 +84,18 @@ class BackendWorker:
                 await self.call(self.backend.close)
         finally:
             self._executor.shutdown(wait=False)
+
+
+JOB_TYPES = frozenset(JobType)
+
+
+def job_handler(backend: object, job_type: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The backend's method for `job_type`: its `_<job_type>` (`_trade`, `_get_positions`,
+    ...), one per protocol job type; `unsupported_job_type` for any other name."""
+    handler = getattr(backend, f"_{job_type}", None) if job_type in JOB_TYPES else None
+    if handler is None:
+        raise BrokerError("unsupported_job_type", f"unknown job type {job_type!r}")
+    return cast(Callable[[dict[str, Any]], dict[str, Any]], handler)
 
 
 def iso_utc(epoch_seconds: float) -> str:

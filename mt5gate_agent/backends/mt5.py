@@ -38,6 +38,7 @@ from mt5gate_agent.backends.base import (
     BrokerError,
     HistoryRequest,
     iso_utc,
+    job_handler,
     optional_price,
     parse_candles_request,
     parse_expiration,
@@ -63,7 +64,6 @@ from mt5gate_agent.retcodes import (
     last_error_code,
     trade_retcode_code,
 )
-from mt5gate_protocol.jobs import JobType
 
 log = logging.getLogger("mt5gate_agent.mt5")
 
@@ -216,11 +216,9 @@ class Mt5Backend:
         return result
 
     def execute(self, job_type: str, input_data: dict[str, Any]) -> dict[str, Any]:
-        handler = self._handlers.get(job_type)
-        if handler is None:
-            raise BrokerError("unsupported_job_type", f"unknown job type {job_type!r}")
+        handler = job_handler(self, job_type)
         self._ensure_ready()
-        return handler(self, input_data)
+        return handler(input_data)
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -481,21 +479,6 @@ class Mt5Backend:
                 _symbol_view(info) for info in found if input_data.get("all") or info.visible
             ]
         }
-
-    _handlers: dict[str, Callable[[Mt5Backend, dict[str, Any]], dict[str, Any]]] = {
-        JobType.TRADE: _trade,
-        JobType.GET_POSITIONS: _get_positions,
-        JobType.CLOSE_POSITION: _close_position,
-        JobType.MODIFY_POSITION: _modify_position,
-        JobType.GET_ACCOUNT: _get_account,
-        JobType.GET_CANDLES: _get_candles,
-        JobType.PLACE_PENDING_ORDER: _place_pending_order,
-        JobType.GET_PENDING_ORDERS: _get_pending_orders,
-        JobType.MODIFY_PENDING_ORDER: _modify_pending_order,
-        JobType.CANCEL_PENDING_ORDER: _cancel_pending_order,
-        JobType.GET_HISTORY: _get_history,
-        JobType.GET_SYMBOLS: _get_symbols,
-    }
 
     # -- the account watcher -----------------------------------------------------------
 

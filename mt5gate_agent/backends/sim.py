@@ -60,6 +60,7 @@ from mt5gate_agent.backends.base import (
     HistoryRequest,
     is_on_step,
     iso_utc,
+    job_handler,
     optional_price,
     parse_candles_request,
     parse_expiration,
@@ -415,16 +416,14 @@ class SimBackend:
         return result
 
     def execute(self, job_type: str, input_data: dict[str, Any]) -> dict[str, Any]:
-        handler = self._handlers.get(job_type)
-        if handler is None:
-            raise BrokerError("unsupported_job_type", f"unknown job type {job_type!r}")
+        handler = job_handler(self, job_type)
         if self.latency_seconds and job_type in TRADE_SERVER_JOBS:
             # The request travels to the trade server first: it executes at the price of
             # when it arrives, not of when it was sent.
             self._sleep(self.latency_seconds)
         with self._lock:
             self._advance()
-            return handler(self, input_data)
+            return handler(input_data)
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -616,21 +615,6 @@ class SimBackend:
                 if symbol_matches_group(m.spec.name, None if group is None else str(group))
             ]
         }
-
-    _handlers: dict[str, Callable[[SimBackend, dict[str, Any]], dict[str, Any]]] = {
-        JobType.TRADE: _trade,
-        JobType.GET_POSITIONS: _get_positions,
-        JobType.CLOSE_POSITION: _close_position,
-        JobType.MODIFY_POSITION: _modify_position,
-        JobType.GET_ACCOUNT: _get_account,
-        JobType.GET_CANDLES: _get_candles,
-        JobType.PLACE_PENDING_ORDER: _place_pending_order,
-        JobType.GET_PENDING_ORDERS: _get_pending_orders,
-        JobType.MODIFY_PENDING_ORDER: _modify_pending_order,
-        JobType.CANCEL_PENDING_ORDER: _cancel_pending_order,
-        JobType.GET_HISTORY: _get_history,
-        JobType.GET_SYMBOLS: _get_symbols,
-    }
 
     def recent_deals(self, after_ticket: int, lookback_seconds: float) -> list[dict[str, Any]]:
         """Deals above ``after_ticket`` of the last ``lookback_seconds``, oldest first: the
