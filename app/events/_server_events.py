@@ -21,9 +21,11 @@ from app.events._log import EventLog
 from app.events._state import Draft
 from app.models import Agent, Job, detached, utcnow
 from app.schemas.common import iso_utc
+from app.services.agents import heartbeat
 from app.services.broker_connections import agent_is_online
 from app.services.orders import order_from_job
-from mt5gate_protocol.jobs import ORDER_JOB_TYPES
+from mt5gate_protocol.agent import Heartbeat, ServerTime
+from mt5gate_protocol.jobs import ORDER_JOB_TYPES, JobStatus, JobType
 
 log = logging.getLogger("mt5gate.events")
 
@@ -38,9 +40,9 @@ ORDER_JOBS_WITH_CONNECTION = (
 # The placed order of this agent under this ticket, and its move to what the broker did.
 PLACED_ORDER_OF_TICKET = select(*JOBS.c).where(
     JOBS.c.agent_id == bindparam("p_agent_id"),
-    JOBS.c.job_type == "place_pending_order",
+    JOBS.c.job_type == JobType.PLACE_PENDING_ORDER,
     JOBS.c.ticket == bindparam("p_ticket"),
-    JOBS.c.status == "completed",
+    JOBS.c.status == JobStatus.COMPLETED,
 )
 SET_LATER_STATUS = (
     update(JOBS)
@@ -145,17 +147,21 @@ async def agent_seen(
 
 
 async def heartbeat_seen(
-    log_: EventLog, agent: Agent, *, terminal_connected: bool | None, offline_after: float
-) -> int | None:
-    """After an explicit heartbeat (`terminal_connected` None: as it last said): its
-    `agent` event if the status changed, and the newest deal ticket the log holds for the
-    agent's connection, which the heartbeat's answer carries."""
-    if terminal_connected is None:
+    log_: EventLog, db: AsyncEngine, agent: Agent, body: Heartbeat, *, offline_after: float
+) -> ServerTime:
+    """An explicit heartbeat: recorded, its `agent` event if the status changed, and the
+    answer, which carries the newest deal ticket the log holds for the agent's connection."""
+    now = await heartbeat(
+        db, agent, version=body.version, terminal_connected=body.terminal_connected
+    )
+    terminal_connected = body.terminal_connected
+    if terminal_connected is None:  # as it last said
         terminal_connected = agent.terminal_connected
     await agent_seen(
         log_, agent, terminal_connected=terminal_connected, offline_after=offline_after
     )
-    return await log_.last_deal_ticket(agent.connection_id)
+    last_deal = await log_.last_deal_ticket(agent.connection_id)
+    return ServerTime(server_time=now, last_deal_ticket=last_deal)
 
 
 async def agents_changed(log_: EventLog, db: AsyncEngine, *, offline_after: float) -> int:

@@ -21,7 +21,6 @@ import uuid
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocket
 
-from app.api.deps import resources_of
 from app.events import (
     AccountEvents,
     AccountSocket,
@@ -42,6 +41,7 @@ from app.ws.price_stream import (
     end_socket,
     error_frame,
     log_closed,
+    resources_of,
     watch_credentials,
 )
 

@@ -34,7 +34,6 @@ from app.schemas.agents import (
     ServerTime,
 )
 from app.schemas.common import ErrorBody
-from app.services import agents as service
 from app.services import price_pushes
 
 router = APIRouter(
@@ -47,22 +46,15 @@ router = APIRouter(
 
 @router.post("/heartbeat")
 async def heartbeat(
-    agent: CurrentAgent,
-    job_store: JobStoreDep,
-    resources: ResourcesDep,
-    body: Heartbeat | None = None,
+    agent: CurrentAgent, resources: ResourcesDep, body: Heartbeat | None = None
 ) -> ServerTime:
-    body = body or Heartbeat()
-    now = await service.heartbeat(
-        job_store.db, agent, version=body.version, terminal_connected=body.terminal_connected
-    )
-    last_deal = await heartbeat_seen(
+    return await heartbeat_seen(
         resources.account_events.log,
+        resources.single_statement_engine,
         agent,
-        terminal_connected=body.terminal_connected,
+        body or Heartbeat(),
         offline_after=resources.settings.agent_offline_after_seconds,
     )
-    return ServerTime(server_time=now, last_deal_ticket=last_deal)
 
 
 @router.get("/credentials")
