@@ -62,7 +62,11 @@ function poll(refresh, interval) {
 export async function guarded(call) {
   try {
     const result = await call();
-    if (["offline", "unresponsive"].includes(state.agent.status)) setAgent({ status: "online", detail: "" });
+    // An answer means the agent is back, unless the account stream is live: then its
+    // snapshot and `agent` events say (and a read the agent has no part in, such as the
+    // orders list, says nothing of it).
+    const streamSays = state.streams.account === "live";
+    if (!streamSays && ["offline", "unresponsive"].includes(state.agent.status)) setAgent({ status: "online", detail: "" });
     return result;
   } catch (error) {
     if (error.detail === "agent_offline") setAgent({ status: "offline", detail: error.message });
