@@ -27,9 +27,7 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.websockets import WebSocket
 
-from app.web.dashboard import serves_websocket
 from tests.agent_process import AgentProcess
 from tests.flows import Trader, onboard_trader
 from tests.servers import RunningApi, ServeProcess, free_port
@@ -593,38 +591,7 @@ async def test_a_restarted_server_is_reconnected_to_and_prices_move_again(
     watched.assert_clean(allowed=((503, r"^/api/v1/"), (504, r"^/api/v1/")), network_down=True)
 
 
-# -- the account events stream, as the contract has it -------------------------------------
-
-
-@dataclass
-class AccountStreamScript:
-    """A contract-shaped /ws/account for the page to follow, until the real one lands on
-    this server: a snapshot, then the events the test hands it; `resume` closes the
-    socket with 1013 (too slow), after which the page must come back with `since`."""
-
-    events: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)
-    connections: list[dict[str, str]] = field(default_factory=list)
-
-    async def serve(self, websocket: WebSocket) -> None:
-        if not websocket.query_params.get("token"):
-            await websocket.close(4001)  # as the contract says (the page's probe meets it)
-            return
-        self.connections.append(dict(websocket.query_params))
-        await websocket.accept()
-        if "since" not in websocket.query_params:
-            await websocket.send_json({"type": "snapshot", "seq": 0, "data": SNAPSHOT})
-        seq = 0
-        while (event := await self.events.get()) is not None:
-            seq += 1
-            await websocket.send_json({"type": "event", "seq": seq, "event": event})
-        await websocket.close(1013)
-
-    async def send(self, event_id: int, kind: str, data: dict[str, Any]) -> None:
-        event = {"id": event_id, "kind": kind, "at": "2026-12-01T12:00:00Z", "data": data}
-        await self.events.put(event)
-
-    async def resume(self) -> None:
-        await self.events.put(None)
+# -- the account events stream -------------------------------------------------------------
 
 
 OPEN_POSITION = {
@@ -640,31 +607,42 @@ OPEN_POSITION = {
     "swap": 0.0,
     "opened_at": "2026-12-01T11:00:00Z",
 }
-SNAPSHOT = {
-    "last_event_id": 41,
-    "account": {
-        "balance": 5000.0,
-        "equity": 5015.0,
-        "margin_used": 325.5,
-        "margin_available": 4689.5,
-        "currency": "EUR",
-        "leverage": 50,
-    },
-    "positions": [OPEN_POSITION],
-    "pending_orders": [],
-    "agent": {"status": "online", "terminal_connected": True, "last_heartbeat_at": None},
+ACCOUNT = {
+    "balance": 5000.0,
+    "equity": 5015.0,
+    "margin_used": 325.5,
+    "margin_available": 4689.5,
+    "currency": "EUR",
+    "leverage": 50,
 }
 
 
 @ONLY_SQLITE
 async def test_the_page_follows_the_account_events_stream(
-    api: RunningApi, trader: Trader, browser: Browser
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader, browser: Browser
 ) -> None:
-    if await serves_websocket(api.app, "/ws/account"):
-        pytest.skip("this server has its own /ws/account: the trading tests run over it")
-    script = AccountStreamScript()
-    api.app.add_api_websocket_route("/ws/account", script.serve)
-    api.app.state.dashboard_features = None  # asked again: now with the stream
+    """What an agent reports reaches the page over the real /ws/account: its state, a
+    profit move, the terminal lost and back (the server's `agent` events), the account,
+    a close. (Resuming with `since` after a 1013 is tests/test_account_events.py's.)"""
+
+    async def report(kind: str, data: dict[str, Any]) -> None:
+        event = {"kind": kind, "data": data, "at": "2026-12-01T12:00:00Z"}
+        answer = await client.post(
+            trader.agent.path("events"), json={"events": [event]}, headers=trader.agent.headers
+        )
+        assert answer.status_code == 202, answer.text
+
+    async def heartbeat(terminal_connected: bool) -> None:
+        answer = await client.post(
+            trader.agent.path("heartbeat"),
+            json={"terminal_connected": terminal_connected},
+            headers=trader.agent.headers,
+        )
+        assert answer.status_code == 200, answer.text
+
+    await heartbeat(True)
+    state = {"account": ACCOUNT, "positions": [OPEN_POSITION], "pending_orders": []}
+    await report("state", state)
     watched = await open_page(browser, api.base_url)
     page = watched.page
     await sign_in(page, trader.user.email, PASSWORD)
@@ -676,23 +654,29 @@ async def test_the_page_follows_the_account_events_stream(
     await expect(rows.first).to_contain_text("\u25bc sell")
     profit = rows.first.get_by_role("cell").nth(9)
     await expect(profit).to_have_text("+15.00")
-    assert "since" not in script.connections[0]
 
-    await script.send(42, "position_changed", {**OPEN_POSITION, "profit": -2.25})
+    await report("position_changed", {**OPEN_POSITION, "profit": -2.25})
     await expect(profit).to_have_text("\u22122.25")
-    await script.send(43, "agent", {"status": "online", "terminal_connected": False})
-    await expect(page.get_by_role("alert")).to_contain_text("lost the connection to the broker")
+    # A terminal that lost the broker is an agent that cannot trade: offline, as REST says.
+    await heartbeat(False)
+    await expect(page.get_by_role("alert")).to_contain_text(
+        "Agent offline: orders are disabled until it reconnects. Its MT5 terminal is disconnected"
+    )
     await expect(page.get_by_role("button", name="Buy", exact=True)).to_be_disabled()
-
-    await script.resume()  # closed with 1013: the page comes back from where it was
-    await script.send(44, "agent", {"status": "online", "terminal_connected": True})
+    await heartbeat(True)
     await expect(page.get_by_role("status").filter(has_text="Agent online")).to_be_visible()
-    assert script.connections[-1]["since"] == "43"
-    await script.send(43, "position_closed", {"position_id": 777})  # a repeat: ignored
-    await script.send(45, "account", {**SNAPSHOT["account"], "equity": 4997.75})
+    await report("account", {**ACCOUNT, "equity": 4997.75})
     await expect(account).to_contain_text("4,997.75")
-    await expect(rows).to_have_count(1)
-    await script.send(46, "position_closed", {"position_id": 777, "symbol": "EURUSD"})
+    closed = {
+        "position_id": 777,
+        "symbol": "EURUSD",
+        "volume": 0.3,
+        "closed_price": 1.0846,
+        "pnl": 12.0,
+        "reason": "tp",
+        "closed_at": "2026-12-01T12:00:01Z",
+    }
+    await report("position_closed", closed)
     await expect(rows).to_have_count(0)
     # No agent runs here: the chart finds no feed for its candles (503, or 504 waiting).
     watched.assert_clean(allowed=((503, r"^/api/v1/candles/"), (504, r"^/api/v1/candles/")))

@@ -152,7 +152,10 @@ function applySnapshot(snapshot) {
 function applyAgent(agent) {
   if (!agent) return;
   const status = agent.status === "online" ? "online" : "offline";
-  const detail = status === "offline" ? lastSeen(agent.last_heartbeat_at) : "";
+  // A snapshot says when the agent was last heard from; an `agent` event does not.
+  let detail = "";
+  if (status === "offline" && "last_heartbeat_at" in agent) detail = lastSeen(agent.last_heartbeat_at);
+  else if (status === "offline" && agent.terminal_connected === false) detail = "Its MT5 terminal is disconnected, or the agent stopped.";
   setAgent({ status, terminalConnected: agent.terminal_connected ?? null, detail });
 }
 
