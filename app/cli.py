@@ -129,10 +129,6 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 async def set_price_source_command(settings: Settings, agent_id: str, enabled: bool) -> int:
     """`mt5gate set-price-source AGENT_ID [--off]`."""
     from app.core.db import create_engine, create_session_factory
@@ -155,3 +151,7 @@ async def set_price_source_command(settings: Settings, agent_id: str, enabled: b
         return 1
     print(f"agent {agent_uuid} is {'now' if enabled else 'no longer'} a price source")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
