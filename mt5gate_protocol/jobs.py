@@ -65,6 +65,10 @@ class JobStatus(StrEnum):
     LOST = "lost"
 
 
+# A job as `GET /jobs/{id}` shows it: a `lost` one is `unknown` there, as its outcome is.
+JobViewStatus = Literal["pending", "running", "completed", "failed", "expired", "unknown"]
+
+
 FINAL_STATUSES = frozenset(
     {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.LOST}
 )

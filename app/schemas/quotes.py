@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from app.schemas.common import UtcDatetime
+from mt5gate_protocol.jobs import JobViewStatus
 
 
 class TickRead(BaseModel):
@@ -15,9 +16,6 @@ class TickRead(BaseModel):
     bid: float
     ask: float
     ts: int = Field(description="Epoch milliseconds.")
-
-
-JobViewStatus = Literal["pending", "running", "completed", "failed", "expired", "unknown"]
 
 
 class JobView(BaseModel):

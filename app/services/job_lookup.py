@@ -10,8 +10,8 @@ from sqlalchemy import Table, bindparam, select
 from app.core.errors import NotFound
 from app.dispatch import JobStore, job_from
 from app.models import Job, utcnow
-from app.schemas.quotes import JobView, JobViewStatus
-from mt5gate_protocol.jobs import JobStatus
+from app.schemas.quotes import JobView
+from mt5gate_protocol.jobs import JobStatus, JobViewStatus
 
 JOBS = cast(Table, Job.__table__)
 # Scoped by owner in the statement itself: another user's job is simply not found.
