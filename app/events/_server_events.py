@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, cast
 
+from redis.exceptions import RedisError
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -65,8 +66,16 @@ async def order_changed(log_: EventLog, *, connection_id: uuid.UUID, job: Job) -
     """The `order` event of an order job whose status may have changed (its result was
     stored, it expired, it was lost); nothing for other jobs, nor for a status the
     stream already said."""
-    if job.job_type in ORDER_JOB_TYPES:
+    if job.job_type not in ORDER_JOB_TYPES:
+        return
+    try:
         await log_.append(connection_id, [order_draft(job)])
+    except RedisError as exc:
+        # The result is stored (GET /orders/{id} has it); only its event is missed while
+        # Redis is away: the agent must not be told its result failed.
+        log.warning(
+            "event=account_event_lost kind=order job_id=%s reason=%s", job.id, type(exc).__name__
+        )
 
 
 async def orders_ended(log_: EventLog, db: AsyncEngine, job_ids: Iterable[uuid.UUID]) -> None:
@@ -157,10 +166,16 @@ async def heartbeat_seen(
     terminal_connected = body.terminal_connected
     if terminal_connected is None:  # as it last said
         terminal_connected = agent.terminal_connected
-    await agent_seen(
-        log_, agent, terminal_connected=terminal_connected, offline_after=offline_after
-    )
-    last_deal = await log_.last_deal_ticket(agent.connection_id)
+    try:
+        await agent_seen(
+            log_, agent, terminal_connected=terminal_connected, offline_after=offline_after
+        )
+        last_deal = await log_.last_deal_ticket(agent.connection_id)
+    except RedisError as exc:
+        # The heartbeat is recorded; the log is what is away. No ticket: the agent reports
+        # from the newest deal it saw, and a deal already recorded is ignored.
+        log.warning("event=account_events_unavailable on=heartbeat reason=%s", type(exc).__name__)
+        last_deal = None
     return ServerTime(server_time=now, last_deal_ticket=last_deal)
 
 
