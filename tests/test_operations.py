@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.migrate import alembic_config, head_revision, upgrade_to_head_async
 from tests.conftest import make_settings
-from tests.flows import Trader
+from tests.flows import Trader, onboard_trader
 from tests.private_redis import private_redis
 from tests.servers import RunningApi, run_api, start_serve
 from tests.stores import Store, create_postgres_database, drop_postgres_database, postgres_store
@@ -62,6 +62,47 @@ async def test_readyz_is_503_when_redis_is_gone(store: Store, tmp_path: Path) ->
                 "checks": {"database": "ok", "schema": "ok", "redis": "unreachable"},
             }
             assert (await http.get("/healthz")).status_code == 200
+
+
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+async def test_a_call_that_needs_redis_while_it_is_gone_is_503_redis_unavailable(
+    store: Store, tmp_path: Path
+) -> None:
+    """redis-py's ConnectionError is its own, not the builtin: it once fell through to a
+    500. An agent's events live in Redis; with Redis away the batch is refused whole, 503,
+    and stored once Redis is back."""
+    event = {
+        "kind": "account",
+        "at": "2026-12-01T00:00:00Z",
+        "data": {
+            "balance": 1000,
+            "equity": 1000,
+            "margin_used": 0,
+            "margin_available": 1000,
+            "currency": "USD",
+            "leverage": 100,
+        },
+    }
+    with private_redis(tmp_path) as redis_server:
+        settings = make_settings(store, redis_url=redis_server.url)
+        async with (
+            run_api(settings) as api,
+            httpx.AsyncClient(base_url=f"{api.base_url}/api/v1", timeout=30) as http,
+        ):
+            trader = await onboard_trader(http)
+            agent = trader.agent
+            redis_server.stop()
+            refused = await http.post(
+                agent.path("events"), json={"events": [event]}, headers=agent.headers
+            )
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["detail"] == "redis_unavailable"
+            redis_server.start()
+            accepted = await http.post(
+                agent.path("events"), json={"events": [event]}, headers=agent.headers
+            )
+            assert accepted.status_code == 202, accepted.text
+            assert accepted.json() == {"accepted": 1}
 
 
 @pytest.mark.parametrize("store", ["postgres"], indirect=True)

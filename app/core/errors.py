@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
@@ -186,6 +187,10 @@ class DatabaseUnavailable(DomainError, status_code=503, code="database_unavailab
     """The database cannot be reached right now; try again."""
 
 
+class RedisUnavailable(DomainError, status_code=503, code="redis_unavailable"):
+    """Redis cannot be reached right now (what the request needs lives there); try again."""
+
+
 # serialization_failure, deadlock_detected: the database gave up one of two racing
 # transactions; running it again is the cure (see app.core.db.in_transaction).
 CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
@@ -310,7 +315,15 @@ def install_error_handlers(app: FastAPI) -> None:
         log.error("event=database_error path=%s", request.url.path, exc_info=exc)
         return JSONResponse({"detail": "internal_error", "message": "A bug; logged."}, 500)
 
+    async def handle_redis(request: Request, exc: Exception) -> JSONResponse:
+        # redis-py's ConnectionError and TimeoutError are its own, not the builtins: a
+        # Redis that is away reaches here, not the database handler. What must not be
+        # lost with it (a job's result, a heartbeat) catches it where it is stored.
+        log.warning("event=redis_unavailable path=%s reason=%r", request.url.path, exc)
+        return await handle(request, RedisUnavailable())
+
     app.add_exception_handler(DomainError, handle)
+    app.add_exception_handler(RedisError, handle_redis)
     app.add_exception_handler(DBAPIError, handle_database)
     app.add_exception_handler(PoolTimeout, handle_database)
     app.add_exception_handler(OSError, handle_database)
