@@ -18,6 +18,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from app import dispatch
+from mt5gate_protocol.jobs import JobType
 from tests.account_events import AT
 from tests.account_events import deal as deal_data
 from tests.conftest import make_settings
@@ -94,7 +95,8 @@ async def open_link(
         welcome = await link.recv()
         assert welcome["type"] == "welcome", welcome
         assert welcome["ping_interval"] > 0
-        assert "server_time" in welcome and "last_deal_ticket" in welcome
+        assert "server_time" in welcome
+        assert "last_deal_ticket" in welcome
         yield link
 
 
@@ -103,7 +105,7 @@ async def create_job(api: RunningApi, trader: Trader) -> str:
         api.resources.jobs,
         user_id=uuid.UUID(trader.user.id),
         agent_id=uuid.UUID(trader.agent.id),
-        job_type="trade",
+        job_type=JobType.TRADE,
         input_data=dict(TRADE_INPUT),
         ttl_seconds=30,
     )
@@ -145,7 +147,8 @@ async def test_an_order_round_trip_over_the_link(
     async with open_link(api.base_url, trader.agent) as link:
         await order_through(client, trader, link)
         beat = await link.ask({"type": "heartbeat", "heartbeat": {"terminal_connected": True}})
-        assert beat["type"] == "heartbeat_accepted" and "server_time" in beat
+        assert beat["type"] == "heartbeat_accepted"
+        assert "server_time" in beat
         assert await link.ask({"type": "ping"}) == {"type": "pong"}
         await order_through(client, trader, link)
 
@@ -198,21 +201,26 @@ async def test_bad_messages_get_an_error_frame_and_the_link_stays(
     async with open_link(api.base_url, trader.agent) as link:
         for bad in ("not json", "[1, 2]", {"type": "nope"}, {"no": "type"}, b"\x00binary"):
             refused = await link.ask(bad)
-            assert refused["type"] == "error" and refused["detail"] == "invalid_message", bad
+            assert refused["type"] == "error", bad
+            assert refused["detail"] == "invalid_message", bad
         wrong_shape = await link.ask({"type": "claimed", "job_id": "not-a-uuid"})
         assert wrong_shape["detail"] == "invalid_message"
         stranger = str(uuid.uuid4())
         not_running = await link.answer(stranger)
-        assert not_running["detail"] == "job_not_running" and not_running["job_id"] == stranger
+        assert not_running["detail"] == "job_not_running"
+        assert not_running["job_id"] == stranger
         job_id = await create_job(api, trader)
         assert (await link.job())["id"] == job_id
         await link.send({"type": "claimed", "job_id": job_id})
         bad_output = await link.answer(job_id, {"ticket": "x"})
-        assert bad_output["detail"] == "invalid_result" and bad_output["job_id"] == job_id
+        assert bad_output["detail"] == "invalid_result"
+        assert bad_output["job_id"] == job_id
         bad_result = await link.ask({"type": "result", "job_id": job_id, "result": {"x": 1}})
-        assert bad_result["detail"] == "invalid_result" and bad_result["job_id"] == job_id
+        assert bad_result["detail"] == "invalid_result"
+        assert bad_result["job_id"] == job_id
         events = await link.ask({"type": "events", "ref": 7, "batch": {"events": [{"kind": "x"}]}})
-        assert events["detail"] == "invalid_events" and events["ref"] == 7
+        assert events["detail"] == "invalid_events"
+        assert events["ref"] == 7
         assert events["errors"][0]["index"] == 0
         no_ref = await link.ask({"type": "events", "batch": {"events": []}})
         assert no_ref["detail"] == "invalid_message"
@@ -277,7 +285,8 @@ async def test_a_result_sent_again_after_a_drop_is_accepted_once(
         assert await link.answer(job_id, {"ticket": 1}) == first  # stored once, unchanged
         await link.nothing_pushed()
     job = await dispatch.get_job(api.resources.jobs, uuid.UUID(job_id))
-    assert job is not None and job.output_data == TRADE_OUTPUT
+    assert job is not None
+    assert job.output_data == TRADE_OUTPUT
 
 
 async def test_a_closed_link_makes_the_agent_offline_at_once(
@@ -359,7 +368,8 @@ async def test_a_job_created_on_one_process_reaches_a_link_on_another(
         # Closed on B: offline on A.
         await process_b.wait_for_log("event=agent_link_closed")
         offline = await a.post("/orders", json=ORDER, headers=trader.headers)
-        assert offline.status_code == 503 and offline.json()["detail"] == "agent_offline"
+        assert offline.status_code == 503
+        assert offline.json()["detail"] == "agent_offline"
 
 
 async def test_the_newer_link_wins_across_processes_and_rotation_reaches_both(
