@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -387,3 +388,29 @@ async def test_the_newer_link_wins_across_processes_and_rotation_reaches_both(
                 )
                 assert rotated.status_code == 201
                 assert await newer.close_code() == 4001
+
+
+async def test_sigterm_closes_an_open_link_1001_and_releases_its_unacknowledged_job(
+    store: Store, tmp_path: Path
+) -> None:
+    await reset_store(store)
+    settings = make_settings(store, log_level="DEBUG")
+    serve = await asyncio.to_thread(start_serve, settings, tmp_path / "serve.log")
+    try:
+        async with (
+            httpx.AsyncClient(base_url=f"{serve.base_url}/api/v1", timeout=30) as client,
+            run_api(settings) as api,  # where this test creates and reads the job
+        ):
+            trader = await onboard_trader(client)
+            async with open_link(serve.base_url, trader.agent) as link:
+                job_id = await create_job(api, trader)
+                assert (await link.job())["id"] == job_id  # pushed, never acknowledged
+                serve.process.send_signal(signal.SIGTERM)
+                code = await link.close_code()
+            exit_code = await asyncio.to_thread(serve.process.wait, 10)
+            assert await job_status(api, job_id) == "pending"
+    finally:
+        serve.stop()
+    assert code in (1001, 1012)  # the link's own close, or uvicorn's if it came first
+    assert exit_code == 0
+    assert "Exception in ASGI application" not in serve.log_path.read_text()
