@@ -200,7 +200,8 @@ async def test_bad_messages_get_an_error_frame_and_the_link_stays(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader
 ) -> None:
     async with open_link(api.base_url, trader.agent) as link:
-        for bad in ("not json", "[1, 2]", {"type": "nope"}, {"no": "type"}, b"\x00binary"):
+        deep = "[" * 100_000 + "]" * 100_000
+        for bad in ("not json", "[1, 2]", {"type": "nope"}, {"no": "type"}, b"\x00binary", deep):
             refused = await link.ask(bad)
             assert refused["type"] == "error", bad
             assert refused["detail"] == "invalid_message", bad

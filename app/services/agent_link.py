@@ -249,7 +249,7 @@ class AgentLink:
             return await self._error("invalid_message", "The message is too large.")
         try:
             body = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
             return await self._error("invalid_message", "The message is not valid JSON.")
         kind = body.get("type") if isinstance(body, dict) else None
         model = AGENT_MESSAGES.get(kind) if isinstance(kind, str) else None
