@@ -19,6 +19,7 @@ agent's presence while the link is open. No WebSocket here: the handler passes `
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -51,6 +52,7 @@ from mt5gate_protocol.jobs import JobEnvelope, JobStatus
 from mt5gate_protocol.link import (
     AGENT_MESSAGES,
     CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
     CLOSE_INVALID_TOKEN,
     CLOSE_LINK_REPLACED,
     REASON_INVALID_TOKEN,
@@ -73,6 +75,7 @@ log = logging.getLogger("mt5gate.agent_link")
 
 # The largest message the link reads (the HTTP routes' body limit).
 MAX_LINK_MESSAGE_CHARS = 1_048_576
+MAX_RESULTS_IN_FLIGHT = 32
 # What the close of a link may take (releasing its unacknowledged jobs, its presence).
 FINISH_TIMEOUT_SECONDS = 5.0
 
@@ -134,6 +137,13 @@ class AgentLink:
         self.unacknowledged: set[uuid.UUID] = set()
         self.pushed = 0
         self._refresh_every = min(10.0, settings.agent_offline_after_seconds / 3)
+        # Results are stored side by side (each is its own statement), at most this many
+        # at once; the reader waits for a slot, so an agent cannot queue without bound.
+        self._answer_slots = asyncio.Semaphore(MAX_RESULTS_IN_FLIGHT)
+        self._answering: set[asyncio.Task[None]] = set()
+        # Set when storing a result failed (the database): the link closes 1011, and the
+        # agent, never told its result was accepted, sends it again on its next link.
+        self.failed = asyncio.Event()
 
     @property
     def agent_key(self) -> str:
@@ -196,6 +206,8 @@ class AgentLink:
                         return verdict
                 if events.draining.is_set():
                     return (CLOSE_GOING_AWAY, "shutting_down")
+                if self.failed.is_set():
+                    return (CLOSE_INTERNAL, "internal")
                 announced = created.is_set()
                 created.clear()
                 pushed = await self._push_pending() if announced else 0
@@ -207,7 +219,9 @@ class AgentLink:
                     next_refresh = time.monotonic() + self._refresh_every
                 until_refresh = max(0.0, next_refresh - time.monotonic())
                 log.debug("event=agent_link_waiting agent_id=%s", self.agent.id)
-                await wait_any(created, revoked, events.draining, timeout=until_refresh)
+                await wait_any(
+                    created, revoked, events.draining, self.failed, timeout=until_refresh
+                )
 
     async def _push_pending(self) -> int:
         """Every pending job of the agent, claimed and pushed, oldest first."""
@@ -266,7 +280,10 @@ class AgentLink:
         if isinstance(message, Claimed):
             self.unacknowledged.discard(message.job_id)
         elif isinstance(message, ResultMessage):
-            await self._result(message)
+            await self._answer_slots.acquire()
+            answer = asyncio.get_running_loop().create_task(self._answer(message))
+            self._answering.add(answer)
+            answer.add_done_callback(self._answering.discard)
         elif isinstance(message, HeartbeatMessage):
             await self._heartbeat(message.heartbeat)
         else:
@@ -283,6 +300,15 @@ class AgentLink:
             if named is not None:
                 return await self._error("invalid_result", _first_error(exc), job_id=named)
         return await self._error("invalid_message", _first_error(exc))
+
+    async def _answer(self, message: ResultMessage) -> None:
+        try:
+            await self._result(message)
+        except Exception as exc:
+            log.warning("event=agent_link_result_failed job_id=%s error=%r", message.job_id, exc)
+            self.failed.set()
+        finally:
+            self._answer_slots.release()
 
     async def _result(self, message: ResultMessage) -> None:
         job_id = message.job_id
@@ -379,6 +405,8 @@ class AgentLink:
     async def finish(self) -> None:
         """The link closed (any reason): its unacknowledged jobs back to pending, and the
         agent offline at once, unless a newer link holds it."""
+        if self._answering:  # results being stored: let them finish
+            await asyncio.gather(*self._answering, return_exceptions=True)
         for job_id in sorted(self.unacknowledged):
             await dispatch.release_job(self.jobs, job_id=job_id, agent_id=self.agent.id)
             log.info("event=job_released job_id=%s reason=link_closed", job_id)
