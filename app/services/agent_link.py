@@ -46,7 +46,7 @@ from app.events import (
     report_events,
     strict_batch_errors,
 )
-from app.models import Agent, utcnow
+from app.models import Agent, Job, utcnow
 from mt5gate_protocol.agent import Heartbeat
 from mt5gate_protocol.jobs import JobEnvelope, JobStatus
 from mt5gate_protocol.link import (
@@ -76,6 +76,8 @@ log = logging.getLogger("mt5gate.agent_link")
 # The largest message the link reads (the HTTP routes' body limit).
 MAX_LINK_MESSAGE_CHARS = 1_048_576
 MAX_RESULTS_IN_FLIGHT = 32
+# Claimers side by side when many jobs are pending at once (PostgreSQL only).
+PARALLEL_CLAIMS = 4
 # What the close of a link may take (releasing its unacknowledged jobs, its presence).
 FINISH_TIMEOUT_SECONDS = 5.0
 
@@ -141,6 +143,7 @@ class AgentLink:
         # at once; the reader waits for a slot, so an agent cannot queue without bound.
         self._answer_slots = asyncio.Semaphore(MAX_RESULTS_IN_FLIGHT)
         self._answering: set[asyncio.Task[None]] = set()
+        self._claiming: set[asyncio.Task[Job | None]] = set()
         # Set when storing a result failed (the database): the link closes 1011, and the
         # agent, never told its result was accepted, sends it again on its next link.
         self.failed = asyncio.Event()
@@ -224,20 +227,42 @@ class AgentLink:
                 )
 
     async def _push_pending(self) -> int:
-        """Every pending job of the agent, claimed and pushed, oldest first."""
+        """Every pending job of the agent, claimed and pushed: oldest first, by several
+        claimers side by side on PostgreSQL (SKIP LOCKED gives each its own job; SQLite's
+        one writer would only queue them)."""
+        claimers = 1 if self.db.dialect.name == "sqlite" else PARALLEL_CLAIMS
+        if claimers == 1:
+            return await self._claim_and_push()
+        async with asyncio.TaskGroup() as group:
+            counts = [group.create_task(self._claim_and_push()) for _ in range(claimers)]
+        return sum(count.result() for count in counts)
+
+    async def _claim_and_push(self) -> int:
         count = 0
-        agent = self.agent
-        while True:
-            job = await dispatch.claim_next_job(
-                self.jobs, agent_id=agent.id, token_hash=agent.token_hash
-            )
-            if job is None:
-                return count
-            self.unacknowledged.add(job.id)
+        while (job := await self._claim()) is not None:
             envelope = JobEnvelope.model_validate(job, from_attributes=True)
             await self.send(JobPush(job=envelope).model_dump_json())
             self.pushed += 1
             count += 1
+        return count
+
+    async def _claim(self) -> Job | None:
+        """One claim, which a cancelled pusher does not cut short: a claim the database
+        made is always known (`unacknowledged`), so the link's close releases it."""
+        agent = self.agent
+        claim = asyncio.get_running_loop().create_task(
+            dispatch.claim_next_job(self.jobs, agent_id=agent.id, token_hash=agent.token_hash)
+        )
+        self._claiming.add(claim)
+        claim.add_done_callback(self._claimed)
+        return await asyncio.shield(claim)
+
+    def _claimed(self, claim: asyncio.Task[Job | None]) -> None:
+        self._claiming.discard(claim)
+        if not claim.cancelled() and claim.exception() is None:
+            job = claim.result()
+            if job is not None:
+                self.unacknowledged.add(job.id)
 
     async def _refresh(self) -> Close | None:
         """The link's heartbeat; a row no longer this link's says why the link ends."""
@@ -405,8 +430,8 @@ class AgentLink:
     async def finish(self) -> None:
         """The link closed (any reason): its unacknowledged jobs back to pending, and the
         agent offline at once, unless a newer link holds it."""
-        if self._answering:  # results being stored: let them finish
-            await asyncio.gather(*self._answering, return_exceptions=True)
+        if self._claiming or self._answering:  # claims and results underway: let them end
+            await asyncio.gather(*self._claiming, *self._answering, return_exceptions=True)
         for job_id in sorted(self.unacknowledged):
             await dispatch.release_job(self.jobs, job_id=job_id, agent_id=self.agent.id)
             log.info("event=job_released job_id=%s reason=link_closed", job_id)
