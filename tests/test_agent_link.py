@@ -267,6 +267,30 @@ async def test_a_job_pushed_but_not_acknowledged_is_pushed_again_once(
         await order_through(client, trader, link)
 
 
+async def test_many_jobs_at_once_are_each_pushed_exactly_once(
+    api: RunningApi, trader: Trader
+) -> None:
+    async with open_link(api.base_url, trader.agent) as link:
+        created = set(await asyncio.gather(*(create_job(api, trader) for _ in range(24))))
+        pushed = [(await link.job())["id"] for _ in created]
+        assert sorted(pushed) == sorted(created)
+        for job_id in pushed:
+            await link.send({"type": "claimed", "job_id": job_id})
+            await link.send(
+                {
+                    "type": "result",
+                    "job_id": job_id,
+                    "result": {"status": "completed", "output_data": TRADE_OUTPUT},
+                }
+            )
+        answers = [await link.recv() for _ in pushed]
+        assert sorted(a["job_id"] for a in answers) == sorted(created)
+        assert {a["type"] for a in answers} == {"result_accepted"}
+        await link.nothing_pushed()
+    for job_id in created:
+        assert await job_status(api, job_id) == "completed"
+
+
 async def test_a_result_sent_again_after_a_drop_is_accepted_once(
     api: RunningApi, trader: Trader
 ) -> None:
