@@ -371,15 +371,13 @@ async def test_two_links_for_one_agent_the_newer_wins(
             await order_through(client, trader, newer)  # online, and served by the newer
 
 
-# Across processes: PostgreSQL + Redis.
+# Across processes: PostgreSQL + Redis (processes share no SQLite file or memory://).
 
 
 @pytest.fixture
 async def two_processes(
     store: Store, tmp_path: Path
 ) -> AsyncIterator[tuple[RunningApi, ServeProcess]]:
-    if store.name != "postgres":
-        pytest.skip("several processes share PostgreSQL + Redis only")
     await reset_store(store)
     # A fallback poll this slow cannot explain a delivery: only a wake-up can.
     settings = make_settings(store, job_poll_interval_seconds=10, ws_ping_interval_seconds=0.5)
@@ -391,6 +389,7 @@ async def two_processes(
             process_b.stop()
 
 
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
 async def test_a_job_created_on_one_process_reaches_a_link_on_another(
     two_processes: tuple[RunningApi, ServeProcess],
 ) -> None:
@@ -410,6 +409,7 @@ async def test_a_job_created_on_one_process_reaches_a_link_on_another(
         assert offline.json()["detail"] == "agent_offline"
 
 
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
 async def test_the_newer_link_wins_across_processes_and_rotation_reaches_both(
     two_processes: tuple[RunningApi, ServeProcess],
 ) -> None:
