@@ -33,7 +33,7 @@ from app.core.migrate import upgrade_to_head_async
 from app.resources import open_resources
 from app.services.candles import CandleFlights
 from app.web import install_dashboard
-from app.ws import account_stream
+from app.ws import account_stream, agent_link
 from app.ws.price_routes import PriceSocketRoutes
 
 log = logging.getLogger("mt5gate.app")
@@ -81,6 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(health.router)
     app.add_api_websocket_route("/ws/account", account_stream.account_events, name="account_events")
+    app.add_api_websocket_route("/ws/agents/{agent_id}", agent_link.agent_link, name="agent_link")
     install_docs(app)
     install_dashboard(app)  # `/` and `/dashboard/...`, after the API's routes
     app.state.route_templates = route_templates(app)

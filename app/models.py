@@ -107,6 +107,10 @@ class Agent(Base):
     version: Mapped[str | None] = mapped_column(String(64))
     terminal_connected: Mapped[bool | None] = mapped_column(Boolean)
     last_heartbeat_at: Mapped[datetime | None] = mapped_column()
+    # The agent link open now (WS /ws/agents/{id}; the newest wins), and when the last one
+    # closed: an agent whose link closed after its last heartbeat is offline at once.
+    link_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    link_closed_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     connection: Mapped[BrokerConnection] = relationship(back_populates="agent")

@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     # The fallback poll of waiters, in case a wake-up message was lost.
     job_poll_interval_seconds: float = Field(default=0.5, gt=0)
     job_wakeups_enabled: bool = True
+    # The agent link (WS /ws/agents/{id}); `false` refuses its handshake (agents long-poll).
+    agent_link_enabled: bool = True
 
     # How long a trading call waits for its agent's answer (the contract's budgets): writes
     # (orders, closing and modifying positions), reads (positions, account), candles.

@@ -4,7 +4,8 @@
 - `_state`: how each event changes what the server knows, and what a `state` report adds;
 - `AccountStreams` (`_hub`): the process's account sockets and its one subscription;
 - `_service`: the rules the routes and the socket handler call;
-- `_server_events`: the server's own events (orders, the agent's status).
+- `_server_events`: the server's own events (orders, the agent's status);
+- `_validation`: an agent's batch checked strictly, its errors said event by event.
 """
 
 from app.events._hub import AccountSocket, AccountStreams
@@ -24,6 +25,7 @@ from app.events._service import (
     user_connection,
 )
 from app.events._state import Draft, Emitted
+from app.events._validation import event_errors, strict_batch_errors
 
 __all__ = [
     "AccountEvents",
@@ -39,7 +41,9 @@ __all__ = [
     "order_changed",
     "orders_ended",
     "agent_view",
+    "event_errors",
     "report_events",
     "snapshot_json",
+    "strict_batch_errors",
     "user_connection",
 ]

@@ -51,7 +51,10 @@ SET_LATER_STATUS = (
     .values(order_status=bindparam("p_status"))
 )
 AGENT_STATUSES = select(
-    AGENTS.c.connection_id, AGENTS.c.last_heartbeat_at, AGENTS.c.terminal_connected
+    AGENTS.c.connection_id,
+    AGENTS.c.last_heartbeat_at,
+    AGENTS.c.terminal_connected,
+    AGENTS.c.link_closed_at,
 )
 # What a broker's removal of a pending order makes of the mt5gate order placed as it.
 STATUS_OF_REMOVAL = {"triggered": "filled", "expired": "expired", "cancelled": "cancelled"}
@@ -126,9 +129,14 @@ def agent_status(
     *,
     now: datetime,
     offline_after: float,
+    link_closed_at: datetime | None = None,
 ) -> dict[str, Any]:
     """The data of the `agent` event that says this status."""
-    agent = Agent(last_heartbeat_at=last_heartbeat_at, terminal_connected=terminal_connected)
+    agent = Agent(
+        last_heartbeat_at=last_heartbeat_at,
+        terminal_connected=terminal_connected,
+        link_closed_at=link_closed_at,
+    )
     online = agent_is_online(agent, now=now, offline_after_seconds=offline_after)
     return {"status": "online" if online else "offline", "terminal_connected": terminal_connected}
 
@@ -149,7 +157,11 @@ async def agent_seen(
     read of what the stream last said first, so that a heartbeat costs no transaction)."""
     now = utcnow()
     status = agent_status(
-        agent.last_heartbeat_at, terminal_connected, now=now, offline_after=offline_after
+        agent.last_heartbeat_at,
+        terminal_connected,
+        now=now,
+        offline_after=offline_after,
+        link_closed_at=agent.link_closed_at,
     )
     if is_news(await log_.agent_status_of(agent.connection_id), status):
         await log_.append(agent.connection_id, [Draft("agent", status, iso_utc(now))])
@@ -192,7 +204,11 @@ async def agents_changed(log_: EventLog, db: AsyncEngine, *, offline_after: floa
     added = 0
     for row in rows:
         status = agent_status(
-            row.last_heartbeat_at, row.terminal_connected, now=now, offline_after=offline_after
+            row.last_heartbeat_at,
+            row.terminal_connected,
+            now=now,
+            offline_after=offline_after,
+            link_closed_at=row.link_closed_at,
         )
         if is_news(said.get(str(row.connection_id)), status):
             draft = Draft("agent", status, iso_utc(now))

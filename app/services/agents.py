@@ -143,6 +143,10 @@ ONLINE_PRICE_SOURCE = (
         AGENTS.c.is_price_source.is_(True),
         AGENTS.c.last_heartbeat_at >= bindparam("p_seen_after"),
         or_(AGENTS.c.terminal_connected.is_(None), AGENTS.c.terminal_connected.is_(True)),
+        or_(
+            AGENTS.c.link_closed_at.is_(None),
+            AGENTS.c.link_closed_at < AGENTS.c.last_heartbeat_at,
+        ),
     )
     .order_by(AGENTS.c.last_heartbeat_at.desc(), AGENTS.c.id)
     .limit(1)

@@ -141,10 +141,14 @@ async def provision_agent(
 
 def agent_is_online(agent: Agent, *, now: datetime, offline_after_seconds: float) -> bool:
     """Seen within `offline_after_seconds`, and not reporting its terminal disconnected
-    (which an agent also says when it stops)."""
-    if agent.last_heartbeat_at is None or agent.terminal_connected is False:
+    (which an agent also says when it stops), and its agent link not closed since it was
+    last seen (a link that closes makes its agent offline at once)."""
+    last = agent.last_heartbeat_at
+    if last is None or agent.terminal_connected is False:
         return False
-    return (now - agent.last_heartbeat_at).total_seconds() <= offline_after_seconds
+    if agent.link_closed_at is not None and agent.link_closed_at >= last:
+        return False
+    return (now - last).total_seconds() <= offline_after_seconds
 
 
 def agent_summary(agent: Agent | None, *, offline_after_seconds: float) -> AgentSummary | None:

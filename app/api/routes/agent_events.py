@@ -9,57 +9,24 @@ from typing import Any
 from fastapi import APIRouter, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from pydantic import ValidationError
 
 from app.api.deps import CurrentAgent, ResourcesDep
 from app.core.errors import DomainError
-from app.events import report_events
+from app.events import event_errors, report_events, strict_batch_errors
 from app.schemas.common import ErrorBody
-from mt5gate_protocol.events import KINDS, EventBatch, EventsAccepted, InvalidEventsBody
+from mt5gate_protocol.events import EventBatch, EventsAccepted, InvalidEventsBody
 
 
 class InvalidEvents(DomainError):
     status_code, code, message = 422, "invalid_events", "The batch was refused whole."
 
 
-def event_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """FastAPI's errors of the body as `{index, loc, msg}`: which event, where in it."""
-    found = []
-    for error in errors:
-        loc = list(error.get("loc", ()))
-        if loc[:1] == ["body"]:
-            loc = loc[1:]
-        index = None
-        if len(loc) >= 2 and loc[0] == "events" and isinstance(loc[1], int):
-            index, loc = loc[1], loc[2:]
-            if loc and loc[0] in KINDS:  # the union's tag: the event names its kind itself
-                loc = loc[1:]
-            elif not loc and str(error.get("type", "")).startswith("union_tag"):
-                loc = ["kind"]  # missing, or a kind an agent may not report
-        found.append({"index": index, "loc": loc, "msg": str(error.get("msg", ""))})
-    return found
-
-
-def integral_floats_as_ints(value: Any) -> Any:
-    """JSON Schema's `integer` takes `5.0`; pydantic's strict int does not."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [integral_floats_as_ints(item) for item in value]
-    if isinstance(value, dict):
-        return {key: integral_floats_as_ints(item) for key, item in value.items()}
-    return value
-
-
 def check_strictly(body: bytes) -> None:
-    """The batch read as its schema types it: a number is a JSON number (`false` or `"1"`
-    is not), a time an ISO-8601 string. It follows FastAPI's own (lax) validation, which
-    made the route's argument; this one only refuses."""
-    normalized = json.dumps(integral_floats_as_ints(json.loads(body))).encode()
-    try:
-        EventBatch.model_validate_json(normalized, strict=True)
-    except ValidationError as exc:
-        raise refused([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+    """The batch read as its schema types it (`strict_batch_errors`). It follows FastAPI's
+    own (lax) validation, which made the route's argument; this one only refuses."""
+    errors = strict_batch_errors(json.loads(body))
+    if errors is not None:
+        raise refused([{**e, "loc": ("body", *e["loc"])} for e in errors])
 
 
 def refused(errors: list[dict[str, Any]]) -> InvalidEvents:

@@ -1,0 +1,389 @@
+"""The agent link (`WS /ws/agents/{agent_id}`): jobs pushed, results and events back,
+the newest link wins, rotation closes it, presence follows it. Real sockets, real servers,
+both stores (the cross-process tests: PostgreSQL + Redis, with a `serve` process)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from app import dispatch
+from mt5gate_protocol.jobs import JobType
+from tests.account_events import AT
+from tests.account_events import deal as deal_data
+from tests.conftest import make_settings
+from tests.flows import AgentHandle, Trader, onboard_trader
+from tests.log_events import watch_log
+from tests.servers import RunningApi, ServeProcess, run_api, start_serve
+from tests.stores import Store, reset_store
+from tests.test_jobs import TRADE_INPUT, TRADE_OUTPUT
+from tests.trading_agent import ORDER
+
+TIMEOUT = 10.0
+
+
+class Link:
+    """A test agent speaking the link protocol."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    async def recv(self, timeout: float = TIMEOUT) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            body: dict[str, Any] = json.loads(await self.ws.recv())
+        return body
+
+    async def send(self, body: dict[str, Any] | str | bytes) -> None:
+        await self.ws.send(json.dumps(body) if isinstance(body, dict) else body)
+
+    async def ask(self, body: dict[str, Any] | str | bytes) -> dict[str, Any]:
+        await self.send(body)
+        return await self.recv()
+
+    async def job(self) -> dict[str, Any]:
+        pushed = await self.recv()
+        assert pushed["type"] == "job", pushed
+        job: dict[str, Any] = pushed["job"]
+        return job
+
+    async def answer(self, job_id: str, output: dict[str, Any] | None = None) -> dict[str, Any]:
+        return await self.ask(
+            {
+                "type": "result",
+                "job_id": job_id,
+                "result": {"status": "completed", "output_data": output or TRADE_OUTPUT},
+            }
+        )
+
+    async def nothing_pushed(self) -> None:
+        """Nothing is pushed before the answer to a ping (the server handles messages in
+        order, and a push already claimed would have been written before)."""
+        assert await self.ask({"type": "ping"}) == {"type": "pong"}
+
+    async def close_code(self, timeout: float = TIMEOUT) -> int | None:
+        async with asyncio.timeout(timeout):
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    await self.ws.recv()
+        return self.ws.close_code
+
+
+def link_url(base_url: str, agent: AgentHandle) -> str:
+    return f"{base_url.replace('http://', 'ws://', 1)}/ws/agents/{agent.id}"
+
+
+@contextlib.asynccontextmanager
+async def open_link(
+    base_url: str, agent: AgentHandle, *, token: str | None = None
+) -> AsyncIterator[Link]:
+    """A link with the Bearer header, its welcome already read."""
+    headers = {"Authorization": f"Bearer {token or agent.token}"}
+    async with websockets.connect(
+        link_url(base_url, agent), additional_headers=headers, open_timeout=TIMEOUT
+    ) as ws:
+        link = Link(ws)
+        welcome = await link.recv()
+        assert welcome["type"] == "welcome", welcome
+        assert welcome["ping_interval"] > 0
+        assert "server_time" in welcome
+        assert "last_deal_ticket" in welcome
+        yield link
+
+
+async def create_job(api: RunningApi, trader: Trader) -> str:
+    job, _ = await dispatch.create_job(
+        api.resources.jobs,
+        user_id=uuid.UUID(trader.user.id),
+        agent_id=uuid.UUID(trader.agent.id),
+        job_type=JobType.TRADE,
+        input_data=dict(TRADE_INPUT),
+        ttl_seconds=30,
+    )
+    return str(job.id)
+
+
+async def job_status(api: RunningApi, job_id: str) -> str:
+    job = await dispatch.get_job(api.resources.jobs, uuid.UUID(job_id))
+    assert job is not None
+    return job.status
+
+
+async def agent_status(client: httpx.AsyncClient, trader: Trader) -> str:
+    listed = await client.get("/broker-connections", headers=trader.headers)
+    assert listed.status_code == 200, listed.text
+    body = listed.json()
+    items = body["items"] if isinstance(body, dict) else body
+    (connection,) = [c for c in items if c["id"] == trader.connection_id]
+    status: str = connection["agent"]["status"]
+    return status
+
+
+async def order_through(client: httpx.AsyncClient, trader: Trader, link: Link) -> None:
+    """`POST /orders` answered by the agent on `link`."""
+    order = asyncio.create_task(client.post("/orders", json=ORDER, headers=trader.headers))
+    job = await link.job()
+    await link.send({"type": "claimed", "job_id": job["id"]})
+    accepted = await link.answer(job["id"])
+    assert accepted == {"type": "result_accepted", "job_id": job["id"], "status": "completed"}
+    placed = await order
+    assert placed.status_code == 201, placed.text
+    assert placed.json()["order_id"] == job["id"]
+    assert placed.json()["status"] == "filled"
+
+
+async def test_an_order_round_trip_over_the_link(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    async with open_link(api.base_url, trader.agent) as link:
+        await order_through(client, trader, link)
+        beat = await link.ask({"type": "heartbeat", "heartbeat": {"terminal_connected": True}})
+        assert beat["type"] == "heartbeat_accepted"
+        assert "server_time" in beat
+        assert await link.ask({"type": "ping"}) == {"type": "pong"}
+        await order_through(client, trader, link)
+
+
+async def test_the_token_may_come_as_a_query_parameter(api: RunningApi, trader: Trader) -> None:
+    url = f"{link_url(api.base_url, trader.agent)}?token={trader.agent.token}"
+    async with websockets.connect(url, open_timeout=TIMEOUT) as ws:
+        assert (await Link(ws).recv())["type"] == "welcome"
+
+
+@pytest.mark.parametrize("token", ["wrong-token", None])
+async def test_a_bad_token_is_closed_4001(
+    api: RunningApi, trader: Trader, token: str | None
+) -> None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with websockets.connect(
+        link_url(api.base_url, trader.agent), additional_headers=headers, open_timeout=TIMEOUT
+    ) as ws:
+        assert await Link(ws).close_code() == 4001
+    other = AgentHandle(str(uuid.uuid4()), trader.agent.token)  # another agent's id
+    async with websockets.connect(
+        link_url(api.base_url, other),
+        additional_headers={"Authorization": f"Bearer {trader.agent.token}"},
+        open_timeout=TIMEOUT,
+    ) as ws:
+        assert await Link(ws).close_code() == 4001
+
+
+async def test_a_disabled_link_refuses_the_handshake(store: Store) -> None:
+    await reset_store(store)
+    async with (
+        run_api(make_settings(store, agent_link_enabled=False)) as api,
+        httpx.AsyncClient(base_url=f"{api.base_url}/api/v1", timeout=30) as client,
+    ):
+        trader = await onboard_trader(client)
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with open_link(api.base_url, trader.agent):
+                pass
+        assert refused.value.response.status_code == 403
+        # The HTTP routes still serve the agent.
+        beat = await client.post(
+            trader.agent.path("heartbeat"), json={}, headers=trader.agent.headers
+        )
+        assert beat.status_code == 200
+
+
+async def test_bad_messages_get_an_error_frame_and_the_link_stays(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    async with open_link(api.base_url, trader.agent) as link:
+        for bad in ("not json", "[1, 2]", {"type": "nope"}, {"no": "type"}, b"\x00binary"):
+            refused = await link.ask(bad)
+            assert refused["type"] == "error", bad
+            assert refused["detail"] == "invalid_message", bad
+        wrong_shape = await link.ask({"type": "claimed", "job_id": "not-a-uuid"})
+        assert wrong_shape["detail"] == "invalid_message"
+        stranger = str(uuid.uuid4())
+        not_running = await link.answer(stranger)
+        assert not_running["detail"] == "job_not_running"
+        assert not_running["job_id"] == stranger
+        job_id = await create_job(api, trader)
+        assert (await link.job())["id"] == job_id
+        await link.send({"type": "claimed", "job_id": job_id})
+        bad_output = await link.answer(job_id, {"ticket": "x"})
+        assert bad_output["detail"] == "invalid_result"
+        assert bad_output["job_id"] == job_id
+        bad_result = await link.ask({"type": "result", "job_id": job_id, "result": {"x": 1}})
+        assert bad_result["detail"] == "invalid_result"
+        assert bad_result["job_id"] == job_id
+        events = await link.ask({"type": "events", "ref": 7, "batch": {"events": [{"kind": "x"}]}})
+        assert events["detail"] == "invalid_events"
+        assert events["ref"] == 7
+        assert events["errors"][0]["index"] == 0
+        no_ref = await link.ask({"type": "events", "batch": {"events": []}})
+        assert no_ref["detail"] == "invalid_message"
+        # The job survived all of it: still running, and answered now.
+        assert await job_status(api, job_id) == "running"
+        accepted = await link.answer(job_id)
+        assert accepted["type"] == "result_accepted"
+        assert await job_status(api, job_id) == "completed"
+        await order_through(client, trader, link)
+
+
+async def test_events_ride_the_link(api: RunningApi, trader: Trader) -> None:
+    deal = {"kind": "deal", "at": AT, "data": deal_data(900001)}
+    async with open_link(api.base_url, trader.agent) as link:
+        answer = await link.ask({"type": "events", "ref": 1, "batch": {"events": [deal]}})
+        assert answer == {"type": "events_accepted", "ref": 1, "accepted": 1}
+        again = await link.ask({"type": "events", "ref": 2, "batch": {"events": [deal]}})
+        assert again == {"type": "events_accepted", "ref": 2, "accepted": 0}
+        beat = await link.ask({"type": "heartbeat"})
+        assert beat["last_deal_ticket"] == 900001
+
+
+async def test_a_job_pushed_but_not_acknowledged_is_pushed_again_once(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    job_id = await create_job(api, trader)
+    with watch_log("mt5gate.agent_link") as log:
+        async with open_link(api.base_url, trader.agent) as link:
+            assert (await link.job())["id"] == job_id
+        await log.wait_for("event=agent_link_closed")  # dropped before `claimed`
+    assert await job_status(api, job_id) == "pending"
+    with watch_log("mt5gate.agent_link") as log:
+        async with open_link(api.base_url, trader.agent) as link:
+            assert (await link.job())["id"] == job_id
+            await link.send({"type": "claimed", "job_id": job_id})
+            await link.nothing_pushed()
+        await log.wait_for("event=agent_link_closed")  # dropped after `claimed`
+    assert await job_status(api, job_id) == "running"
+    async with open_link(api.base_url, trader.agent) as link:
+        await link.nothing_pushed()  # acknowledged: not pushed again
+        assert (await link.answer(job_id))["type"] == "result_accepted"
+        await order_through(client, trader, link)
+
+
+async def test_a_result_sent_again_after_a_drop_is_accepted_once(
+    api: RunningApi, trader: Trader
+) -> None:
+    job_id = await create_job(api, trader)
+    waiter = asyncio.create_task(
+        dispatch.wait_for_job_result(api.resources.jobs, job_id=uuid.UUID(job_id), timeout=20)
+    )
+    async with open_link(api.base_url, trader.agent) as link:
+        assert (await link.job())["id"] == job_id
+        await link.send({"type": "claimed", "job_id": job_id})
+        first = await link.answer(job_id)
+    assert first == {"type": "result_accepted", "job_id": job_id, "status": "completed"}
+    finished = await waiter
+    assert finished.status == "completed"
+    async with open_link(api.base_url, trader.agent) as link:
+        # The agent missed the acknowledgement (say): the repeat is acknowledged again.
+        assert await link.answer(job_id) == first
+        assert await link.answer(job_id, {"ticket": 1}) == first  # stored once, unchanged
+        await link.nothing_pushed()
+    job = await dispatch.get_job(api.resources.jobs, uuid.UUID(job_id))
+    assert job is not None
+    assert job.output_data == TRADE_OUTPUT
+
+
+async def test_a_closed_link_makes_the_agent_offline_at_once(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    with watch_log("mt5gate.agent_link") as log:
+        async with open_link(api.base_url, trader.agent) as link:
+            await order_through(client, trader, link)
+        await log.wait_for("event=agent_link_closed")
+    offline = await client.post("/orders", json=ORDER, headers=trader.headers)
+    assert offline.status_code == 503, offline.text
+    assert offline.json()["detail"] == "agent_offline"
+    assert await agent_status(client, trader) == "offline"
+    # An HTTP heartbeat (an agent that fell back) makes it online again.
+    beat = await client.post(trader.agent.path("heartbeat"), json={}, headers=trader.agent.headers)
+    assert beat.status_code == 200
+    assert await agent_status(client, trader) == "online"
+
+
+async def test_rotation_and_deletion_close_the_link_4001(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    async with open_link(api.base_url, trader.agent) as link:
+        rotated = await client.post(
+            f"/broker-connections/{trader.connection_id}/agent", headers=trader.headers
+        )
+        assert rotated.status_code == 201
+        assert await link.close_code() == 4001
+    new_agent = AgentHandle(rotated.json()["agent_id"], rotated.json()["agent_token"])
+    async with open_link(api.base_url, new_agent) as link:
+        deleted = await client.delete(
+            f"/broker-connections/{trader.connection_id}", headers=trader.headers
+        )
+        assert deleted.status_code == 204
+        assert await link.close_code() == 4001
+
+
+async def test_two_links_for_one_agent_the_newer_wins(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    async with open_link(api.base_url, trader.agent) as older:
+        async with open_link(api.base_url, trader.agent) as newer:
+            assert await older.close_code() == 4009
+            await order_through(client, trader, newer)  # online, and served by the newer
+
+
+# Across processes: PostgreSQL + Redis.
+
+
+@pytest.fixture
+async def two_processes(
+    store: Store, tmp_path: Path
+) -> AsyncIterator[tuple[RunningApi, ServeProcess]]:
+    if store.name != "postgres":
+        pytest.skip("several processes share PostgreSQL + Redis only")
+    await reset_store(store)
+    # A fallback poll this slow cannot explain a delivery: only a wake-up can.
+    settings = make_settings(store, job_poll_interval_seconds=10, ws_ping_interval_seconds=0.5)
+    async with run_api(settings) as api_a:
+        process_b = await asyncio.to_thread(start_serve, settings, tmp_path / "serve-b.log")
+        try:
+            yield api_a, process_b
+        finally:
+            process_b.stop()
+
+
+async def test_a_job_created_on_one_process_reaches_a_link_on_another(
+    two_processes: tuple[RunningApi, ServeProcess],
+) -> None:
+    api_a, process_b = two_processes
+    async with httpx.AsyncClient(base_url=f"{api_a.base_url}/api/v1", timeout=30) as a:
+        trader = await onboard_trader(a)
+        async with open_link(process_b.base_url, trader.agent) as link:
+            await order_through(a, trader, link)
+            # Idle past the ping interval (0.5 s): the link, its subscription and its
+            # process's connections still carry the next job at once.
+            await asyncio.sleep(2.0)
+            await order_through(a, trader, link)
+        # Closed on B: offline on A.
+        await process_b.wait_for_log("event=agent_link_closed")
+        offline = await a.post("/orders", json=ORDER, headers=trader.headers)
+        assert offline.status_code == 503
+        assert offline.json()["detail"] == "agent_offline"
+
+
+async def test_the_newer_link_wins_across_processes_and_rotation_reaches_both(
+    two_processes: tuple[RunningApi, ServeProcess],
+) -> None:
+    api_a, process_b = two_processes
+    async with httpx.AsyncClient(base_url=f"{api_a.base_url}/api/v1", timeout=30) as a:
+        trader = await onboard_trader(a)
+        async with open_link(api_a.base_url, trader.agent) as older:
+            async with open_link(process_b.base_url, trader.agent) as newer:
+                assert await older.close_code() == 4009
+                await order_through(a, trader, newer)
+                rotated = await a.post(
+                    f"/broker-connections/{trader.connection_id}/agent", headers=trader.headers
+                )
+                assert rotated.status_code == 201
+                assert await newer.close_code() == 4001
