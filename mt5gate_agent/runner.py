@@ -490,6 +490,7 @@ class _Agent:
             # Not claimed: the server puts it back to pending when the link closes.
             return
         job_id = str(job.id)
+        log.debug(kv(event="job_pushed", job_id=job_id, job_type=job.job_type))
         try:
             await link.send_claimed(job_id)
             if job_id in self.in_hand:
