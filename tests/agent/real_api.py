@@ -80,6 +80,7 @@ class FaultLayer:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"].startswith("/ws/agents/"):
             self.harness.links_opened += 1
+            self.harness.changed()
             await self.app(scope, receive, self.noisy(send))
             return
         kind = kind_of(scope["path"]) if scope["type"] == "http" else None

@@ -110,7 +110,8 @@ async def test_a_signal_stops_the_agent_with_exit_code_0(
 ) -> None:
     process = await spawn_agent(api)
     try:
-        await api.wait_for(lambda: api.polls >= 1, timeout=20)
+        # On the link (the default), or long-polling: the job finds the agent either way.
+        await api.wait_for(lambda: api.links_opened + api.polls >= 1, timeout=20)
         job_id = await api.add_job("get_account", {})
         assert (await api.wait_result(job_id))["status"] == "completed"
         process.send_signal(sig)
