@@ -89,6 +89,8 @@ def kv(**fields: Any) -> str:
 
 def describe(exc: BaseException) -> str:
     """``ConnectError: [Errno 111] Connection refused``, or the API's code and status."""
+    if isinstance(exc, LinkDown):
+        return f"{exc.detail}: {exc.message}"
     if isinstance(exc, AgentApiError):
         return f"{exc.detail} (HTTP {exc.status_code})"
     text = str(exc)

@@ -119,7 +119,6 @@ class FaultLayer:
         await send_response(send, status, body, headers)
         harness.changed()
 
-
     def noisy(self, send: Send) -> Send:
         """The link's ``send``, with ``Faults.link_noise`` sent after the first frame."""
         noise = list(self.harness.faults.link_noise)
