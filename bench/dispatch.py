@@ -1,9 +1,11 @@
 """Job round trips: create job → agent claims → result → caller woken.
 
-An instant agent in its own process talks HTTP to the API on loopback; the caller runs in
+An instant agent in its own process talks to the API on loopback; the caller runs in
 the API process and uses the jobs service directly, so the figures are the dispatch path
-alone. Each store runs with wake-ups on and with the 500 ms polling fallback alone. A floor
-row times one agent request that finds no job: a round trip makes two agent requests.
+alone. Each store runs the agent over HTTP long-polls with wake-ups on (`long-poll`), over
+the agent link (`link`: one WebSocket, jobs pushed), and over long-polls with the 500 ms
+polling fallback alone (`polling`). A floor row times one agent request that finds no job:
+a long-poll round trip makes two agent requests.
 
     python -m bench.dispatch [--quick]
 """
@@ -84,9 +86,15 @@ async def measure(
             user_id = agent.user_id
         agent_id = uuid.UUID(who.agent_id)
         results = []
-        if mode == "wake-ups":  # once per store; the mode does not change it
+        if mode == "long-poll":  # once per store; the mode does not change it
             results.append(await agent_request_floor(api, store, who.agent_id, who.agent_token))
-        with InstantAgent(api.base_url, who.agent_id, who.agent_token, workers=CONCURRENCY):
+        with InstantAgent(
+            api.base_url,
+            who.agent_id,
+            who.agent_token,
+            workers=CONCURRENCY,
+            link=mode == "link",
+        ):
             for _ in range(10):  # warm-up: connections, caches, the agent's workers
                 await round_trip(api, user_id, agent_id)
             started = time.perf_counter()
@@ -156,16 +164,17 @@ def main(argv: list[str] | None = None) -> None:
     results: list[Result] = []
     for store in stores:
         for mode, sequential, concurrent in (
-            ("wake-ups", wakeup_n, wakeup_n),
+            ("long-poll", wakeup_n, wakeup_n),
+            ("link", wakeup_n, wakeup_n),
             ("polling", polling_sequential, polling_concurrent),
         ):
             overrides = {
-                "job_wakeups_enabled": mode == "wake-ups",
+                "job_wakeups_enabled": mode != "polling",
                 "job_poll_interval_seconds": 0.5,
             }
             with bench_settings(store, **overrides) as settings:
                 results += asyncio.run(measure(settings, store, mode, sequential, concurrent))
-    print("\nJob round trips (ms), instant agent over HTTP on loopback")
+    print("\nJob round trips (ms), instant agent over HTTP or the agent link on loopback")
     print_table(
         ["store", "mode", "pattern", "n", "p50 ms", "p99 ms", "jobs/s"],
         [r.row() for r in results],
@@ -173,20 +182,25 @@ def main(argv: list[str] | None = None) -> None:
     print()
     for store in stores:
         for pattern in ("sequential", f"{CONCURRENCY} in flight"):
-            wake = next(
-                r for r in results if (r.store, r.mode, r.pattern) == (store, "wake-ups", pattern)
-            )
-            poll = next(
-                r for r in results if (r.store, r.mode, r.pattern) == (store, "polling", pattern)
-            )
+            row = {r.mode: r for r in results if (r.store, r.pattern) == (store, pattern)}
+            wake, link, poll = row["long-poll"], row["link"], row["polling"]
             ratio = statistics.median(poll.samples) / statistics.median(wake.samples)
-            print(f"{store:8} {pattern:13} polling/wake-ups p50 ratio: {ratio:.0f}x")
+            print(f"{store:8} {pattern:13} polling/long-poll p50 ratio: {ratio:.0f}x")
+            p50 = statistics.median(wake.samples) / statistics.median(link.samples)
+            rate = (len(link.samples) / link.seconds) / (len(wake.samples) / wake.seconds)
+            print(
+                f"{store:8} {pattern:13} link vs long-poll: p50 {p50:.1f}x faster, "
+                f"jobs/s {rate:.1f}x"
+            )
         floor = next(r for r in results if (r.store, r.mode) == (store, "floor"))
-        sequential = next(
-            r for r in results if (r.store, r.mode, r.pattern) == (store, "wake-ups", "sequential")
+        long_poll = next(
+            r for r in results if (r.store, r.mode, r.pattern) == (store, "long-poll", "sequential")
         )
-        per_floor = statistics.median(sequential.samples) / statistics.median(floor.samples)
-        print(f"{store:8} sequential round trip p50 = {per_floor:.1f}x one agent request's p50")
+        per_floor = statistics.median(long_poll.samples) / statistics.median(floor.samples)
+        print(
+            f"{store:8} sequential long-poll round trip p50 = {per_floor:.1f}x one agent "
+            "request's p50"
+        )
 
 
 if __name__ == "__main__":

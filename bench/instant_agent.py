@@ -145,23 +145,55 @@ async def _serve_jobs(
         await asyncio.gather(*(worker() for _ in range(workers)))
 
 
-def _run(base_url: str, agent_id: str, token: str, workers: int, stop: EventType) -> None:
+async def _serve_link(
+    base_url: str, agent_id: str, token: str, _workers: int, stop: EventType
+) -> None:
+    """The same agent over the agent link: each pushed job acknowledged and answered at
+    once, on the one socket (the results' acknowledgements are read and dropped)."""
+    import websockets
+
+    url = f"{base_url.replace('http://', 'ws://', 1)}/ws/agents/{agent_id}"
+    headers = {"Authorization": f"Bearer {token}"}
+    async with websockets.connect(url, additional_headers=headers, max_size=2**24) as ws:
+        while not stop.is_set():
+            try:
+                message = await asyncio.wait_for(ws.recv(), timeout=1)
+            except TimeoutError:
+                continue
+            if not isinstance(message, str) or not message.startswith('{"type":"job"'):
+                continue
+            job = json.loads(message)["job"]
+            job_id = job["id"]
+            await ws.send(f'{{"type":"claimed","job_id":"{job_id}"}}')
+            body = result_body(job).decode()
+            await ws.send(f'{{"type":"result","job_id":"{job_id}","result":{body}}}')
+
+
+def _run(
+    base_url: str, agent_id: str, token: str, workers: int, stop: EventType, link: bool
+) -> None:
+    serve = _serve_link if link else _serve_jobs
     try:
         import uvloop
 
-        uvloop.run(_serve_jobs(base_url, agent_id, token, workers, stop))
+        uvloop.run(serve(base_url, agent_id, token, workers, stop))
     except ImportError:
-        asyncio.run(_serve_jobs(base_url, agent_id, token, workers, stop))
+        asyncio.run(serve(base_url, agent_id, token, workers, stop))
 
 
 class InstantAgent:
-    """`with InstantAgent(url, id, token, workers=32):` runs the agent in a child process."""
+    """`with InstantAgent(url, id, token, workers=32):` runs the agent in a child process;
+    `link=True`: over the agent link (one WebSocket) instead of HTTP long-polls."""
 
-    def __init__(self, base_url: str, agent_id: str, token: str, *, workers: int = 1) -> None:
+    def __init__(
+        self, base_url: str, agent_id: str, token: str, *, workers: int = 1, link: bool = False
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self.stop = context.Event()
         self.process = context.Process(
-            target=_run, args=(base_url, agent_id, token, workers, self.stop), daemon=True
+            target=_run,
+            args=(base_url, agent_id, token, workers, self.stop, link),
+            daemon=True,
         )
 
     def __enter__(self) -> InstantAgent:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -199,7 +200,8 @@ async def test_bad_messages_get_an_error_frame_and_the_link_stays(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader
 ) -> None:
     async with open_link(api.base_url, trader.agent) as link:
-        for bad in ("not json", "[1, 2]", {"type": "nope"}, {"no": "type"}, b"\x00binary"):
+        deep = "[" * 100_000 + "]" * 100_000
+        for bad in ("not json", "[1, 2]", {"type": "nope"}, {"no": "type"}, b"\x00binary", deep):
             refused = await link.ask(bad)
             assert refused["type"] == "error", bad
             assert refused["detail"] == "invalid_message", bad
@@ -263,6 +265,30 @@ async def test_a_job_pushed_but_not_acknowledged_is_pushed_again_once(
         await link.nothing_pushed()  # acknowledged: not pushed again
         assert (await link.answer(job_id))["type"] == "result_accepted"
         await order_through(client, trader, link)
+
+
+async def test_many_jobs_at_once_are_each_pushed_exactly_once(
+    api: RunningApi, trader: Trader
+) -> None:
+    async with open_link(api.base_url, trader.agent) as link:
+        created = set(await asyncio.gather(*(create_job(api, trader) for _ in range(24))))
+        pushed = [(await link.job())["id"] for _ in created]
+        assert sorted(pushed) == sorted(created)
+        for job_id in pushed:
+            await link.send({"type": "claimed", "job_id": job_id})
+            await link.send(
+                {
+                    "type": "result",
+                    "job_id": job_id,
+                    "result": {"status": "completed", "output_data": TRADE_OUTPUT},
+                }
+            )
+        answers = [await link.recv() for _ in pushed]
+        assert sorted(a["job_id"] for a in answers) == sorted(created)
+        assert {a["type"] for a in answers} == {"result_accepted"}
+        await link.nothing_pushed()
+    for job_id in created:
+        assert await job_status(api, job_id) == "completed"
 
 
 async def test_a_result_sent_again_after_a_drop_is_accepted_once(
@@ -387,3 +413,29 @@ async def test_the_newer_link_wins_across_processes_and_rotation_reaches_both(
                 )
                 assert rotated.status_code == 201
                 assert await newer.close_code() == 4001
+
+
+async def test_sigterm_closes_an_open_link_1001_and_releases_its_unacknowledged_job(
+    store: Store, tmp_path: Path
+) -> None:
+    await reset_store(store)
+    settings = make_settings(store, log_level="DEBUG")
+    serve = await asyncio.to_thread(start_serve, settings, tmp_path / "serve.log")
+    try:
+        async with (
+            httpx.AsyncClient(base_url=f"{serve.base_url}/api/v1", timeout=30) as client,
+            run_api(settings) as api,  # where this test creates and reads the job
+        ):
+            trader = await onboard_trader(client)
+            async with open_link(serve.base_url, trader.agent) as link:
+                job_id = await create_job(api, trader)
+                assert (await link.job())["id"] == job_id  # pushed, never acknowledged
+                serve.process.send_signal(signal.SIGTERM)
+                code = await link.close_code()
+            exit_code = await asyncio.to_thread(serve.process.wait, 10)
+            assert await job_status(api, job_id) == "pending"
+    finally:
+        serve.stop()
+    assert code in (1001, 1012)  # the link's own close, or uvicorn's if it came first
+    assert exit_code == 0
+    assert "Exception in ASGI application" not in serve.log_path.read_text()

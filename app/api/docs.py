@@ -101,6 +101,19 @@ snapshot). `{"type": "ping"}` is answered `{"type": "pong"}`; any other message
 `{"type": "error", "detail", "message"}`. Close codes: `4001` credentials (also when they
 expire or the key is revoked), `4003` onboarding incomplete, `4004` not your connection,
 `1008` too many sockets, `1013` a client that cannot keep up (resume with `since`).
+
+## The agent link
+
+### `WS /ws/agents/{agent_id}` (`Authorization: Bearer <agent_token>`, or `?token=`)
+
+The agent's jobs pushed as they exist, `{"type": "job", "job"}` (claimed as pushed; the
+agent answers `{"type": "claimed", "job_id"}` at once), and back up the same socket
+`result`, `heartbeat`, `events` and `ping`, each answered (`result_accepted`,
+`heartbeat_accepted`, `events_accepted`, `pong`) or refused with `{"type": "error",
+"detail", "message"}` (the link stays open). The first message is `welcome`. Close codes:
+`4001` a bad token (also when it is rotated or its connection deleted), `4009` a newer link
+for the agent opened, `1001` shutting down. While the link is open the agent is online;
+when it closes, offline at once. See docs/API.md for every message.
 """
 
 ERROR_BODY_REF = {"$ref": "#/components/schemas/ErrorBody"}

@@ -19,6 +19,7 @@ agent's presence while the link is open. No WebSocket here: the handler passes `
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -45,12 +46,13 @@ from app.events import (
     report_events,
     strict_batch_errors,
 )
-from app.models import Agent, utcnow
+from app.models import Agent, Job, utcnow
 from mt5gate_protocol.agent import Heartbeat
 from mt5gate_protocol.jobs import JobEnvelope, JobStatus
 from mt5gate_protocol.link import (
     AGENT_MESSAGES,
     CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
     CLOSE_INVALID_TOKEN,
     CLOSE_LINK_REPLACED,
     REASON_INVALID_TOKEN,
@@ -73,6 +75,9 @@ log = logging.getLogger("mt5gate.agent_link")
 
 # The largest message the link reads (the HTTP routes' body limit).
 MAX_LINK_MESSAGE_CHARS = 1_048_576
+MAX_RESULTS_IN_FLIGHT = 32
+# Claimers side by side when many jobs are pending at once (PostgreSQL only).
+PARALLEL_CLAIMS = 4
 # What the close of a link may take (releasing its unacknowledged jobs, its presence).
 FINISH_TIMEOUT_SECONDS = 5.0
 
@@ -134,6 +139,14 @@ class AgentLink:
         self.unacknowledged: set[uuid.UUID] = set()
         self.pushed = 0
         self._refresh_every = min(10.0, settings.agent_offline_after_seconds / 3)
+        # Results are stored side by side (each is its own statement), at most this many
+        # at once; the reader waits for a slot, so an agent cannot queue without bound.
+        self._answer_slots = asyncio.Semaphore(MAX_RESULTS_IN_FLIGHT)
+        self._answering: set[asyncio.Task[None]] = set()
+        self._claiming: set[asyncio.Task[Job | None]] = set()
+        # Set when storing a result failed (the database): the link closes 1011, and the
+        # agent, never told its result was accepted, sends it again on its next link.
+        self.failed = asyncio.Event()
 
     @property
     def agent_key(self) -> str:
@@ -196,6 +209,8 @@ class AgentLink:
                         return verdict
                 if events.draining.is_set():
                     return (CLOSE_GOING_AWAY, "shutting_down")
+                if self.failed.is_set():
+                    return (CLOSE_INTERNAL, "internal")
                 announced = created.is_set()
                 created.clear()
                 pushed = await self._push_pending() if announced else 0
@@ -207,23 +222,47 @@ class AgentLink:
                     next_refresh = time.monotonic() + self._refresh_every
                 until_refresh = max(0.0, next_refresh - time.monotonic())
                 log.debug("event=agent_link_waiting agent_id=%s", self.agent.id)
-                await wait_any(created, revoked, events.draining, timeout=until_refresh)
+                await wait_any(
+                    created, revoked, events.draining, self.failed, timeout=until_refresh
+                )
 
     async def _push_pending(self) -> int:
-        """Every pending job of the agent, claimed and pushed, oldest first."""
+        """Every pending job of the agent, claimed and pushed: oldest first, by several
+        claimers side by side on PostgreSQL (SKIP LOCKED gives each its own job; SQLite's
+        one writer would only queue them)."""
+        claimers = 1 if self.db.dialect.name == "sqlite" else PARALLEL_CLAIMS
+        if claimers == 1:
+            return await self._claim_and_push()
+        async with asyncio.TaskGroup() as group:
+            counts = [group.create_task(self._claim_and_push()) for _ in range(claimers)]
+        return sum(count.result() for count in counts)
+
+    async def _claim_and_push(self) -> int:
         count = 0
-        agent = self.agent
-        while True:
-            job = await dispatch.claim_next_job(
-                self.jobs, agent_id=agent.id, token_hash=agent.token_hash
-            )
-            if job is None:
-                return count
-            self.unacknowledged.add(job.id)
+        while (job := await self._claim()) is not None:
             envelope = JobEnvelope.model_validate(job, from_attributes=True)
             await self.send(JobPush(job=envelope).model_dump_json())
             self.pushed += 1
             count += 1
+        return count
+
+    async def _claim(self) -> Job | None:
+        """One claim, which a cancelled pusher does not cut short: a claim the database
+        made is always known (`unacknowledged`), so the link's close releases it."""
+        agent = self.agent
+        claim = asyncio.get_running_loop().create_task(
+            dispatch.claim_next_job(self.jobs, agent_id=agent.id, token_hash=agent.token_hash)
+        )
+        self._claiming.add(claim)
+        claim.add_done_callback(self._claimed)
+        return await asyncio.shield(claim)
+
+    def _claimed(self, claim: asyncio.Task[Job | None]) -> None:
+        self._claiming.discard(claim)
+        if not claim.cancelled() and claim.exception() is None:
+            job = claim.result()
+            if job is not None:
+                self.unacknowledged.add(job.id)
 
     async def _refresh(self) -> Close | None:
         """The link's heartbeat; a row no longer this link's says why the link ends."""
@@ -249,7 +288,7 @@ class AgentLink:
             return await self._error("invalid_message", "The message is too large.")
         try:
             body = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth
             return await self._error("invalid_message", "The message is not valid JSON.")
         kind = body.get("type") if isinstance(body, dict) else None
         model = AGENT_MESSAGES.get(kind) if isinstance(kind, str) else None
@@ -266,7 +305,10 @@ class AgentLink:
         if isinstance(message, Claimed):
             self.unacknowledged.discard(message.job_id)
         elif isinstance(message, ResultMessage):
-            await self._result(message)
+            await self._answer_slots.acquire()
+            answer = asyncio.get_running_loop().create_task(self._answer(message))
+            self._answering.add(answer)
+            answer.add_done_callback(self._answering.discard)
         elif isinstance(message, HeartbeatMessage):
             await self._heartbeat(message.heartbeat)
         else:
@@ -283,6 +325,15 @@ class AgentLink:
             if named is not None:
                 return await self._error("invalid_result", _first_error(exc), job_id=named)
         return await self._error("invalid_message", _first_error(exc))
+
+    async def _answer(self, message: ResultMessage) -> None:
+        try:
+            await self._result(message)
+        except Exception as exc:
+            log.warning("event=agent_link_result_failed job_id=%s error=%r", message.job_id, exc)
+            self.failed.set()
+        finally:
+            self._answer_slots.release()
 
     async def _result(self, message: ResultMessage) -> None:
         job_id = message.job_id
@@ -379,6 +430,8 @@ class AgentLink:
     async def finish(self) -> None:
         """The link closed (any reason): its unacknowledged jobs back to pending, and the
         agent offline at once, unless a newer link holds it."""
+        if self._claiming or self._answering:  # claims and results underway: let them end
+            await asyncio.gather(*self._claiming, *self._answering, return_exceptions=True)
         for job_id in sorted(self.unacknowledged):
             await dispatch.release_job(self.jobs, job_id=job_id, agent_id=self.agent.id)
             log.info("event=job_released job_id=%s reason=link_closed", job_id)
