@@ -209,6 +209,9 @@ class _Agent:
         self.unacked: dict[str, tuple[JobEnvelope, CompletedResult | FailedResult]] = {}
         self.all_acked = asyncio.Event()
         self.all_acked.set()
+        # When each job in hand arrived (perf_counter): job_done's `agent_ms`, the agent's
+        # whole share of a round trip, from the job read off the wire to its result sent.
+        self.arrived: dict[str, float] = {}
 
     def refuse(self, exc: BaseException) -> bool:
         """Stops the agent if `exc` is the API refusing its token; True when it was."""
@@ -377,6 +380,8 @@ class _Agent:
                     poll = self.start_poll(0 if backoff.attempt else wait())
                 try:
                     job = await self.next_job(poll)
+                    if job is not None:
+                        self.arrived.setdefault(str(job.id), time.perf_counter())
                 except API_FAILURES as exc:
                     if self.refuse(exc):
                         return
@@ -504,6 +509,7 @@ class _Agent:
                 return
         except LinkDown:
             return
+        self.arrived.setdefault(job_id, time.perf_counter())
         self.in_hand.add(job_id)
         self.pushed.put_nowait(job)
 
@@ -612,6 +618,7 @@ class _Agent:
         way while it is still queued here: the queued one runs, once."""
         if str(job.id) in self.in_hand:
             log.info(kv(event="job_redelivered", job_id=job.id, note="already in hand"))
+            # its arrival stays the first one's
             return
         await self.handle(job)
 
@@ -620,6 +627,7 @@ class _Agent:
         reports its result; never raises."""
         done = self.done.get(str(job.id))
         if done is not None:
+            self.arrived.pop(str(job.id), None)
             log.info(kv(event="job_redelivered", job_id=job.id, note="result sent again"))
             await self.post_result(job, done)
             return
@@ -651,6 +659,7 @@ class _Agent:
                 result = failed("agent_error", describe(exc))
         elapsed_ms = (time.perf_counter() - started) * 1000
         reported = await self.post_result(job, result)
+        arrived = self.arrived.pop(str(job.id), None)
         log.info(
             kv(
                 event="job_done",
@@ -659,6 +668,7 @@ class _Agent:
                 outcome=outcome,
                 code=code,
                 ms=elapsed_ms,
+                agent_ms=None if arrived is None else (time.perf_counter() - arrived) * 1000,
                 reported=reported,
             )
         )
