@@ -120,7 +120,8 @@ async def test_an_order_round_trips_over_the_link(
     result = await api.wait_result(job_id)
     assert result["status"] == "completed"
     assert result["output_data"]["volume"] == 0.1
-    assert isinstance(backend, HeldSim) and backend.executed == ["trade"]
+    assert isinstance(backend, HeldSim)
+    assert backend.executed == ["trade"]
     # Pushed and answered on the link: no long poll, no result posted over HTTP.
     assert api.polls == 0
     assert api.calls["result"] == 0
@@ -207,7 +208,8 @@ async def test_the_agent_falls_back_to_http_when_the_server_refuses_the_link(
         await logs.wait_for("event=link_fallback reason=http_403")
         job_id = await api.add_job("get_account", {})
         assert (await api.wait_result(job_id))["status"] == "completed"
-        assert api.polls >= 1 and api.calls["result"] == 1
+        assert api.polls >= 1
+        assert api.calls["result"] == 1
         # Tried again every link_retry seconds, and refused again.
         await logs.wait_for("event=link_fallback", times=2)
         assert logs.count("link_opened") == 0
