@@ -20,8 +20,9 @@ from real_api import RealAgentApi
 from app.core.migrate import upgrade_to_head
 from mt5gate_agent.backends.sim import SimBackend
 from mt5gate_agent.config import AgentConfig
-from mt5gate_agent.runner import run_agent
+from mt5gate_agent.runner import TokenRefused, run_agent
 from tests.conftest import make_settings
+from tests.flows import provision_agent
 from tests.log_events import LogEvents, watch_log
 from tests.stores import (
     Store,
@@ -276,3 +277,32 @@ async def test_the_watchers_events_reach_the_account_stream_over_the_link(
     # opened, may have gone over HTTP).
     over_http = [e["kind"] for batch in api.event_batches for e in batch]
     assert "position_opened" not in over_http
+
+
+async def test_a_token_rotated_while_on_the_link_stops_the_agent_as_a_401_does(
+    api: RealAgentApi, logs: LogEvents
+) -> None:
+    assert api.trader is not None
+    stop = asyncio.Event()
+    config = AgentConfig(
+        api_url=api.url,
+        agent_id=api.agent_id,
+        token=api.token,
+        backend="sim",
+        heartbeat_interval=60.0,
+        watch_interval=0.0,
+    )
+    task = asyncio.create_task(run_agent(config, stop, backend=HeldSim()))
+    try:
+        await logs.wait_for("event=link_opened")
+        async with httpx.AsyncClient(base_url=f"{api.url}/api/v1", timeout=WAIT) as http:
+            await provision_agent(http, api.trader.user, api.trader.connection_id)
+        with pytest.raises(TokenRefused) as refused:
+            await asyncio.wait_for(task, WAIT)
+        assert refused.value.cause.status_code == 401
+        await logs.wait_for("event=link_closed code=4001")
+        assert logs.count("link_opened") == 1  # not opened again with a dead token
+    finally:
+        stop.set()
+        if not task.done():
+            await asyncio.wait_for(task, WAIT)
