@@ -20,7 +20,7 @@ from websockets.asyncio.client import ClientConnection
 
 from app import dispatch
 from mt5gate_protocol.jobs import JobType
-from tests.account_events import AT
+from tests.account_events import AT, connect_account, recv_events, recv_snapshot
 from tests.account_events import deal as deal_data
 from tests.conftest import make_settings
 from tests.flows import AgentHandle, Trader, onboard_trader
@@ -315,13 +315,25 @@ async def test_a_result_sent_again_after_a_drop_is_accepted_once(
     assert job.output_data == TRADE_OUTPUT
 
 
+async def next_agent_event(stream: ClientConnection) -> dict[str, Any]:
+    """The next `agent` event on an account stream (order events pass by)."""
+    while True:
+        (event,) = await recv_events(stream, 1)
+        if event["kind"] == "agent":
+            return event
+
+
 async def test_a_closed_link_makes_the_agent_offline_at_once(
     api: RunningApi, client: httpx.AsyncClient, trader: Trader
 ) -> None:
-    with watch_log("mt5gate.agent_link") as log:
-        async with open_link(api.base_url, trader.agent) as link:
-            await order_through(client, trader, link)
-        await log.wait_for("event=agent_link_closed")
+    async with connect_account(api, trader.user.token) as stream:
+        assert (await recv_snapshot(stream))["agent"]["status"] == "online"
+        with watch_log("mt5gate.agent_link") as log:
+            async with open_link(api.base_url, trader.agent) as link:
+                await order_through(client, trader, link)
+            await log.wait_for("event=agent_link_closed")
+        offline_event = await next_agent_event(stream)
+        assert offline_event["data"]["status"] == "offline"
     offline = await client.post("/orders", json=ORDER, headers=trader.headers)
     assert offline.status_code == 503, offline.text
     assert offline.json()["detail"] == "agent_offline"

@@ -227,19 +227,23 @@ class AgentLink:
                 )
 
     async def _push_pending(self) -> int:
-        """Every pending job of the agent, claimed and pushed: oldest first, by several
-        claimers side by side on PostgreSQL (SKIP LOCKED gives each its own job; SQLite's
-        one writer would only queue them)."""
+        """Every pending job of the agent, claimed and pushed, oldest first. After a first
+        job, by several claimers side by side on PostgreSQL (SKIP LOCKED gives each its
+        own job; SQLite's one writer would only queue them): a job alone costs one claim
+        that finds nothing, as a long-poll's does, not one per claimer."""
+        for pushed in range(2):  # the usual case: one job, then a claim that finds none
+            if not await self._claim_and_push(limit=1):
+                return pushed
         claimers = 1 if self.db.dialect.name == "sqlite" else PARALLEL_CLAIMS
         if claimers == 1:
-            return await self._claim_and_push()
-        async with asyncio.TaskGroup() as group:
+            return 2 + await self._claim_and_push()
+        async with asyncio.TaskGroup() as group:  # a burst
             counts = [group.create_task(self._claim_and_push()) for _ in range(claimers)]
-        return sum(count.result() for count in counts)
+        return 2 + sum(count.result() for count in counts)
 
-    async def _claim_and_push(self) -> int:
+    async def _claim_and_push(self, limit: int | None = None) -> int:
         count = 0
-        while (job := await self._claim()) is not None:
+        while (limit is None or count < limit) and (job := await self._claim()) is not None:
             envelope = JobEnvelope.model_validate(job, from_attributes=True)
             await self.send(JobPush(job=envelope).model_dump_json())
             self.pushed += 1
