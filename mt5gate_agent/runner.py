@@ -377,10 +377,14 @@ class _Agent:
         def wait() -> int:
             if until is None:
                 return self.config.poll_wait
-            return max(0, min(self.config.poll_wait, int(until - loop.time())))
+            # At least 1 s: no run of 0 s polls as the period ends.
+            return max(1, min(self.config.poll_wait, round(until - loop.time())))
+
+        def time_left() -> bool:
+            return until is None or until - loop.time() > 0.5
 
         try:
-            while not self.stop.is_set() and (until is None or loop.time() < until):
+            while not self.stop.is_set() and time_left():
                 if poll is None:
                     # After a failure the first poll returns at once, so that getting
                     # through is known (and logged) now rather than when a long poll ends.
@@ -406,7 +410,7 @@ class _Agent:
                     handling = asyncio.create_task(self.handle_polled(job), name="agent-job")
                     try:
                         await asyncio.wait({handling}, timeout=EARLY_POLL_AFTER_SECONDS)
-                        if not handling.done() and (until is None or loop.time() < until):
+                        if not handling.done() and time_left():
                             poll = self.start_poll(wait())
                         await handling
                     except asyncio.CancelledError:

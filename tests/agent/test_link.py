@@ -146,8 +146,9 @@ async def test_a_result_kept_across_a_dropped_link_is_sent_again_and_taken_once(
         result = await api.wait_result(job_id)
         assert result["status"] == "completed"
         await logs.wait_for("event=link_opened", times=2)
-        assert backend.executed == ["get_account"]  # run once, whatever the server saw
-        assert logs.count("result_refused") == 0
+        # Run once, whether the server had its `claimed` (the result sent again is taken)
+        # or not (the job pushed again gets the result kept, not a second execution).
+        assert backend.executed == ["get_account"]
         # Taken once: the job's record is the first answer, and stays so.
         assert (await api.job(job_id)).status == "completed"
     finally:
