@@ -72,8 +72,11 @@ class Samples:
 
 
 @contextlib.asynccontextmanager
-async def agent_process(base_url: str, agent_id: str, token: str) -> AsyncIterator[None]:
-    """``mt5gate agent --backend sim`` (``python -m mt5gate_agent``), its log on a file."""
+async def agent_process(
+    base_url: str, agent_id: str, token: str, *extra_args: str
+) -> AsyncIterator[None]:
+    """``mt5gate agent --backend sim [extra_args]`` (``python -m mt5gate_agent``), its log on
+    a file."""
     with tempfile.TemporaryDirectory() as directory:
         log_path = Path(directory) / "agent.log"
         with log_path.open("wb") as log:
@@ -88,6 +91,7 @@ async def agent_process(base_url: str, agent_id: str, token: str) -> AsyncIterat
                 agent_id,
                 "--backend",
                 "sim",
+                *extra_args,
                 env={**os.environ, "MT5GATE_AGENT_TOKEN": token},
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=log,

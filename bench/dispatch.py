@@ -149,6 +149,75 @@ async def agent_request_floor(api: ServedApi, store: str, agent_id: str, token: 
     return Result(store, "floor", "1 agent request", samples, sum(samples))
 
 
+async def measure_shipped_agent(
+    settings: Settings, store: str, transport: str, sequential: int, concurrent: int
+) -> list[Result]:
+    """The same round trips through ``mt5gate agent --backend sim --transport T`` in its own
+    process, as users run it (one job at a time: 32 in flight queue at the agent)."""
+    from bench.agent_latency import agent_process
+
+    mode = f"agent {transport}"
+    async with serve_in_loop(settings) as api:
+        who = await onboard(api.base_url)
+        async with api.resources.session_factory() as session:
+            agent = await session.get(Agent, uuid.UUID(who.agent_id))
+            assert agent is not None
+            user_id = agent.user_id
+        agent_id = uuid.UUID(who.agent_id)
+        extra = ("--transport", transport, "--watch-interval", "0")
+        async with agent_process(api.base_url, who.agent_id, who.agent_token, *extra):
+            for _ in range(10):  # warm-up; the first waits for the agent to start
+                await round_trip(api, user_id, agent_id)
+            started = time.perf_counter()
+            samples = []
+            for index in range(sequential):
+                samples.append(await round_trip(api, user_id, agent_id))
+                progress(store, mode, "sequential", index + 1, sequential)
+            results = [Result(store, mode, "sequential", samples, time.perf_counter() - started)]
+            gate = asyncio.Semaphore(CONCURRENCY)
+
+            async def bounded() -> float:
+                async with gate:
+                    return await round_trip(api, user_id, agent_id)
+
+            started = time.perf_counter()
+            samples = list(await asyncio.gather(*(bounded() for _ in range(concurrent))))
+            elapsed = time.perf_counter() - started
+            results.append(Result(store, mode, f"{CONCURRENCY} in flight", samples, elapsed))
+    return results
+
+
+def shipped_agent_results(stores: list[str], count: int) -> list[Result]:
+    """The shipped agent's rows: over the link and over HTTP long-polls, each store."""
+    results: list[Result] = []
+    for store in stores:
+        for transport in ("link", "http"):
+            with bench_settings(store) as settings:
+                results += asyncio.run(
+                    measure_shipped_agent(settings, store, transport, count, count)
+                )
+    return results
+
+
+def report_shipped_agent(results: list[Result], stores: list[str]) -> None:
+    """The shipped agent against the instant one on the same transport, p50 (target: within
+    1 ms over the link)."""
+    for store in stores:
+        for pattern in ("sequential", f"{CONCURRENCY} in flight"):
+            row = {r.mode: r for r in results if (r.store, r.pattern) == (store, pattern)}
+            for transport, instant in (("link", "link"), ("http", "long-poll")):
+                shipped = row.get(f"agent {transport}")
+                if shipped is None or instant not in row:
+                    continue
+                added = (
+                    statistics.median(shipped.samples) - statistics.median(row[instant].samples)
+                ) * 1000
+                print(
+                    f"{store:8} {pattern:13} shipped agent over {transport:4} vs instant: "
+                    f"p50 {added:+.2f} ms"
+                )
+
+
 def progress(store: str, mode: str, pattern: str, done: int, total: int) -> None:
     if done == total or done % max(1, total // 10) == 0:
         print(f"  {store:8} {mode:10} {pattern:13} {done}/{total}", file=sys.stderr, flush=True)
@@ -174,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
             }
             with bench_settings(store, **overrides) as settings:
                 results += asyncio.run(measure(settings, store, mode, sequential, concurrent))
+    results += shipped_agent_results(stores, wakeup_n)
     print("\nJob round trips (ms), instant agent over HTTP or the agent link on loopback")
     print_table(
         ["store", "mode", "pattern", "n", "p50 ms", "p99 ms", "jobs/s"],
@@ -201,6 +271,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{store:8} sequential long-poll round trip p50 = {per_floor:.1f}x one agent "
             "request's p50"
         )
+    report_shipped_agent(results, stores)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""``mt5gate agent --api URL --agent-id ID [--token T] [--backend mt5|sim] [--prices SYMBOLS]``.
+"""``mt5gate agent --api URL --agent-id ID [--token T] [--backend mt5|sim] [--prices SYMBOLS]
+[--transport link|http] [--link-retry SECONDS]``.
 
 The token comes from ``--token`` or, better (a command line shows in ``ps``), from
 ``$MT5GATE_AGENT_TOKEN``. The first SIGINT/SIGTERM (Ctrl-C, Ctrl-Break on Windows) lets the
@@ -19,7 +20,7 @@ from typing import Any
 
 from mt5gate_agent import __version__
 from mt5gate_agent.backends import BACKENDS
-from mt5gate_agent.config import DEFAULT_WATCH_INTERVAL, AgentConfig
+from mt5gate_agent.config import DEFAULT_WATCH_INTERVAL, TRANSPORTS, AgentConfig
 from mt5gate_agent.runner import TokenRefused, run_agent
 
 TOKEN_ENV = "MT5GATE_AGENT_TOKEN"
@@ -70,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
         "turns the watcher off)",
     )
     parser.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="link",
+        help="link: one WebSocket to the API, jobs pushed down it (default; the HTTP routes "
+        "while the server refuses it); http: long-poll the HTTP routes only",
+    )
+    parser.add_argument(
+        "--link-retry",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="while the server refuses the link, try it again this often (default 60)",
+    )
+    parser.add_argument(
         "--terminal-path", help="mt5 backend: path of terminal64.exe (default: auto-detect)"
     )
     parser.add_argument(
@@ -108,6 +123,8 @@ def parse_config(argv: Sequence[str]) -> tuple[AgentConfig, str]:
         parser.error("--price-interval must be positive")
     if not 0 <= args.watch_interval <= 60:
         parser.error("--watch-interval must be between 0 and 60")
+    if not 1 <= args.link_retry <= 3600:
+        parser.error("--link-retry must be between 1 and 3600")
     if not 0 <= args.sim_latency_ms <= 60_000:
         parser.error("--sim-latency-ms must be between 0 and 60000")
     symbols = tuple(s.strip() for s in args.prices.split(",") if s.strip())
@@ -119,6 +136,8 @@ def parse_config(argv: Sequence[str]) -> tuple[AgentConfig, str]:
         price_symbols=symbols,
         price_interval=args.price_interval,
         watch_interval=args.watch_interval,
+        transport=args.transport,
+        link_retry=args.link_retry,
         sim_seed=args.seed,
         sim_latency=args.sim_latency_ms / 1000,
         terminal_path=args.terminal_path,

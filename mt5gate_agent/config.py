@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from mt5gate_agent import __version__
 
@@ -10,6 +11,7 @@ from mt5gate_agent import __version__
 DEFAULT_PRICE_SYMBOLS: tuple[str, ...] = ("EURUSD", "GBPUSD", "USDJPY", "XAUUSD")
 # Four looks a second: a change at the broker reaches the server within ~0.3 s.
 DEFAULT_WATCH_INTERVAL = 0.25
+TRANSPORTS: tuple[str, ...] = ("link", "http")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,16 @@ class AgentConfig:
     # The account watcher: a snapshot of positions, pending orders, deals and the account
     # every ``watch_interval`` seconds, its changes posted as events; 0 turns it off.
     watch_interval: float = DEFAULT_WATCH_INTERVAL
+    # How jobs arrive: "link" (one WebSocket, jobs pushed; the HTTP routes while the
+    # server refuses it) or "http" (long-poll only).
+    transport: Literal["link", "http"] = "link"
+    # While the server refuses the link (HTTP 403/404 on the upgrade): try it again this
+    # often, long-polling meanwhile.
+    link_retry: float = 60.0
+    # Reconnecting a dropped link: full jitter, from ``link_backoff_initial`` doubling to
+    # ``link_backoff_max`` (also the wait after 4009, a newer link for this agent id).
+    link_backoff_initial: float = 0.1
+    link_backoff_max: float = 10.0
     # Long-poll: ``jobs/next?wait=poll_wait`` (the API allows 0–30 s).
     poll_wait: int = 25
     heartbeat_interval: float = 10.0

@@ -19,14 +19,17 @@ import json
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+from websockets.exceptions import WebSocketException
 
 from mt5gate_agent.backends import Backend, BackendWorker, BrokerError, create_backend
-from mt5gate_agent.client import AgentApiError, AgentClient
+from mt5gate_agent.client import AgentApiError, AgentClient, HeartbeatReply
 from mt5gate_agent.config import AgentConfig
+from mt5gate_agent.link import AgentLink, LinkDown, LinkRefused
 from mt5gate_agent.watch import AccountWatcher, EventSender, JobGate
 from mt5gate_protocol.jobs import CompletedResult, FailedResult, JobEnvelope, JobError, JobStatus
 
@@ -36,6 +39,22 @@ log = logging.getLogger("mt5gate_agent")
 API_FAILURES: tuple[type[Exception], ...] = (httpx.HTTPError, AgentApiError)
 SIGN_OFF_TIMEOUT_SECONDS = 2.0
 SIGN_OFF_FAILURES: tuple[type[Exception], ...] = (TimeoutError, *API_FAILURES)
+# Trouble opening the link that a later attempt may not meet.
+LINK_FAILURES: tuple[type[Exception], ...] = (
+    AgentApiError,
+    OSError,
+    TimeoutError,
+    WebSocketException,
+)
+# A polled job still in hand after this long has the next long poll sent meanwhile (an order
+# at a broker takes 50-300 ms: a job created meanwhile is claimed at once). A quicker one
+# posts its result first: a poll sent beside it costs more than it saves, measured 3.7 ms
+# (9.6 vs 5.9 ms p50) a sequential round trip, as it competes with the job for the agent's
+# CPU and with the result for the server's.
+EARLY_POLL_AFTER_SECONDS = 0.02
+# Results of jobs executed, kept by id: a job pushed again (its `claimed` was lost with a
+# link) gets its result again instead of a second execution.
+DONE_JOBS_KEPT = 1000
 
 
 class TokenRefused(Exception):
@@ -76,6 +95,8 @@ def kv(**fields: Any) -> str:
 
 def describe(exc: BaseException) -> str:
     """``ConnectError: [Errno 111] Connection refused``, or the API's code and status."""
+    if isinstance(exc, LinkDown):
+        return f"{exc.detail}: {exc.message}"
     if isinstance(exc, AgentApiError):
         return f"{exc.detail} (HTTP {exc.status_code})"
     text = str(exc)
@@ -84,19 +105,28 @@ def describe(exc: BaseException) -> str:
 
 class Backoff:
     """Exponential delays with "equal jitter": half the delay fixed, half random, so a fleet
-    of agents that lost the API together does not come back in lockstep."""
+    of agents that lost the API together does not come back in lockstep. ``full_jitter``:
+    anywhere from 0 to the ceiling (the link's reconnects: the first one is nearly at once)."""
 
     def __init__(
-        self, initial: float, maximum: float, *, rng: Callable[[], float] = random.random
+        self,
+        initial: float,
+        maximum: float,
+        *,
+        rng: Callable[[], float] = random.random,
+        full_jitter: bool = False,
     ) -> None:
         self.initial = initial
         self.maximum = maximum
         self._rng = rng
+        self._full = full_jitter
         self.attempt = 0
 
     def next(self) -> float:
         ceiling = min(self.maximum, self.initial * 2.0**self.attempt)
         self.attempt += 1
+        if self._full:
+            return ceiling * self._rng()
         return ceiling / 2 + ceiling / 2 * self._rng()
 
     def reset(self) -> None:
@@ -137,7 +167,9 @@ async def run_agent(
     try:
         await agent.run()
     finally:
-        if agent.refused is None:  # a refused token cannot sign off either
+        # A refused token cannot sign off either; over the link, closing it was the sign-off
+        # (an HTTP heartbeat now would show the agent online for a while).
+        if agent.refused is None and not agent.signed_off:
             await agent.sign_off()
         await client.aclose()
         await worker.aclose(close_backend=owns_backend)
@@ -168,6 +200,24 @@ class _Agent:
         # Jobs go first: the account watcher's backend calls wait for the jobs in hand.
         self.jobs_first = JobGate()
         self.event_sender: EventSender | None = None
+        # The link while it is open; "link" while the agent holds or re-opens one, "http"
+        # while it long-polls (transport http, or the server refused the link).
+        self.link: AgentLink | None = None
+        self.link_reader: asyncio.Task[None] | None = None
+        self.mode = config.transport
+        self.signed_off = False
+        # Jobs pushed and claimed, in the order they came, run one at a time.
+        self.pushed: asyncio.Queue[JobEnvelope] = asyncio.Queue()
+        # Ids of the jobs queued or in hand, and results of the last jobs done.
+        self.in_hand: set[str] = set()
+        self.done: OrderedDict[str, CompletedResult | FailedResult] = OrderedDict()
+        # Results sent (or to send) over the link, kept until the server acknowledges them.
+        self.unacked: dict[str, tuple[JobEnvelope, CompletedResult | FailedResult]] = {}
+        self.all_acked = asyncio.Event()
+        self.all_acked.set()
+        # When each job in hand arrived (perf_counter): job_done's `agent_ms`, the agent's
+        # whole share of a round trip, from the job read off the wire to its result sent.
+        self.arrived: dict[str, float] = {}
 
     def refuse(self, exc: BaseException) -> bool:
         """Stops the agent if `exc` is the API refusing its token; True when it was."""
@@ -189,13 +239,17 @@ class _Agent:
         if self.config.watch_interval > 0:
             background.extend(self.watch_tasks())
         try:
-            await self.job_loop()
+            if self.config.transport == "link":
+                await self.link_loop()
+            else:
+                await self.job_loop()
         finally:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             if self.event_sender is not None and self.refused is None:
                 await self.event_sender.drain(SIGN_OFF_TIMEOUT_SECONDS)
+            await self.close_link()
 
     async def pause(self, seconds: float) -> bool:
         """Waits ``seconds``; False if ``stop`` was set meanwhile (or already)."""
@@ -251,11 +305,30 @@ class _Agent:
 
     async def send_heartbeat(self) -> None:
         connected = await self.worker.call(self.backend.is_connected)
-        heartbeat = await self.client.heartbeat(
-            version=self.config.version, terminal_connected=connected
-        )
+        heartbeat = await self.heartbeat(terminal_connected=connected)
         self.clock_offset = heartbeat.clock_offset
         self.last_deal_ticket = heartbeat.last_deal_ticket
+
+    async def heartbeat(self, *, terminal_connected: bool) -> HeartbeatReply:
+        """Over the link when it is open, over HTTP otherwise (or if the link drops first)."""
+        link = self.link
+        if link is not None and link.is_open:
+            with contextlib.suppress(LinkDown):
+                return await link.heartbeat(
+                    version=self.config.version, terminal_connected=terminal_connected
+                )
+        return await self.client.heartbeat(
+            version=self.config.version, terminal_connected=terminal_connected
+        )
+
+    async def post_events(self, events: list[dict[str, Any]]) -> None:
+        """The event sender's route: the link when it is open, HTTP otherwise."""
+        link = self.link
+        if link is not None and link.is_open:
+            with contextlib.suppress(LinkDown):
+                await link.post_events(events)
+                return
+        await self.client.post_events(events)
 
     async def sign_off(self) -> None:
         """Tells the server, best effort, that this agent no longer executes anything, so
@@ -285,25 +358,41 @@ class _Agent:
 
     # -- jobs ----------------------------------------------------------------------------
 
-    async def job_loop(self) -> None:
+    async def job_loop(self, *, until: float | None = None) -> None:
         """Long-polls jobs and runs them one at a time.
 
-        While a job runs and its result is posted, the next long poll is already waiting
-        at the server, so a job created meanwhile is claimed at once rather than after the
-        result's round trip (without it a sequential round trip pays one more agent
-        request). At most one poll is in flight: a job it claims waits here until the one
-        in hand is done, and is itself in hand when ``stop`` comes (run, result posted).
+        A job still in hand after ``EARLY_POLL_AFTER_SECONDS`` has the next long poll
+        waiting at the server meanwhile, so a job created during a slow order is claimed at
+        once; a quick one posts its result before the next poll goes out (sent beside it,
+        the poll slowed a sequential round trip by 3.7 ms). At most one poll is in flight:
+        a job it claims waits here until the one in hand is done, and is itself in hand
+        when ``stop`` comes (run, result posted).
+        With ``until`` (the event loop's clock) it returns then, its last poll settled, so
+        that the link can be tried again.
         """
         backoff = Backoff(self.config.backoff_initial, self.config.backoff_max)
         poll: asyncio.Task[JobEnvelope | None] | None = None
+        loop = asyncio.get_running_loop()
+
+        def wait() -> int:
+            if until is None:
+                return self.config.poll_wait
+            # At least 1 s: no run of 0 s polls as the period ends.
+            return max(1, min(self.config.poll_wait, round(until - loop.time())))
+
+        def time_left() -> bool:
+            return until is None or until - loop.time() > 0.5
+
         try:
-            while not self.stop.is_set():
+            while not self.stop.is_set() and time_left():
                 if poll is None:
                     # After a failure the first poll returns at once, so that getting
                     # through is known (and logged) now rather than when a long poll ends.
-                    poll = self.start_poll(0 if backoff.attempt else self.config.poll_wait)
+                    poll = self.start_poll(0 if backoff.attempt else wait())
                 try:
                     job = await self.next_job(poll)
+                    if job is not None:
+                        self.arrived.setdefault(str(job.id), time.perf_counter())
                 except API_FAILURES as exc:
                     if self.refuse(exc):
                         return
@@ -318,11 +407,193 @@ class _Agent:
                     log.info(kv(event="api_reconnected", attempts=backoff.attempt))
                 backoff.reset()
                 if job is not None:
-                    poll = self.start_poll(self.config.poll_wait)
-                    await self.handle(job)
+                    handling = asyncio.create_task(self.handle_polled(job), name="agent-job")
+                    try:
+                        await asyncio.wait({handling}, timeout=EARLY_POLL_AFTER_SECONDS)
+                        if not handling.done() and time_left():
+                            poll = self.start_poll(wait())
+                        await handling
+                    except asyncio.CancelledError:
+                        handling.cancel()  # cancelled itself (a second Ctrl-C): the job too
+                        raise
         finally:
             if poll is not None:
                 await self.settle(poll)
+
+    # -- the link ------------------------------------------------------------------------
+
+    async def link_loop(self) -> None:
+        """Holds the link: jobs pushed down it run one at a time (:meth:`run_pushed`). A
+        dropped link is opened again with backoff; while the server refuses it (HTTP
+        403/404 on the upgrade) the agent long-polls, trying the link every ``link_retry``
+        seconds. Returns when ``stop`` is set, the link still open (see :meth:`close_link`)."""
+        config = self.config
+        backoff = Backoff(config.link_backoff_initial, config.link_backoff_max, full_jitter=True)
+        executor = asyncio.create_task(self.run_pushed(), name="agent-pushed-jobs")
+        try:
+            while not self.stop.is_set():
+                try:
+                    link = await AgentLink.open(
+                        config.api_url,
+                        config.agent_id,
+                        config.token,
+                        timeout=config.request_timeout,
+                        on_job=self.on_pushed_job,
+                        on_result=self.on_result_answer,
+                    )
+                except LinkRefused as exc:
+                    log.info(
+                        kv(
+                            event="link_fallback",
+                            reason=f"http_{exc.status_code}",
+                            retry_in_s=config.link_retry,
+                        )
+                    )
+                    await self.fall_back(config.link_retry)
+                    continue
+                except LINK_FAILURES as exc:
+                    if self.refuse(exc):
+                        return
+                    delay = backoff.next()
+                    log.warning(kv(event="link_failed", reason=describe(exc), retry_in_s=delay))
+                    if not await self.pause(delay):
+                        return
+                    continue
+                opened = time.monotonic()
+                await self.hold(link)
+                if self.stop.is_set() and link.is_open:
+                    return
+                self.link = None
+                code = link.close_code
+                log.info(kv(event="link_closed", code=code, reason=link.close_reason or None))
+                if code == 4001:
+                    self.refuse(AgentApiError(401, "invalid_agent_token", "link closed 4001"))
+                    return
+                if time.monotonic() - opened > config.link_backoff_max:
+                    backoff.reset()
+                if code == 4009:
+                    # A newer link for this agent id: another agent holds the token. Not at
+                    # once, so that two of them do not take the link from each other in a loop.
+                    delay = config.link_backoff_max
+                else:
+                    delay = backoff.next()
+                if not await self.pause(delay):
+                    return
+        finally:
+            await self.finish_pushed(executor)
+
+    async def hold(self, link: AgentLink) -> None:
+        """Uses ``link`` until it closes or ``stop`` is set."""
+        assert link.welcome is not None
+        self.link = link
+        self.clock_offset = link.welcome.clock_offset
+        self.last_deal_ticket = link.welcome.last_deal_ticket
+        log.info(
+            kv(
+                event="link_opened",
+                agent_id=self.config.agent_id,
+                clock_offset_ms=self.clock_offset * 1000,
+                unacked_results=len(self.unacked) or None,
+            )
+        )
+        self.link_reader = reader = asyncio.create_task(link.run(), name="agent-link")
+        for job_id, (_, result) in list(self.unacked.items()):
+            with contextlib.suppress(LinkDown):
+                await link.send_result(job_id, result)
+        stopped = asyncio.create_task(self.stop.wait())
+        try:
+            await asyncio.wait({reader, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+
+    async def on_pushed_job(self, job: JobEnvelope) -> None:
+        """A job pushed: ``claimed`` at once, then queued (or, for a job pushed again after
+        a drop, its result sent again; it never runs twice)."""
+        link = self.link
+        if self.stop.is_set() or link is None:
+            # Not claimed: the server puts it back to pending when the link closes.
+            return
+        job_id = str(job.id)
+        log.debug(kv(event="job_pushed", job_id=job_id, job_type=job.job_type))
+        try:
+            await link.send_claimed(job_id)
+            if job_id in self.in_hand:
+                return
+            result = self.done.get(job_id)
+            if result is not None:
+                self.keep_unacked(job, result)
+                await link.send_result(job_id, result)
+                return
+        except LinkDown:
+            return
+        self.arrived.setdefault(job_id, time.perf_counter())
+        self.in_hand.add(job_id)
+        self.pushed.put_nowait(job)
+
+    def on_result_answer(self, job_id: str, accepted: bool, reason: str) -> None:
+        kept = self.unacked.pop(job_id, None)
+        if not accepted and kept is not None:
+            log.warning(kv(event="result_refused", job_id=job_id, reason=reason))
+        if not self.unacked:
+            self.all_acked.set()
+
+    def keep_unacked(self, job: JobEnvelope, result: CompletedResult | FailedResult) -> None:
+        self.unacked[str(job.id)] = (job, result)
+        self.all_acked.clear()
+
+    async def run_pushed(self) -> None:
+        while True:
+            job = await self.pushed.get()
+            try:
+                await self.handle(job)
+            finally:
+                self.in_hand.discard(str(job.id))
+                self.pushed.task_done()
+
+    async def finish_pushed(self, executor: asyncio.Task[None]) -> None:
+        """Stopping: the jobs already claimed are run and their results sent."""
+        if self.refused is None:
+            await self.pushed.join()
+        executor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await executor
+
+    async def fall_back(self, seconds: float) -> None:
+        """Long-polls for ``seconds`` (the link was refused); results still unacknowledged
+        go over HTTP first."""
+        self.mode = "http"
+        try:
+            await self.flush_unacked()
+            await self.job_loop(until=asyncio.get_running_loop().time() + seconds)
+        finally:
+            self.mode = "link"
+
+    async def flush_unacked(self) -> None:
+        for job_id, (job, result) in list(self.unacked.items()):
+            await self.post_result_http(job, result)
+            self.unacked.pop(job_id, None)
+        if not self.unacked:
+            self.all_acked.set()
+
+    async def close_link(self) -> None:
+        """Stopping: waits (briefly) for the results' acknowledgements, signs off over the
+        link and closes it; what is still unacknowledged then is posted over HTTP."""
+        link, reader = self.link, self.link_reader
+        self.link = self.link_reader = None
+        if link is not None and link.is_open and self.refused is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.all_acked.wait(), SIGN_OFF_TIMEOUT_SECONDS)
+            with contextlib.suppress(LinkDown):
+                await link.heartbeat(version=self.config.version, terminal_connected=False)
+            self.signed_off = True
+        if link is not None:
+            await link.close()
+        if reader is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reader, SIGN_OFF_TIMEOUT_SECONDS)
+        if self.unacked and self.refused is None:
+            self.mode = "http"
+            await self.flush_unacked()
 
     def start_poll(self, wait: int) -> asyncio.Task[JobEnvelope | None]:
         return asyncio.create_task(self.client.next_job(wait), name="agent-poll")
@@ -354,13 +625,29 @@ class _Agent:
             return
         job = poll.result()
         if job is not None and self.refused is None:
-            await self.handle(job)
+            await self.handle_polled(job)
 
     def is_expired(self, job: JobEnvelope) -> bool:
         return job.expires_at.timestamp() <= time.time() + self.clock_offset
 
+    async def handle_polled(self, job: JobEnvelope) -> None:
+        """A job from ``jobs/next``; one pushed on a link that dropped may come back this
+        way while it is still queued here: the queued one runs, once."""
+        if str(job.id) in self.in_hand:
+            log.info(kv(event="job_redelivered", job_id=job.id, note="already in hand"))
+            # its arrival stays the first one's
+            return
+        await self.handle(job)
+
     async def handle(self, job: JobEnvelope) -> None:
-        """Executes one job (unless expired) and posts its result; never raises."""
+        """Executes one job (unless expired, or already done: its result is sent again) and
+        reports its result; never raises."""
+        done = self.done.get(str(job.id))
+        if done is not None:
+            self.arrived.pop(str(job.id), None)
+            log.info(kv(event="job_redelivered", job_id=job.id, note="result sent again"))
+            await self.post_result(job, done)
+            return
         with self.jobs_first.job():
             await self._handle(job)
 
@@ -389,6 +676,7 @@ class _Agent:
                 result = failed("agent_error", describe(exc))
         elapsed_ms = (time.perf_counter() - started) * 1000
         reported = await self.post_result(job, result)
+        arrived = self.arrived.pop(str(job.id), None)
         log.info(
             kv(
                 event="job_done",
@@ -397,11 +685,33 @@ class _Agent:
                 outcome=outcome,
                 code=code,
                 ms=elapsed_ms,
+                agent_ms=None if arrived is None else (time.perf_counter() - arrived) * 1000,
                 reported=reported,
             )
         )
 
     async def post_result(self, job: JobEnvelope, result: CompletedResult | FailedResult) -> str:
+        """Reports a result: over the link when it is open (kept until acknowledged; ``sent``),
+        kept for the next link while it is being opened again (``kept``), else over HTTP."""
+        job_id = str(job.id)
+        self.done[job_id] = result
+        while len(self.done) > DONE_JOBS_KEPT:
+            self.done.popitem(last=False)
+        if self.mode == "link":
+            self.keep_unacked(job, result)
+            link = self.link
+            if link is None or not link.is_open:
+                return "kept"
+            try:
+                await link.send_result(job_id, result)
+            except LinkDown:
+                return "kept"
+            return "sent"
+        return await self.post_result_http(job, result)
+
+    async def post_result_http(
+        self, job: JobEnvelope, result: CompletedResult | FailedResult
+    ) -> str:
         """Posts a result, retrying network and 5xx failures for ``result_retry_seconds``
         (even while stopping: the job ran, the server must hear it). Returns ``yes``,
         ``refused`` (the server answered 4xx, e.g. 409 job_not_running) or ``lost``."""
@@ -433,7 +743,7 @@ class _Agent:
     def watch_tasks(self) -> list[asyncio.Task[None]]:
         """The account watcher and the sender of its events (see :mod:`mt5gate_agent.watch`)."""
         sender = self.event_sender = EventSender(
-            self.client,
+            self,
             backoff=lambda: Backoff(self.config.backoff_initial, self.config.backoff_max),
             on_refused_token=self.refuse,
         )

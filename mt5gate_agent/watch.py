@@ -42,13 +42,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from mt5gate_agent.backends import Backend, BackendWorker, BrokerError
 from mt5gate_agent.backends.base import iso_utc
-from mt5gate_agent.client import AgentApiError, AgentClient, EventsRefused
+from mt5gate_agent.client import AgentApiError, EventsRefused
 from mt5gate_protocol.jobs import JobType
 
 log = logging.getLogger("mt5gate_agent.watch")
@@ -343,13 +343,19 @@ class JobGate:
             await self._idle.wait()
 
 
+class EventPoster(Protocol):
+    """Who takes a batch: the agent's HTTP client, or the agent (the link when it is open)."""
+
+    async def post_events(self, events: list[dict[str, Any]]) -> None: ...
+
+
 class EventSender:
     """The outbox: events in the order they were seen, posted in batches of at most 500,
     retried until they are taken (see the module docstring)."""
 
     def __init__(
         self,
-        client: AgentClient,
+        client: EventPoster,
         *,
         backoff: Callable[[], Any],
         on_refused_token: Callable[[BaseException], bool],

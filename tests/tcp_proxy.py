@@ -30,6 +30,11 @@ class SilenceableProxy:
         for connection in self._connections:
             connection.silenced = True
 
+    def cut(self) -> None:
+        """Closes every connection open now (both ends see the TCP connection end)."""
+        for connection in self._connections:
+            connection.close()
+
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]

@@ -290,16 +290,18 @@ async def test_the_agent_survives_the_api_restarting_and_picks_up_jobs_afterward
     async with api_client(first) as client:
         trader = await onboard_trader(client, with_heartbeat=False)
     agent = await launch.agent(first, trader)
+    await agent.wait_for_line("event=link_opened")
 
     mark = agent.mark()
     await asyncio.to_thread(first.stop)
-    await agent.wait_for_line("event=api_unavailable", start=mark)
+    await agent.wait_for_line("event=link_closed", start=mark)  # the agent's link (default)
     port = int(first.base_url.rsplit(":", 1)[1])
     second = await launch.serve(port=port)
 
-    # The order is placed at once: the agent may still be in its reconnect backoff (a few
-    # seconds after an outage this short; an order waits 10 s, then stays pending until
-    # its 30 s expiry).
+    # Over the link, the agent is offline from the moment its link closed (an order now is
+    # 503 agent_offline) until it is back: the order waits for the link (its backoff is at
+    # most 10 s).
+    await agent.wait_for_line("event=link_opened", start=mark, timeout=20)
     async with api_client(second) as client:
         response = await client.post("/orders", json=BUY, headers=trader.headers)
         assert response.status_code in (201, 202), response.text
@@ -309,7 +311,7 @@ async def test_the_agent_survives_the_api_restarting_and_picks_up_jobs_afterward
     assert [p["position_id"] for p in positions.json()] == [order["ticket"]]
     assert agent.process.returncode is None
     done = await agent.wait_for_line(job_done_line(order_id), start=mark)
-    reconnected = agent.find("event=api_reconnected", start=mark)
+    reconnected = agent.find("event=link_opened", start=mark)
     assert reconnected is not None, agent.tail()
     assert reconnected < done
 
@@ -366,7 +368,8 @@ async def test_sigterm_mid_job_finishes_that_job_then_exits_0(
     assert done is not None, agent.tail()
     assert stopping < done
     assert "outcome=completed" in agent.lines[done]
-    assert "reported=yes" in agent.lines[done]
+    # Posted over HTTP (yes), or sent on the link (sent: acknowledged before the link closes).
+    assert "reported=yes" in agent.lines[done] or "reported=sent" in agent.lines[done]
     assert agent.find("event=agent_stopped", start=done) is not None
 
 

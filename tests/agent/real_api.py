@@ -54,6 +54,9 @@ class Faults:
     delivery_delay: float = 0.0
     # Seconds the answer to an event post spends on the wire (the events already taken).
     events_delay: float = 0.0
+    # Frames the server sends down the agent's link right after its welcome, as they are
+    # (str: a text frame, bytes: a binary one): a server that misbehaves.
+    link_noise: list[str | bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,11 @@ class FaultLayer:
         self.harness = harness
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"].startswith("/ws/agents/"):
+            self.harness.links_opened += 1
+            self.harness.changed()
+            await self.app(scope, receive, self.noisy(send))
+            return
         kind = kind_of(scope["path"]) if scope["type"] == "http" else None
         if kind is None:
             await self.app(scope, receive, send)
@@ -110,6 +118,20 @@ class FaultLayer:
             await asyncio.sleep(faults.events_delay)
         await send_response(send, status, body, headers)
         harness.changed()
+
+    def noisy(self, send: Send) -> Send:
+        """The link's ``send``, with ``Faults.link_noise`` sent after the first frame."""
+        noise = list(self.harness.faults.link_noise)
+
+        async def send_with_noise(message: Message) -> None:
+            await send(message)
+            if message["type"] == "websocket.send" and noise:
+                for frame in noise:
+                    key = "text" if isinstance(frame, str) else "bytes"
+                    await send({"type": "websocket.send", key: frame})
+                noise.clear()
+
+        return send_with_noise
 
 
 async def call_app(app: ASGIApp, scope: Scope, receive: Receive) -> tuple[int, list[Any], bytes]:
@@ -156,6 +178,7 @@ class RealAgentApi:
         self.heartbeats: list[dict[str, Any]] = []
         self.price_batches: list[dict[str, Any]] = []
         self.event_batches: list[list[dict[str, Any]]] = []
+        self.links_opened = 0
         self.port = 0
         self.trader: Trader | None = None
         self._changed = asyncio.Event()

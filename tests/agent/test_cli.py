@@ -55,6 +55,22 @@ def test_the_account_watcher_looks_four_times_a_second_unless_told(
     assert config.watch_interval == expected
 
 
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [([], ("link", 60.0)), (["--transport", "http", "--link-retry", "5"], ("http", 5.0))],
+)
+def test_the_agent_uses_the_link_unless_told(given: list[str], expected: tuple[str, float]) -> None:
+    config, _ = parse_config(["--api", "http://h", "--agent-id", "a1", "--token", "t", *given])
+    assert (config.transport, config.link_retry) == expected
+
+
+@pytest.mark.parametrize("given", [["--transport", "ws"], ["--link-retry", "0"]])
+def test_a_bad_transport_or_link_retry_is_a_usage_error(given: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_config(["--api", "h", "--agent-id", "a", "--token", "t", *given])
+    assert exited.value.code == 2
+
+
 @pytest.mark.parametrize("interval", ["-1", "61"])
 def test_a_watch_interval_out_of_range_is_a_usage_error(interval: str) -> None:
     with pytest.raises(SystemExit) as exited:
@@ -110,7 +126,8 @@ async def test_a_signal_stops_the_agent_with_exit_code_0(
 ) -> None:
     process = await spawn_agent(api)
     try:
-        await api.wait_for(lambda: api.polls >= 1, timeout=20)
+        # On the link (the default), or long-polling: the job finds the agent either way.
+        await api.wait_for(lambda: api.links_opened + api.polls >= 1, timeout=20)
         job_id = await api.add_job("get_account", {})
         assert (await api.wait_result(job_id))["status"] == "completed"
         process.send_signal(sig)

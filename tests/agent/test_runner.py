@@ -37,6 +37,8 @@ def config_for(api: RealAgentApi, **overrides: Any) -> AgentConfig:
         "agent_id": api.agent_id,
         "token": api.token,
         "backend": "sim",
+        # The HTTP routes' agent (long-poll); the link's own tests are in test_link.py.
+        "transport": "http",
         "poll_wait": 1,
         "heartbeat_interval": 0.2,
         "backoff_initial": 0.01,
