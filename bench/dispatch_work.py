@@ -6,7 +6,9 @@ the load: SQL statements, Redis commands and Python function calls per round tri
 API process (which is also the caller's, as in `bench.dispatch`), for sequential round
 trips through the instant agent. Run it on two commits and compare.
 
-    python -m bench.dispatch_work [--n 200] [--store postgres|sqlite]
+    python -m bench.dispatch_work [--n 200] [--store postgres|sqlite] [--link]
+
+`--link`: the instant agent holds the agent link (jobs pushed) instead of long-polling.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class Counts:
             self.by_kind[" ".join(statement.split())[:72]] += 1
 
 
-async def measure(settings: Settings, n: int, counts: Counts) -> float:
+async def measure(settings: Settings, n: int, counts: Counts, link: bool = False) -> float:
     """Python function calls per round trip; `counts` filled in meanwhile."""
     async with serve_in_loop(settings) as api:
         who = await onboard(api.base_url)
@@ -64,7 +66,9 @@ async def measure(settings: Settings, n: int, counts: Counts) -> float:
             agent = await session.get(Agent, agent_id)
             assert agent is not None
             user_id = agent.user_id
-        with InstantAgent(api.base_url, who.agent_id, who.agent_token, workers=CONCURRENCY):
+        with InstantAgent(
+            api.base_url, who.agent_id, who.agent_token, workers=CONCURRENCY, link=link
+        ):
             for _ in range(WARM_UP):
                 await round_trip(api, user_id, agent_id)
             profile = cProfile.Profile()
@@ -81,13 +85,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.dispatch_work")
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--store", choices=("postgres", "sqlite"), default=None)
+    parser.add_argument("--link", action="store_true", help="the agent over the agent link")
     args = parser.parse_args(argv)
     store = args.store or ("postgres" if services_listening() else "sqlite")
     counts = Counts()
     counts.install()
     with bench_settings(store, job_wakeups_enabled=True) as settings:
-        calls = asyncio.run(measure(settings, args.n, counts))
-    print(f"\n{store}: {args.n} sequential round trips, per round trip in the API process")
+        calls = asyncio.run(measure(settings, args.n, counts, args.link))
+    agent = "the agent link" if args.link else "HTTP long-polls"
+    print(f"\n{store}: {args.n} sequential round trips over {agent}, per round trip in the API")
+    print("process")
     print(f"{calls:10.0f}  Python function calls")
     print(f"{sum(counts.by_kind.values()) / args.n:10.2f}  SQL statements + Redis commands:")
     for kind, seen in counts.by_kind.most_common():

@@ -1,9 +1,11 @@
 """Trading routes end to end, beside a bare `GET /me` on the same server as the floor.
 
-The API is served in this process on loopback; an instant agent (its own process,
-long-polling `jobs/next` and answering at once) executes every job. One request at a
-time, the kinds interleaved so that each sees the same conditions, each after a pause
-that lets the server settle (SETTLE_SECONDS):
+The API is served in this process on loopback, twice (each on a store of its own): on one
+an instant agent (its own process, answering at once) long-polls `jobs/next`, on the other
+it holds the agent link (`WS /ws/agents/{id}`, jobs pushed). One request at a time, the
+kinds interleaved and each request sent to the long-poll's server then to the link's, so
+that all see the same conditions, each after a pause that lets the server settle
+(SETTLE_SECONDS); each server's own `GET /me` is its floor:
 
 * `GET /me`: authentication and one row read, the floor every route pays;
 * `GET /me (API key)`: the same with an API key (a hash and a joined read instead of a JWT);
@@ -24,8 +26,9 @@ two servers in this process on the same store, one with both on and one with bot
 timed request by request in alternation, so that both see the same machine.
 
 Targets: an order, a pending order placed or cancelled and a history read of 1,000 deals
-≤ 2 × floor + 3 ms at p50; a candles hit ≤ 1.5 × floor at p50; the limiter and metrics
-≤ 0.3 ms at p50 on an order.
+≤ 2 × floor + 3 ms at p50 (issue 13; shown also for a candles miss and a job alone), over
+either; `POST /orders` over the link ≤ floor + 3 ms at p50 (issue 17); a candles hit
+≤ 1.5 × floor at p50; the limiter and metrics ≤ 0.3 ms at p50 on an order (long-poll).
 
     python -m bench.trading [--quick]
 """
@@ -71,6 +74,8 @@ BARE_KINDS = ("GET /me (floor)", "POST /orders")
 ORDER = {"symbol": "EURUSD", "side": "buy", "volume": 0.1}
 PENDING = {**ORDER, "type": "limit", "price": 1.05}
 JOB_ROUTES = ("POST /orders", "pending placed", "pending cancelled", "history 1,000 deals")
+# The rows shown side by side, long-poll against link: every one a job pays.
+LINK_ROWS = (*JOB_ROUTES, "candles miss", "job alone")
 WARM_UP = 20
 # A pause before each timed request, so that every kind starts with the server idle: the
 # agent that answered the previous job is back in its long-poll (its result's response, a
@@ -116,135 +121,219 @@ async def timed(
     return took
 
 
-async def measure(
-    settings: Settings, store: str, rounds: int, kinds: tuple[str, ...] = KINDS
-) -> Samples:
-    samples = Samples(store, kinds=kinds)
-    async with serve_in_loop(settings) as api:
-        who = await onboard(api.base_url)
-        # Feed candles come from a price source: the bench's one agent is it.
-        await set_price_source(
-            api.resources.session_factory, agent_id=uuid.UUID(who.agent_id), enabled=True
+MODES = ("long-poll", "link")
+
+
+@dataclass
+class Variant:
+    """One server and its instant agent (over long-polls or over the link), with the
+    requests each kind sends to it."""
+
+    mode: str
+    requests: dict[str, tuple[Callable[[], Awaitable[httpx.Response]], int, str | None]]
+    http: httpx.AsyncClient
+    samples: Samples
+    primed: float = 0.0
+
+    async def prime(self) -> None:
+        await self.http.get("/candles/EURUSD", params={"count": 200})
+        self.primed = time.monotonic()
+
+
+async def open_variant(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    store: str,
+    mode: str,
+    kinds: tuple[str, ...],
+) -> Variant:
+    api = await stack.enter_async_context(serve_in_loop(settings))
+    who = await onboard(api.base_url)
+    # Feed candles come from a price source: the bench's one agent is it.
+    await set_price_source(
+        api.resources.session_factory, agent_id=uuid.UUID(who.agent_id), enabled=True
+    )
+    headers = {"Authorization": f"Bearer {who.token}"}
+    async with httpx.AsyncClient(base_url=f"{api.base_url}/api/v1", headers=headers) as h:
+        created = await h.post("/api-keys", json={"name": "bench", "scopes": ["read"]})
+    key_headers = {"Authorization": f"Bearer {created.json()['key']}"}
+    http = await stack.enter_async_context(
+        httpx.AsyncClient(base_url=f"{api.base_url}/api/v1", headers=headers, timeout=30)
+    )
+    miss_counter = 0
+    # Instruments of this variant's own: the two variants may share a Redis (the cache).
+    miss_prefix = "L" if mode == "link" else "B"
+
+    def candles_miss() -> Awaitable[httpx.Response]:
+        nonlocal miss_counter
+        miss_counter += 1  # a fresh instrument: never cached
+        return http.get(f"/candles/{miss_prefix}{miss_counter}", params={"count": 200})
+
+    placed: list[httpx.Response] = []
+
+    async def place_pending() -> httpx.Response:
+        placed.append(await http.post("/orders", json=PENDING))
+        return placed[-1]
+
+    def cancel_pending() -> Awaitable[httpx.Response]:
+        # The order placed last: each has a ticket of its own (its JSON read, a few
+        # microseconds, counts in the cancellation's time).
+        ticket = placed.pop().json()["ticket"] if placed else 2001
+        return http.delete(f"/pending-orders/{ticket}")
+
+    requests: dict[str, tuple[Callable[[], Awaitable[httpx.Response]], int, str | None]] = {
+        "GET /me (floor)": (lambda: http.get("/me"), 200, None),
+        "GET /me (API key)": (lambda: http.get("/me", headers=key_headers), 200, None),
+        "POST /orders": (lambda: http.post("/orders", json=ORDER), 201, None),
+        "GET /account": (lambda: http.get("/account"), 200, None),
+        "pending placed": (place_pending, 201, None),
+        "pending cancelled": (cancel_pending, 200, None),
+        "history 1,000 deals": (
+            lambda: http.get("/history/deals", params={"limit": 1000}),
+            200,
+            None,
+        ),
+        "candles hit": (
+            lambda: http.get("/candles/EURUSD", params={"count": 200}),
+            200,
+            "hit",
+        ),
+        "candles miss": (candles_miss, 200, "miss"),
+    }
+    user_id = uuid.UUID((await http.get("/me")).json()["id"])
+
+    async def job_alone() -> httpx.Response:
+        done = await dispatch.create_job_and_wait(
+            api.resources.jobs,
+            user_id=user_id,
+            agent_id=uuid.UUID(who.agent_id),
+            job_type="get_account",
+            input_data={},
+            ttl_seconds=30,
+            timeout=10,
         )
-        headers = {"Authorization": f"Bearer {who.token}"}
-        async with httpx.AsyncClient(base_url=f"{api.base_url}/api/v1", headers=headers) as h:
-            created = await h.post("/api-keys", json={"name": "bench", "scopes": ["read"]})
-        key_headers = {"Authorization": f"Bearer {created.json()['key']}"}
-        async with httpx.AsyncClient(
-            base_url=f"{api.base_url}/api/v1", headers=headers, timeout=30
-        ) as http:
-            miss_counter = 0
+        return httpx.Response(200 if done.status == "completed" else 504, request=PSEUDO)
 
-            def candles_miss() -> Awaitable[httpx.Response]:
-                nonlocal miss_counter
-                miss_counter += 1  # a fresh instrument: never cached
-                return http.get(f"/candles/B{miss_counter}", params={"count": 200})
+    requests["job alone"] = (job_alone, 200, None)
+    agent = InstantAgent(
+        api.base_url, who.agent_id, who.agent_token, workers=2, link=mode == "link"
+    )
+    stack.enter_context(agent)
+    await wait_for_agent(http)
+    return Variant(mode, requests, http, Samples(store, kinds=kinds))
 
-            placed: list[httpx.Response] = []
 
-            async def place_pending() -> httpx.Response:
-                placed.append(await http.post("/orders", json=PENDING))
-                return placed[-1]
-
-            def cancel_pending() -> Awaitable[httpx.Response]:
-                # The order placed last: each has a ticket of its own (its JSON read, a few
-                # microseconds, counts in the cancellation's time).
-                ticket = placed.pop().json()["ticket"] if placed else 2001
-                return http.delete(f"/pending-orders/{ticket}")
-
-            requests: dict[str, tuple[Callable[[], Awaitable[httpx.Response]], int, str | None]] = {
-                "GET /me (floor)": (lambda: http.get("/me"), 200, None),
-                "GET /me (API key)": (lambda: http.get("/me", headers=key_headers), 200, None),
-                "POST /orders": (lambda: http.post("/orders", json=ORDER), 201, None),
-                "GET /account": (lambda: http.get("/account"), 200, None),
-                "pending placed": (place_pending, 201, None),
-                "pending cancelled": (cancel_pending, 200, None),
-                "history 1,000 deals": (
-                    lambda: http.get("/history/deals", params={"limit": 1000}),
-                    200,
-                    None,
-                ),
-                "candles hit": (
-                    lambda: http.get("/candles/EURUSD", params={"count": 200}),
-                    200,
-                    "hit",
-                ),
-                "candles miss": (candles_miss, 200, "miss"),
-            }
-            user_id = uuid.UUID((await http.get("/me")).json()["id"])
-
-            async def job_alone() -> httpx.Response:
-                done = await dispatch.create_job_and_wait(
-                    api.resources.jobs,
-                    user_id=user_id,
-                    agent_id=uuid.UUID(who.agent_id),
-                    job_type="get_account",
-                    input_data={},
-                    ttl_seconds=30,
-                    timeout=10,
-                )
-                return httpx.Response(200 if done.status == "completed" else 504, request=PSEUDO)
-
-            requests["job alone"] = (job_alone, 200, None)
-            with InstantAgent(api.base_url, who.agent_id, who.agent_token, workers=2):
-                await wait_for_agent(http)
+async def measure(
+    settings: dict[str, Settings], store: str, rounds: int, kinds: tuple[str, ...] = KINDS
+) -> dict[str, Samples]:
+    """Each kind timed on every variant (`settings` by mode) in turn, request by request,
+    so that the long-poll's and the link's figures see the same machine."""
+    async with contextlib.AsyncExitStack() as stack:
+        variants = [
+            await open_variant(stack, mode_settings, store, mode, kinds)
+            for mode, mode_settings in settings.items()
+        ]
+        for index in range(WARM_UP + rounds):
+            for variant in variants:
                 # Prime the cache the hits read; it lives 30 s, so refresh it as we go.
-                primed = 0.0
-                for index in range(WARM_UP + rounds):
-                    if time.monotonic() - primed > 20:
-                        await http.get("/candles/EURUSD", params={"count": 200})
-                        primed = time.monotonic()
-                    for kind in kinds:
-                        request, expected, cache = requests[kind]
-                        await asyncio.sleep(SETTLE_SECONDS)
-                        try:
-                            took = await timed(request, expected, cache)
-                        except UnexpectedMiss:
-                            # Something flushed the Redis db (a test run sharing it): refill.
-                            await http.get("/candles/EURUSD", params={"count": 200})
-                            primed = time.monotonic()
-                            took = await timed(request, expected, cache)
-                        if index >= WARM_UP:
-                            samples.by_kind[kind].append(took)
-                    done = index + 1 - WARM_UP
-                    if done > 0 and (done == rounds or done % max(1, rounds // 10) == 0):
-                        print(f"  {store:8} {done}/{rounds} rounds", file=sys.stderr, flush=True)
-    return samples
+                if time.monotonic() - variant.primed > 20:
+                    await variant.prime()
+            for kind in kinds:
+                for variant in variants:
+                    request, expected, cache = variant.requests[kind]
+                    await asyncio.sleep(SETTLE_SECONDS)
+                    try:
+                        took = await timed(request, expected, cache)
+                    except UnexpectedMiss:
+                        # Something flushed the Redis db (a test run sharing it): refill.
+                        await variant.prime()
+                        took = await timed(request, expected, cache)
+                    if index >= WARM_UP:
+                        variant.samples.by_kind[kind].append(took)
+            done = index + 1 - WARM_UP
+            if done > 0 and (done == rounds or done % max(1, rounds // 10) == 0):
+                print(f"  {store:8} {done}/{rounds} rounds", file=sys.stderr, flush=True)
+    return {variant.mode: variant.samples for variant in variants}
 
 
-def report(results: list[Samples]) -> None:
+def report(results: list[dict[str, Samples]]) -> None:
     rows = []
-    for result in results:
-        floor = result.p(KINDS[0], 50)
-        for kind in result.kinds:
-            p50 = result.p(kind, 50)
-            rows.append(
+    for by_mode in results:
+        for mode, result in by_mode.items():
+            floor = result.p(KINDS[0], 50)
+            for kind in result.kinds:
+                p50 = result.p(kind, 50)
+                rows.append(
+                    [
+                        result.store,
+                        mode,
+                        kind,
+                        len(result.by_kind[kind]),
+                        f"{p50:.2f}",
+                        f"{result.p(kind, 99):.2f}",
+                        f"{p50 / floor:.2f}x",
+                    ]
+                )
+    print(
+        "\nTrading routes, one request at a time, instant agent on loopback over HTTP "
+        "long-polls or the agent link, requests alternated (ms)"
+    )
+    print_table(["store", "agent", "request", "n", "p50", "p99", "p50/floor"], rows)
+    print("\nSide by side, p50 (ms); issue 13: <= 2 x floor + 3; issue 17: an order over the link")
+    print("<= floor + 3; each against the floor of its own server in this run")
+    side = []
+    for by_mode in results:
+        poll, link = by_mode["long-poll"], by_mode["link"]
+        poll_floor, link_floor = poll.p(KINDS[0], 50), link.p(KINDS[0], 50)
+        for kind in LINK_ROWS:
+            poll_p50, link_p50 = poll.p(kind, 50), link.p(kind, 50)
+            poll_ok = poll_p50 <= 2 * poll_floor + 3
+            link_ok = link_p50 <= 2 * link_floor + 3
+            fast = (
+                ("met" if link_p50 <= link_floor + 3 else "MISSED")
+                if kind == "POST /orders"
+                else "-"
+            )
+            side.append(
                 [
-                    result.store,
+                    poll.store,
                     kind,
-                    len(result.by_kind[kind]),
-                    f"{p50:.2f}",
-                    f"{result.p(kind, 99):.2f}",
-                    f"{p50 / floor:.2f}x",
+                    f"{poll_floor:.2f}",
+                    f"{poll_p50:.2f}",
+                    f"{link_floor:.2f}",
+                    f"{link_p50:.2f}",
+                    f"{link_p50 - link_floor:+.2f}",
+                    f"{poll_p50 - link_p50:+.2f}",
+                    "met" if poll_ok else "MISSED",
+                    "met" if link_ok else "MISSED",
+                    fast,
                 ]
             )
-    print("\nTrading routes, one request at a time, instant agent on loopback (ms)")
-    print_table(["store", "request", "n", "p50", "p99", "p50/floor"], rows)
+    print_table(
+        [
+            "store",
+            "request",
+            "floor lp",
+            "long-poll",
+            "floor link",
+            "link",
+            "link-floor",
+            "saved",
+            "13 lp",
+            "13 link",
+            "17 link",
+        ],
+        side,
+    )
     print()
-    for result in results:
-        floor = result.p(KINDS[0], 50)
-        job_target, hit_target = 2 * floor + 3, 1.5 * floor
-        for kind in JOB_ROUTES:
-            took = result.p(kind, 50)
+    for by_mode in results:
+        for mode, result in by_mode.items():
+            floor = result.p(KINDS[0], 50)
+            hit, hit_target = result.p("candles hit", 50), 1.5 * floor
             print(
-                f"{result.store:8} {kind} p50 {took:.2f} ms vs target {job_target:.2f} "
-                f"({'ok' if took <= job_target else 'MISSED'})"
+                f"{result.store:8} {mode:9} candles hit p50 {hit:.2f} ms vs target "
+                f"{hit_target:.2f} ({'ok' if hit <= hit_target else 'MISSED'})"
             )
-        hit = result.p("candles hit", 50)
-        print(
-            f"{result.store:8} candles hit p50 {hit:.2f} ms vs target {hit_target:.2f} "
-            f"({'ok' if hit <= hit_target else 'MISSED'})"
-        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -256,8 +345,14 @@ def main(argv: list[str] | None = None) -> None:
     results, costs, work = [], [], []
     for store in stores:
         # A limit no single client reaches: the limiter does all its work on every call.
-        with bench_settings(store, rate_limit_trading_per_second=1_000_000) as settings:
-            results.append(asyncio.run(measure(settings, store, rounds)))
+        with (
+            bench_settings(store, rate_limit_trading_per_second=1_000_000) as settings,
+            bench_settings(
+                store, rate_limit_trading_per_second=1_000_000, redis_key_prefix="bench-link:"
+            ) as link_settings,
+        ):
+            by_mode = {"long-poll": settings, "link": link_settings}
+            results.append(asyncio.run(measure(by_mode, store, rounds)))
             costs.append(asyncio.run(measure_cost(settings, store, rounds)))
             work.extend(asyncio.run(measure_added_work(settings, store, rounds)))
     report(results)

@@ -25,6 +25,7 @@ from tests.account_events import deal as deal_data
 from tests.conftest import make_settings
 from tests.flows import AgentHandle, Trader, onboard_trader
 from tests.log_events import watch_log
+from tests.private_redis import PrivateRedis, private_redis
 from tests.servers import RunningApi, ServeProcess, run_api, start_serve
 from tests.stores import Store, reset_store
 from tests.test_jobs import TRADE_INPUT, TRADE_OUTPUT
@@ -451,3 +452,79 @@ async def test_sigterm_closes_an_open_link_1001_and_releases_its_unacknowledged_
     assert code in (1001, 1012)  # the link's own close, or uvicorn's if it came first
     assert exit_code == 0
     assert "Exception in ASGI application" not in serve.log_path.read_text()
+
+
+# Wake-ups lost while Redis is away: the link's refresh re-reads the agent's row.
+
+# The link refreshes its heartbeat every third of this (2 s), and the refresh reads the
+# row: a token no longer its own closes it 4001, another link_id 4009.
+OFFLINE_AFTER_SECONDS = 6.0
+# Bounds a close that only the refresh can bring (no wake-up will): several refreshes.
+RECHECK_TIMEOUT = 20.0
+
+
+@pytest.fixture
+async def two_processes_own_redis(
+    store: Store, tmp_path: Path
+) -> AsyncIterator[tuple[RunningApi, ServeProcess, PrivateRedis]]:
+    """Process A (in this test) and B (`serve`) on PostgreSQL and a Redis of the test's own,
+    to stop and start again."""
+    if store.name != "postgres":
+        pytest.skip("several processes share PostgreSQL + Redis only")
+    await reset_store(store)
+    with private_redis(tmp_path) as redis_server:
+        settings = make_settings(
+            store,
+            redis_url=redis_server.url,
+            agent_offline_after_seconds=OFFLINE_AFTER_SECONDS,
+            log_level="DEBUG",
+        )
+        async with run_api(settings) as api_a:
+            process_b = await asyncio.to_thread(start_serve, settings, tmp_path / "serve-b.log")
+            try:
+                yield api_a, process_b, redis_server
+            finally:
+                process_b.stop()
+
+
+async def test_a_rotation_while_redis_is_down_still_closes_the_link_4001(
+    two_processes_own_redis: tuple[RunningApi, ServeProcess, PrivateRedis],
+) -> None:
+    api_a, process_b, redis_server = two_processes_own_redis
+    async with httpx.AsyncClient(base_url=f"{api_a.base_url}/api/v1", timeout=30) as a:
+        trader = await onboard_trader(a)
+        async with open_link(process_b.base_url, trader.agent) as link:
+            await order_through(a, trader, link)
+            with watch_log("mt5gate.job_events") as job_events:
+                redis_server.stop()
+                # On A, the link is on B: only Redis could tell B, and it is away.
+                rotated = await a.post(
+                    f"/broker-connections/{trader.connection_id}/agent", headers=trader.headers
+                )
+                assert rotated.status_code == 201, rotated.text
+                await job_events.wait_for("event=wakeup_publish_failed")
+            redis_server.start()
+            # The wake-up is lost for good; the link's refresh finds the token replaced.
+            assert await link.close_code(timeout=RECHECK_TIMEOUT) == 4001
+        new_agent = AgentHandle(rotated.json()["agent_id"], rotated.json()["agent_token"])
+        async with open_link(process_b.base_url, new_agent) as link:
+            await order_through(a, trader, link)  # the rotated agent is served at once
+
+
+async def test_a_newer_link_opened_while_redis_is_down_still_replaces_the_older_4009(
+    two_processes_own_redis: tuple[RunningApi, ServeProcess, PrivateRedis],
+) -> None:
+    api_a, process_b, redis_server = two_processes_own_redis
+    async with httpx.AsyncClient(base_url=f"{api_a.base_url}/api/v1", timeout=30) as a:
+        trader = await onboard_trader(a)
+        async with open_link(api_a.base_url, trader.agent) as older:
+            await order_through(a, trader, older)
+            redis_server.stop()
+            # Opened on B, which cannot tell A (the older link's process).
+            async with open_link(process_b.base_url, trader.agent) as newer:
+                await process_b.wait_for_log("event=wakeup_publish_failed")
+                redis_server.start()
+                assert await older.close_code(timeout=RECHECK_TIMEOUT) == 4009
+                # The newer link holds the agent: it stays open and gets its jobs.
+                assert await newer.ask({"type": "ping"}) == {"type": "pong"}
+                await order_through(a, trader, newer)
