@@ -469,8 +469,6 @@ async def two_processes_own_redis(
 ) -> AsyncIterator[tuple[RunningApi, ServeProcess, PrivateRedis]]:
     """Process A (in this test) and B (`serve`) on PostgreSQL and a Redis of the test's own,
     to stop and start again."""
-    if store.name != "postgres":
-        pytest.skip("several processes share PostgreSQL + Redis only")
     await reset_store(store)
     with private_redis(tmp_path) as redis_server:
         settings = make_settings(
@@ -487,6 +485,7 @@ async def two_processes_own_redis(
                 process_b.stop()
 
 
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
 async def test_a_rotation_while_redis_is_down_still_closes_the_link_4001(
     two_processes_own_redis: tuple[RunningApi, ServeProcess, PrivateRedis],
 ) -> None:
@@ -511,6 +510,7 @@ async def test_a_rotation_while_redis_is_down_still_closes_the_link_4001(
             await order_through(a, trader, link)  # the rotated agent is served at once
 
 
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
 async def test_a_newer_link_opened_while_redis_is_down_still_replaces_the_older_4009(
     two_processes_own_redis: tuple[RunningApi, ServeProcess, PrivateRedis],
 ) -> None:
