@@ -361,14 +361,19 @@ class AgentLink:
                 )
             # A repeat of a result already stored (the agent missed its acknowledgement).
             log.info("event=agent_link_result_repeat job_id=%s", job_id)
-            return await self.send(
-                ResultAccepted(job_id=job_id, status=earlier.status).model_dump_json()
-            )
+            return await self._acknowledge(job_id, earlier.status)
         await order_changed(
             self.account_events.log, connection_id=self.agent.connection_id, job=job
         )
-        await self.send(ResultAccepted(job_id=job.id, status=job.status).model_dump_json())
-        return None
+        return await self._acknowledge(job.id, job.status)
+
+    async def _acknowledge(self, job_id: uuid.UUID, status: str) -> None:
+        """`result_accepted`; the result is stored whether or not it can be sent (an agent
+        that left re-sends it and gets this answer again)."""
+        try:
+            await self.send(ResultAccepted(job_id=job_id, status=status).model_dump_json())
+        except Exception as exc:  # the socket is gone or stalled: the reader ends the link
+            log.info("event=agent_link_ack_unsent job_id=%s reason=%r", job_id, exc)
 
     async def _heartbeat(self, body: Heartbeat) -> None:
         answer = await heartbeat_seen(
