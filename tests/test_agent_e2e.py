@@ -300,8 +300,10 @@ async def test_the_agent_survives_the_api_restarting_and_picks_up_jobs_afterward
 
     # Over the link, the agent is offline from the moment its link closed (an order now is
     # 503 agent_offline) until it is back: the order waits for the link (its backoff is at
-    # most 10 s).
-    await agent.wait_for_line("event=link_opened", start=mark, timeout=20)
+    # most 10 s). Back at the second server: while the first drained, the agent's quick
+    # retry may have opened a link there too (closed 1001 at once), so its own
+    # `link_opened` does not say which server holds the link.
+    await second.wait_for_log("event=agent_link_opened", timeout=20)
     async with api_client(second) as client:
         response = await client.post("/orders", json=BUY, headers=trader.headers)
         assert response.status_code in (201, 202), response.text
