@@ -578,9 +578,9 @@ async def test_a_restarted_server_is_reconnected_to_and_prices_move_again(
     await asyncio.to_thread(terminal.serve.stop)
     streams = page.locator("#streams")
     await expect(streams).to_contain_text("Prices reconnecting", timeout=10000)
-    mark = terminal.agent.mark()
-    await launch.serve(port=port, agent_offline_after_seconds=3)
-    await terminal.agent.wait_for_line("event=api_reconnected", start=mark, timeout=40)
+    restarted = await launch.serve(port=port, agent_offline_after_seconds=3)
+    # The agent is back on its link (its default), at the new server.
+    await restarted.wait_for_log("event=agent_link_opened", timeout=40)
     await expect(streams).to_contain_text("Prices live", timeout=15000)
     await wait_for_some_bid_to_change(page, 5000)
     label = await chart.get_attribute("aria-label")
