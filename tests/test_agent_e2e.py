@@ -298,11 +298,10 @@ async def test_the_agent_survives_the_api_restarting_and_picks_up_jobs_afterward
     port = int(first.base_url.rsplit(":", 1)[1])
     second = await launch.serve(port=port)
 
-    # Over the link, the agent is offline from the moment its link closed (an order now is
-    # 503 agent_offline) until it is back: the order waits for the link (its backoff is at
-    # most 10 s). Back at the second server: while the first drained, the agent's quick
-    # retry may have opened a link there too (closed 1001 at once), so its own
-    # `link_opened` does not say which server holds the link.
+    # The order goes once the agent is back on its link (its backoff is at most 10 s), at
+    # the second server: while the first drained, the agent's quick retry may have opened
+    # a link there too (closed 1001 at once), so its own `link_opened` does not say which
+    # server holds the link.
     await second.wait_for_log("event=agent_link_opened", timeout=20)
     async with api_client(second) as client:
         response = await client.post("/orders", json=BUY, headers=trader.headers)

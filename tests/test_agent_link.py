@@ -447,11 +447,18 @@ async def test_sigterm_closes_an_open_link_1001_and_releases_its_unacknowledged_
                 code = await link.close_code()
             exit_code = await asyncio.to_thread(serve.process.wait, 10)
             assert await job_status(api, job_id) == "pending"
+            # The server left, not the agent: it is still online (it links again within
+            # its backoff), so an order now waits for it instead of 503 agent_offline.
+            async with httpx.AsyncClient(base_url=f"{api.base_url}/api/v1") as other:
+                listed = await other.get("/broker-connections", headers=trader.headers)
+            assert listed.json()[0]["agent"]["status"] == "online", listed.text
     finally:
         serve.stop()
     assert code in (1001, 1012)  # the link's own close, or uvicorn's if it came first
     assert exit_code == 0
-    assert "Exception in ASGI application" not in serve.log_path.read_text()
+    log_text = serve.log_path.read_text()
+    assert "Exception in ASGI application" not in log_text
+    assert "event=agent_link_handed_back" in log_text
 
 
 # Wake-ups lost while Redis is away: the link's refresh re-reads the agent's row.

@@ -13,8 +13,10 @@ agent's presence while the link is open. No WebSocket here: the handler passes `
   still holds). Results and events go through the HTTP routes' services.
 - Presence: the link counts as a heartbeat (refreshed as a long-poll refreshes it); when it
   closes, `link_closed_at` makes the agent offline at once for every process, and its
-  `agent` event says so on the account stream. A process that dies with a link open leaves
-  `link_id` set: its heartbeat then ages out as an HTTP agent's does.
+  `agent` event says so on the account stream; unless the close is this process's own
+  shutdown (the agent is not gone: it keeps its heartbeat's presence while it links
+  again). A process that dies with a link open leaves `link_id` set: its heartbeat then
+  ages out as an HTTP agent's does.
 """
 
 from __future__ import annotations
@@ -101,6 +103,13 @@ DROP_LINK = (
     update(AGENTS)
     .where(AGENTS.c.id == bindparam("p_agent_id"), AGENTS.c.link_id == bindparam("p_link_id"))
     .values(link_id=None, link_closed_at=bindparam("p_now"))
+)
+# The server is shutting down, the agent is not leaving: the row is let go of without
+# `link_closed_at`, so its presence is its heartbeat's until it links again elsewhere.
+HAND_BACK_LINK = (
+    update(AGENTS)
+    .where(AGENTS.c.id == bindparam("p_agent_id"), AGENTS.c.link_id == bindparam("p_link_id"))
+    .values(link_id=None)
 )
 LINK_OWNER = select(AGENTS.c.token_hash, AGENTS.c.link_id).where(
     AGENTS.c.id == bindparam("p_agent_id")
@@ -437,14 +446,24 @@ class AgentLink:
         await self.send(frame.model_dump_json(exclude_none=True))
 
     async def finish(self) -> None:
-        """The link closed (any reason): its unacknowledged jobs back to pending, and the
-        agent offline at once, unless a newer link holds it."""
+        """The link closed: its unacknowledged jobs back to pending, and the agent offline
+        at once, unless a newer link holds it or this process is shutting down."""
         if self._claiming or self._answering:  # claims and results underway: let them end
             await asyncio.gather(*self._claiming, *self._answering, return_exceptions=True)
         for job_id in sorted(self.unacknowledged):
             await dispatch.release_job(self.jobs, job_id=job_id, agent_id=self.agent.id)
             log.info("event=job_released job_id=%s reason=link_closed", job_id)
         self.unacknowledged.clear()
+        if self.jobs.events.draining.is_set():
+            # This process is going away, the agent is not: it links again to another (or
+            # to this one restarted) within its backoff, and an order meanwhile waits for it
+            # (202, then filled) instead of 503 agent_offline. A gone agent still ages out.
+            async with self.db.connect() as conn:
+                await conn.execute(
+                    HAND_BACK_LINK, {"p_agent_id": self.agent.id, "p_link_id": self.link_id}
+                )
+            log.info("event=agent_link_handed_back agent_id=%s reason=shutting_down", self.agent.id)
+            return
         now = utcnow()
         async with self.db.connect() as conn:
             dropped = await conn.execute(
