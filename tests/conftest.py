@@ -8,17 +8,12 @@ import httpx
 import pytest
 
 from app.core.config import Settings
-from app.core.migrate import upgrade_to_head
 from tests.flows import TestUser, Trader, onboard_trader, register_user
 from tests.servers import RunningApi, run_api
 from tests.stores import (
     Store,
-    create_postgres_database,
-    drop_postgres_database,
-    postgres_store,
-    require_services,
+    migrated_store,
     reset_store,
-    sqlite_store,
 )
 
 # 64 random characters: long enough for HS512, and random enough for the settings check.
@@ -30,18 +25,7 @@ TEST_ENCRYPTION_KEY = "0nZ5mGXrXh1qY0Y2aJvHhKq0gQ9r5VVo3yq2s2h9l1E="
 def store(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Store]:
-    if request.param == "sqlite":
-        sqlite = sqlite_store(tmp_path_factory.mktemp("sqlite"))
-        upgrade_to_head(sqlite.database_url)
-        yield sqlite
-        return
-    require_services()
-    name, url = create_postgres_database()
-    try:
-        upgrade_to_head(url)
-        yield postgres_store(url)
-    finally:
-        drop_postgres_database(name)
+    yield from migrated_store(request.param, tmp_path_factory)
 
 
 def make_settings(store: Store, **overrides: object) -> Settings:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,25 @@ def create_postgres_database() -> tuple[str, str]:
 
 def drop_postgres_database(name: str) -> None:
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def migrated_store(name: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
+    """The store `name` (sqlite or postgres), migrated to head, for a fixture to yield from;
+    a PostgreSQL database of its own, dropped after."""
+    from app.core.migrate import upgrade_to_head
+
+    if name == "sqlite":
+        sqlite = sqlite_store(tmp_path_factory.mktemp("sqlite"))
+        upgrade_to_head(sqlite.database_url)
+        yield sqlite
+        return
+    require_services()
+    database, url = create_postgres_database()
+    try:
+        upgrade_to_head(url)
+        yield postgres_store(url)
+    finally:
+        drop_postgres_database(database)
 
 
 def sqlite_store(directory: Path) -> Store:

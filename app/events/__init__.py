@@ -13,6 +13,7 @@ from app.events._log import EventLog, Replay
 from app.events._server_events import (
     agent_seen,
     agents_changed,
+    heartbeat_answer,
     heartbeat_seen,
     order_changed,
     orders_ended,
@@ -37,6 +38,7 @@ __all__ = [
     "Replay",
     "agent_seen",
     "agents_changed",
+    "heartbeat_answer",
     "heartbeat_seen",
     "order_changed",
     "orders_ended",

@@ -178,6 +178,21 @@ async def heartbeat_seen(
     terminal_connected = body.terminal_connected
     if terminal_connected is None:  # as it last said
         terminal_connected = agent.terminal_connected
+    return await heartbeat_answer(
+        log_, agent, now, terminal_connected=terminal_connected, offline_after=offline_after
+    )
+
+
+async def heartbeat_answer(
+    log_: EventLog,
+    agent: Agent,
+    now: datetime,
+    *,
+    terminal_connected: bool | None,
+    offline_after: float,
+) -> ServerTime:
+    """What follows a heartbeat recorded at `now`: its `agent` event if the status changed,
+    and the answer with the newest deal ticket the log holds for the connection."""
     try:
         await agent_seen(
             log_, agent, terminal_connected=terminal_connected, offline_after=offline_after

@@ -43,6 +43,7 @@ from app.events import (
     AccountEvents,
     agent_seen,
     event_errors,
+    heartbeat_answer,
     heartbeat_seen,
     order_changed,
     report_events,
@@ -163,22 +164,24 @@ class AgentLink:
 
     async def open(self) -> None:
         """Takes the agent's link (the newest wins), tells every process, says welcome."""
+        now = utcnow()
         keys = {
             "p_agent_id": self.agent.id,
             "p_hash": self.agent.token_hash,
             "p_link_id": self.link_id,
-            "p_now": utcnow(),
+            "p_now": now,
         }
         async with self.db.connect() as conn:
-            taken = await conn.execute(TAKE_LINK, keys)
+            taken = await conn.execute(TAKE_LINK, keys)  # the link's first heartbeat too
         if not taken.rowcount:
             raise LinkRefused()
+        self.agent.last_heartbeat_at = now
         await self.jobs.events.agent_revoked(self.agent_key)  # older links: close (4009)
-        answer = await heartbeat_seen(
+        answer = await heartbeat_answer(
             self.account_events.log,
-            self.db,
             self.agent,
-            Heartbeat(),
+            now,
+            terminal_connected=self.agent.terminal_connected,
             offline_after=self.settings.agent_offline_after_seconds,
         )
         welcome = Welcome(

@@ -17,7 +17,6 @@ import pytest
 import websockets
 from real_api import RealAgentApi
 
-from app.core.migrate import upgrade_to_head
 from mt5gate_agent.backends.sim import SimBackend
 from mt5gate_agent.config import AgentConfig
 from mt5gate_agent.runner import TokenRefused, run_agent
@@ -26,12 +25,8 @@ from tests.flows import provision_agent
 from tests.log_events import LogEvents, watch_log
 from tests.stores import (
     Store,
-    create_postgres_database,
-    drop_postgres_database,
-    postgres_store,
-    require_services,
+    migrated_store,
     reset_store,
-    sqlite_store,
 )
 from tests.tcp_proxy import SilenceableProxy
 
@@ -43,18 +38,7 @@ def store(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Store]:
     """The link claims and completes jobs in the store: both stores, unlike the HTTP tests."""
-    if request.param == "sqlite":
-        sqlite = sqlite_store(tmp_path_factory.mktemp("link-sqlite"))
-        upgrade_to_head(sqlite.database_url)
-        yield sqlite
-        return
-    require_services()
-    name, url = create_postgres_database()
-    try:
-        upgrade_to_head(url)
-        yield postgres_store(url)
-    finally:
-        drop_postgres_database(name)
+    yield from migrated_store(request.param, tmp_path_factory)
 
 
 @pytest.fixture
