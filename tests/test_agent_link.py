@@ -268,6 +268,26 @@ async def test_a_job_pushed_but_not_acknowledged_is_pushed_again_once(
         await order_through(client, trader, link)
 
 
+async def test_a_job_made_where_its_link_is_held_is_stored_claimed_and_released_unacknowledged(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    with watch_log("mt5gate.agent_link") as log:
+        async with open_link(api.base_url, trader.agent) as link:
+            job_id = await create_job(api, trader)
+            # Claimed by the link as it was stored (no claim after it), then pushed.
+            assert await job_status(api, job_id) == "running"
+            assert (await link.job())["id"] == job_id
+        await log.wait_for("event=agent_link_closed")  # dropped before `claimed`
+    assert await job_status(api, job_id) == "pending"
+    async with open_link(api.base_url, trader.agent) as link:
+        assert (await link.job())["id"] == job_id  # pushed again, once
+        await link.send({"type": "claimed", "job_id": job_id})
+        assert (await link.answer(job_id))["type"] == "result_accepted"
+        await link.nothing_pushed()
+        await order_through(client, trader, link)
+    assert await job_status(api, job_id) == "completed"
+
+
 async def test_many_jobs_at_once_are_each_pushed_exactly_once(
     api: RunningApi, trader: Trader
 ) -> None:
@@ -411,6 +431,38 @@ async def test_a_job_created_on_one_process_reaches_a_link_on_another(
 
 
 @pytest.mark.parametrize("store", ["postgres"], indirect=True)
+async def test_a_burst_made_on_one_process_reaches_a_link_on_another_each_job_once(
+    two_processes: tuple[RunningApi, ServeProcess],
+) -> None:
+    """More jobs than one claim takes (`LINK_CLAIM_BATCH`), made side by side on A while
+    the link is on B, and a long-poll of the same agent claiming beside it."""
+    api_a, process_b = two_processes
+    burst = dispatch.LINK_CLAIM_BATCH + 8
+    async with httpx.AsyncClient(base_url=f"{api_a.base_url}/api/v1", timeout=30) as a:
+        trader = await onboard_trader(a)
+        async with open_link(process_b.base_url, trader.agent) as link:
+            await order_through(a, trader, link)
+            polled = asyncio.create_task(
+                a.get(
+                    f"/agents/{trader.agent.id}/jobs/next",
+                    params={"wait": 5},
+                    headers={"Authorization": f"Bearer {trader.agent.token}"},
+                )
+            )
+            created = set(await asyncio.gather(*(create_job(api_a, trader) for _ in range(burst))))
+            poll = await polled
+            taken_by_poll = [poll.json()["id"]] if poll.status_code == 200 else []
+            pushed = [(await link.job())["id"] for _ in range(burst - len(taken_by_poll))]
+            assert len(pushed) == len(set(pushed))
+            assert sorted(pushed + taken_by_poll) == sorted(created)
+            for job_id in pushed:
+                assert (await link.answer(job_id))["type"] == "result_accepted"
+            await link.nothing_pushed()
+    for job_id in pushed:
+        assert await job_status(api_a, job_id) == "completed"
+
+
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
 async def test_the_newer_link_wins_across_processes_and_rotation_reaches_both(
     two_processes: tuple[RunningApi, ServeProcess],
 ) -> None:
@@ -470,26 +522,31 @@ OFFLINE_AFTER_SECONDS = 6.0
 RECHECK_TIMEOUT = 20.0
 
 
-@pytest.fixture
-async def two_processes_own_redis(
-    store: Store, tmp_path: Path
+@contextlib.asynccontextmanager
+async def processes_on_own_redis(
+    store: Store, tmp_path: Path, **overrides: Any
 ) -> AsyncIterator[tuple[RunningApi, ServeProcess, PrivateRedis]]:
     """Process A (in this test) and B (`serve`) on PostgreSQL and a Redis of the test's own,
     to stop and start again."""
     await reset_store(store)
     with private_redis(tmp_path) as redis_server:
-        settings = make_settings(
-            store,
-            redis_url=redis_server.url,
-            agent_offline_after_seconds=OFFLINE_AFTER_SECONDS,
-            log_level="DEBUG",
-        )
+        settings = make_settings(store, redis_url=redis_server.url, log_level="DEBUG", **overrides)
         async with run_api(settings) as api_a:
             process_b = await asyncio.to_thread(start_serve, settings, tmp_path / "serve-b.log")
             try:
                 yield api_a, process_b, redis_server
             finally:
                 process_b.stop()
+
+
+@pytest.fixture
+async def two_processes_own_redis(
+    store: Store, tmp_path: Path
+) -> AsyncIterator[tuple[RunningApi, ServeProcess, PrivateRedis]]:
+    async with processes_on_own_redis(
+        store, tmp_path, agent_offline_after_seconds=OFFLINE_AFTER_SECONDS
+    ) as processes:
+        yield processes
 
 
 @pytest.mark.parametrize("store", ["postgres"], indirect=True)
@@ -535,3 +592,52 @@ async def test_a_newer_link_opened_while_redis_is_down_still_replaces_the_older_
                 # The newer link holds the agent: it stays open and gets its jobs.
                 assert await newer.ask({"type": "ping"}) == {"type": "pong"}
                 await order_through(a, trader, newer)
+
+
+@pytest.fixture
+async def slow_refresh_own_redis(
+    store: Store, tmp_path: Path
+) -> AsyncIterator[tuple[RunningApi, ServeProcess, PrivateRedis]]:
+    """The links' own refresh 10 s apart (the default offline-after): within a test, a
+    link learns of a rotation only from its wake-up."""
+    async with processes_on_own_redis(store, tmp_path) as processes:
+        yield processes
+
+
+@pytest.mark.parametrize("store", ["postgres"], indirect=True)
+async def test_a_link_that_missed_its_rotation_is_handed_no_job_made_where_it_is_held(
+    slow_refresh_own_redis: tuple[RunningApi, ServeProcess, PrivateRedis],
+) -> None:
+    """The attack: a leaked token's link, held on A, whose rotation (on B, Redis down)
+    never reached A. A job made on A must not go to it on the strength of its being here."""
+    api_a, process_b, redis_server = slow_refresh_own_redis
+    agent_links = api_a.resources.jobs.links
+    async with (
+        httpx.AsyncClient(base_url=f"{api_a.base_url}/api/v1", timeout=30) as a,
+        httpx.AsyncClient(base_url=f"{process_b.base_url}/api/v1", timeout=30) as b,
+    ):
+        trader = await onboard_trader(a)
+        agent_id = uuid.UUID(trader.agent.id)
+        async with open_link(api_a.base_url, trader.agent) as stale:
+            await order_through(a, trader, stale)
+            redis_server.stop()
+            rotated = await b.post(
+                f"/broker-connections/{trader.connection_id}/agent", headers=trader.headers
+            )
+            assert rotated.status_code == 201, rotated.text
+            await process_b.wait_for_log("event=wakeup_publish_failed")
+            assert agent_id in agent_links  # A still holds the stale link: it never heard
+            job_id = await create_job(api_a, trader)
+            assert await job_status(api_a, job_id) == "pending"  # not the stale link's
+            frames = []
+            with contextlib.suppress(websockets.ConnectionClosed):
+                async with asyncio.timeout(TIMEOUT):
+                    while True:
+                        frames.append(json.loads(await stale.ws.recv()))
+            assert stale.ws.close_code == 4001  # its claim of the job found the token replaced
+            assert [frame for frame in frames if frame.get("type") == "job"] == []
+        redis_server.start()
+        new_agent = AgentHandle(rotated.json()["agent_id"], rotated.json()["agent_token"])
+        async with open_link(api_a.base_url, new_agent) as link:
+            assert (await link.job())["id"] == job_id  # the job waited for the new token
+            assert (await link.answer(job_id))["type"] == "result_accepted"

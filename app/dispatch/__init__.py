@@ -15,14 +15,17 @@ complete), `_waiting` (waiting for a result), `_wakeups` (the Redis-borne wake-u
 """
 
 from app.dispatch._long_poll import next_job, token_still_current
-from app.dispatch._statements import EXPIRED_ERROR, LOST_ERROR
+from app.dispatch._statements import EXPIRED_ERROR, LINK_CLAIM_BATCH, LOST_ERROR
 from app.dispatch._store import (
+    HeldLink,
     JobStore,
+    claim_jobs,
     claim_next_job,
     complete_job,
     create_job,
     find_by_client_order_id,
     get_job,
+    insert_onto_link,
     job_from,
     release_job,
     validate_result,
@@ -41,18 +44,22 @@ __all__ = [
     "CREATED_CHANNEL",
     "EXPIRED_ERROR",
     "FINISHED_CHANNEL",
+    "HeldLink",
+    "LINK_CLAIM_BATCH",
     "LOST_ERROR",
     "REVOKED_CHANNEL",
     "JobEvents",
     "JobStore",
     "JobWatch",
     "Wakeup",
+    "claim_jobs",
     "claim_next_job",
     "complete_job",
     "create_job",
     "create_job_and_wait",
     "find_by_client_order_id",
     "get_job",
+    "insert_onto_link",
     "job_from",
     "next_job",
     "recheck_waiters",

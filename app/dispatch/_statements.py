@@ -39,27 +39,61 @@ CURRENT_AGENT = (
     .with_for_update(read=True)
     .scalar_subquery()
 )
+
+
 # PostgreSQL locks the candidate row with SKIP LOCKED, so concurrent claims take different
 # jobs; SQLite serializes writers, and `status = 'pending'` makes a second claim of the
 # same row update nothing.
+OLDEST_PENDING = (
+    select(JOBS.c.id)
+    .where(
+        JOBS.c.agent_id == CURRENT_AGENT,
+        JOBS.c.status == JobStatus.PENDING,
+        JOBS.c.expires_at > bindparam("p_now"),
+    )
+    .order_by(JOBS.c.created_at, JOBS.c.id)
+    .with_for_update(skip_locked=True)
+)
 CLAIM_NEXT = (
     update(JOBS)
     .where(
-        JOBS.c.id
-        == select(JOBS.c.id)
-        .where(
-            JOBS.c.agent_id == CURRENT_AGENT,
-            JOBS.c.status == JobStatus.PENDING,
-            JOBS.c.expires_at > bindparam("p_now"),
-        )
-        .order_by(JOBS.c.created_at, JOBS.c.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery(),
-        JOBS.c.status == JobStatus.PENDING,
+        JOBS.c.id == OLDEST_PENDING.limit(1).scalar_subquery(), JOBS.c.status == JobStatus.PENDING
     )
     .values(status=JobStatus.RUNNING, claimed_at=bindparam("p_now"))
     .returning(*JOBS.c)
+)
+# An agent link's claim: up to a batch at once. The candidates are picked (and locked) once,
+# in a materialized CTE: as `id IN (subquery)` PostgreSQL may join the subquery and run it
+# again on a concurrent update's recheck, where SKIP LOCKED then finds nothing (measured:
+# a job left pending under 20 concurrent claims).
+LINK_CLAIM_BATCH = 32
+_PICKED = (
+    OLDEST_PENDING.limit(LINK_CLAIM_BATCH)
+    .cte("picked")
+    .prefix_with("MATERIALIZED", dialect="postgresql")
+)
+CLAIM_BATCH = (
+    update(JOBS)
+    .where(JOBS.c.id.in_(select(_PICKED.c.id)), JOBS.c.status == JobStatus.PENDING)
+    .values(status=JobStatus.RUNNING, claimed_at=bindparam("p_now"))
+    .returning(*JOBS.c)
+)
+# A job created for an agent whose link this process holds: inserted already claimed by
+# that link, if the agent's row still names the link and its token (under the same share
+# lock as CURRENT_AGENT, so a rotation committed first makes it insert nothing).
+INSERT_ONTO_LINK = (
+    insert(JOBS)
+    .from_select(
+        [column.name for column in JOBS.c],
+        select(*(bindparam(column.key, type_=column.type) for column in JOBS.c))
+        .where(
+            AGENTS.c.id == bindparam("p_agent_id"),
+            AGENTS.c.token_hash == bindparam("p_token_hash"),
+            AGENTS.c.link_id == bindparam("p_link_id"),
+        )
+        .with_for_update(read=True),
+    )
+    .returning(JOBS.c.id)
 )
 RELEASE = (
     update(JOBS)

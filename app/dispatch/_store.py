@@ -3,27 +3,34 @@ guarded so that it is safe on its own, run on the single-statement engine (no BE
 round trips). These functions take their own connections instead of the request's
 session: a job must be committed before its agent is woken, and a caller that waits for a
 result must not hold a database connection while it waits.
+
+A job for an agent whose link this process holds (`JobStore.links`) skips the claim: it
+is inserted already claimed by that link and handed to it in memory (`insert_onto_link`),
+so its round trip is two statements (insert, finish) instead of four.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Row
+from sqlalchemy import Row, Update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.errors import InvalidResult, JobNotRunning
 from app.dispatch._statements import (
     ANSWERABLE_STATUSES,
+    CLAIM_BATCH,
     CLAIM_NEXT,
     FINISH,
     INSERT_JOB,
+    INSERT_ONTO_LINK,
     RELEASE,
     SELECT_ANSWERABLE,
     SELECT_BY_CLIENT_ORDER_ID,
@@ -43,6 +50,16 @@ from mt5gate_protocol.jobs import (
 MAX_HANDED_OUT_REMEMBERED = 10_000
 
 
+class HeldLink(Protocol):
+    """An agent link held by this process (app/services/agent_link.AgentLink)."""
+
+    def take(self, values: dict[str, Any]) -> asyncio.Task[Job | None] | None:
+        """Inserts the job (column values) claimed by this link and pushes it; None when
+        the link is closing. The task's job is None when the link was no longer the
+        agent's (the caller then stores the job pending)."""
+        ...
+
+
 @dataclass(frozen=True)
 class JobStore:
     """What the job functions need: wake-ups, timings, and `db`, the single-statement engine
@@ -55,6 +72,8 @@ class JobStore:
     # Jobs this process handed out and not yet saw answered: job id -> (agent id, job type).
     # An answer that arrives here needs no read to know what shape to check it against.
     handed_out: dict[uuid.UUID, tuple[uuid.UUID, str]] = field(default_factory=dict)
+    # The agent links this process holds, by agent id: a new job goes straight to its link.
+    links: dict[uuid.UUID, HeldLink] = field(default_factory=dict)
 
     def remember_handed_out(self, job: Job) -> None:
         if len(self.handed_out) >= MAX_HANDED_OUT_REMEMBERED:  # forget the oldest
@@ -103,20 +122,42 @@ async def create_job(
         "order_status": None,
         "order_changes": None,
     }
-    async with store.db.connect() as conn:
-        try:
+    link = store.links.get(agent_id)
+    taken = link.take(values) if link is not None else None
+    try:
+        # Shielded: a caller that leaves does not cut short a job its link already has.
+        if taken is not None and (job := await asyncio.shield(taken)) is not None:
+            return job, True
+        async with store.db.connect() as conn:
             await conn.execute(INSERT_JOB, values)
-        except IntegrityError:
-            if client_order_id is None:
-                raise
-            existing = await find_by_client_order_id(
-                store, user_id=user_id, client_order_id=client_order_id
-            )
-            if existing is None:  # deleted in between; vanishingly rare
-                raise
-            return existing, False
+    except IntegrityError:
+        if client_order_id is None:
+            raise
+        existing = await find_by_client_order_id(
+            store, user_id=user_id, client_order_id=client_order_id
+        )
+        if existing is None:  # deleted in between; vanishingly rare
+            raise
+        return existing, False
     await store.events.job_created(str(agent_id))
     return job_from(values), True
+
+
+async def insert_onto_link(
+    store: JobStore, values: dict[str, Any], *, link_id: uuid.UUID, token_hash: str
+) -> Job | None:
+    """Stores the job (`create_job`'s column values) as claimed, by the link `link_id`,
+    if the agent's row still names that link and `token_hash`; None if not (nothing is
+    stored). The link pushes it: no wake-up, no claim."""
+    claimed = {**values, "status": JobStatus.RUNNING.value, "claimed_at": values["created_at"]}
+    keys = {"p_agent_id": values["agent_id"], "p_token_hash": token_hash, "p_link_id": link_id}
+    async with store.db.connect() as conn:
+        row = (await conn.execute(INSERT_ONTO_LINK, {**claimed, **keys})).first()
+    if row is None:
+        return None
+    job = job_from(claimed)
+    store.remember_handed_out(job)
+    return job
 
 
 async def get_job(store: JobStore, job_id: uuid.UUID) -> Job | None:
@@ -144,14 +185,27 @@ async def claim_next_job(store: JobStore, *, agent_id: uuid.UUID, token_hash: st
 
     Jobs past `expires_at` are skipped here and marked `expired` by the sweeper.
     """
+    claimed = await _claim(store, CLAIM_NEXT, agent_id=agent_id, token_hash=token_hash)
+    return claimed[0] if claimed else None
+
+
+async def claim_jobs(store: JobStore, *, agent_id: uuid.UUID, token_hash: str) -> list[Job]:
+    """`claim_next_job` for up to `LINK_CLAIM_BATCH` jobs at once, oldest first (an agent
+    link's: one statement for a burst, and for a single job no second claim that finds
+    nothing). Fewer than the batch means none was left pending when the claim ran."""
+    return await _claim(store, CLAIM_BATCH, agent_id=agent_id, token_hash=token_hash)
+
+
+async def _claim(
+    store: JobStore, statement: Update, *, agent_id: uuid.UUID, token_hash: str
+) -> list[Job]:
     keys = {"p_agent_id": agent_id, "p_token_hash": token_hash, "p_now": utcnow()}
     async with store.db.connect() as conn:
-        row = (await conn.execute(CLAIM_NEXT, keys)).first()
-    if row is None:
-        return None
-    job = job_from(row)
-    store.remember_handed_out(job)
-    return job
+        rows = (await conn.execute(statement, keys)).all()
+    jobs = sorted((job_from(row) for row in rows), key=lambda job: (job.created_at, job.id))
+    for job in jobs:
+        store.remember_handed_out(job)
+    return jobs
 
 
 async def release_job(store: JobStore, *, job_id: uuid.UUID, agent_id: uuid.UUID) -> None:

@@ -7,10 +7,13 @@ agent's presence while the link is open. No WebSocket here: the handler passes `
   deletions), and the older link, reading the row, closes itself: 4009 when another link
   holds the row, 4001 when the token is no longer its own (or the row is gone).
 - Dispatch is the long-poll's: the same wake-ups reach the link on whichever process holds
-  it, the same atomic claim (`claim_next_job`) moves a job to running as it is pushed. A
-  pushed job the agent has not acknowledged (`claimed`) goes back to pending when the link
-  closes (`release_job`: it is pushed again, once, after the agent reconnects; expiry
-  still holds). Results and events go through the HTTP routes' services.
+  it, the same atomic claim (`claim_jobs`, a batch at once) moves jobs to running as they
+  are pushed. A job created in the process that holds the link skips both: it is inserted
+  already claimed by the link, under the same guard as a claim (the row still names this
+  link and its token), and pushed at once (`take`; `JobStore.links` names the links held
+  here). A pushed job the agent has not acknowledged (`claimed`) goes back to pending when
+  the link closes (`release_job`: it is pushed again, once, after the agent reconnects;
+  expiry still holds). Results and events go through the HTTP routes' services.
 - Presence: the link counts as a heartbeat (refreshed as a long-poll refreshes it); when it
   closes, `link_closed_at` makes the agent offline at once for every process, and its
   `agent` event says so on the account stream; unless the close is this process's own
@@ -79,8 +82,6 @@ log = logging.getLogger("mt5gate.agent_link")
 # The largest message the link reads (the HTTP routes' body limit).
 MAX_LINK_MESSAGE_CHARS = 1_048_576
 MAX_RESULTS_IN_FLIGHT = 32
-# Claimers side by side when many jobs are pending at once (PostgreSQL only).
-PARALLEL_CLAIMS = 4
 # What the close of a link may take (releasing its unacknowledged jobs, its presence).
 FINISH_TIMEOUT_SECONDS = 5.0
 
@@ -153,8 +154,11 @@ class AgentLink:
         # at once; the reader waits for a slot, so an agent cannot queue without bound.
         self._answer_slots = asyncio.Semaphore(MAX_RESULTS_IN_FLIGHT)
         self._answering: set[asyncio.Task[None]] = set()
-        self._claiming: set[asyncio.Task[Job | None]] = set()
-        # Set when storing a result failed (the database): the link closes 1011, and the
+        self._claiming: set[asyncio.Task[Any]] = set()
+        # False once the link begins to close: new jobs are stored pending, not taken.
+        self.accepting = True
+        # Set when storing a result failed (the database), or a job taken here could not be
+        # pushed (the socket stalled): the link closes 1011, and the
         # agent, never told its result was accepted, sends it again on its next link.
         self.failed = asyncio.Event()
 
@@ -190,6 +194,7 @@ class AgentLink:
             ping_interval=self.settings.ws_ping_interval_seconds,
         )
         await self.send(welcome.model_dump_json())
+        self.jobs.links[self.agent.id] = self  # the newest link here takes the jobs made here
         log.info("event=agent_link_opened agent_id=%s link_id=%s", self.agent.id, self.link_id)
 
     async def still_current(self) -> Close | None:
@@ -239,46 +244,65 @@ class AgentLink:
                 )
 
     async def _push_pending(self) -> int:
-        """Every pending job of the agent, claimed and pushed, oldest first. After a first
-        job, by several claimers side by side on PostgreSQL (SKIP LOCKED gives each its
-        own job; SQLite's one writer would only queue them): a job alone costs one claim
-        that finds nothing, as a long-poll's does, not one per claimer."""
-        for pushed in range(2):  # the usual case: one job, then a claim that finds none
-            if not await self._claim_and_push(limit=1):
+        """Every pending job of the agent, claimed and pushed, oldest first: a batch at a
+        time (`claim_jobs`), until a claim takes less than a whole batch. The wake-up was
+        cleared before the first claim, so a job stored after a claim began wakes this
+        loop again."""
+        pushed = 0
+        while True:
+            jobs = await self._claim()
+            for job in jobs:
+                await self._push(job)
+            pushed += len(jobs)
+            if len(jobs) < dispatch.LINK_CLAIM_BATCH:
                 return pushed
-        claimers = 1 if self.db.dialect.name == "sqlite" else PARALLEL_CLAIMS
-        if claimers == 1:
-            return 2 + await self._claim_and_push()
-        async with asyncio.TaskGroup() as group:  # a burst
-            counts = [group.create_task(self._claim_and_push()) for _ in range(claimers)]
-        return 2 + sum(count.result() for count in counts)
 
-    async def _claim_and_push(self, limit: int | None = None) -> int:
-        count = 0
-        while (limit is None or count < limit) and (job := await self._claim()) is not None:
-            envelope = JobEnvelope.model_validate(job, from_attributes=True)
-            await self.send(JobPush(job=envelope).model_dump_json())
-            self.pushed += 1
-            count += 1
-        return count
+    async def _push(self, job: Job) -> None:
+        envelope = JobEnvelope.model_validate(job, from_attributes=True)
+        await self.send(JobPush(job=envelope).model_dump_json())
+        self.pushed += 1
 
-    async def _claim(self) -> Job | None:
+    def take(self, values: dict[str, Any]) -> asyncio.Task[Job | None] | None:
+        """A job created in this process for this link's agent: inserted claimed by the
+        link and pushed (see `dispatch.insert_onto_link`); None once the link is closing.
+        Tracked as a claim is, so the link's close waits for it and releases the job."""
+        if not self.accepting:
+            return None
+        taking = asyncio.get_running_loop().create_task(self._take(values))
+        self._claiming.add(taking)
+        taking.add_done_callback(self._claiming.discard)
+        return taking
+
+    async def _take(self, values: dict[str, Any]) -> Job | None:
+        agent = self.agent
+        job = await dispatch.insert_onto_link(
+            self.jobs, values, link_id=self.link_id, token_hash=agent.token_hash
+        )
+        if job is None:
+            return None
+        self.unacknowledged.add(job.id)
+        try:
+            await self._push(job)
+        except Exception as exc:  # the job is this link's: its close releases it
+            log.info("event=agent_link_push_failed job_id=%s reason=%r", job.id, exc)
+            self.failed.set()
+        return job
+
+    async def _claim(self) -> list[Job]:
         """One claim, which a cancelled pusher does not cut short: a claim the database
         made is always known (`unacknowledged`), so the link's close releases it."""
         agent = self.agent
         claim = asyncio.get_running_loop().create_task(
-            dispatch.claim_next_job(self.jobs, agent_id=agent.id, token_hash=agent.token_hash)
+            dispatch.claim_jobs(self.jobs, agent_id=agent.id, token_hash=agent.token_hash)
         )
         self._claiming.add(claim)
         claim.add_done_callback(self._claimed)
         return await asyncio.shield(claim)
 
-    def _claimed(self, claim: asyncio.Task[Job | None]) -> None:
+    def _claimed(self, claim: asyncio.Task[list[Job]]) -> None:
         self._claiming.discard(claim)
         if not claim.cancelled() and claim.exception() is None:
-            job = claim.result()
-            if job is not None:
-                self.unacknowledged.add(job.id)
+            self.unacknowledged.update(job.id for job in claim.result())
 
     async def _refresh(self) -> Close | None:
         """The link's heartbeat; a row no longer this link's says why the link ends."""
@@ -451,6 +475,9 @@ class AgentLink:
     async def finish(self) -> None:
         """The link closed: its unacknowledged jobs back to pending, and the agent offline
         at once, unless a newer link holds it or this process is shutting down."""
+        self.accepting = False
+        if self.jobs.links.get(self.agent.id) is self:
+            del self.jobs.links[self.agent.id]
         if self._claiming or self._answering:  # claims and results underway: let them end
             await asyncio.gather(*self._claiming, *self._answering, return_exceptions=True)
         for job_id in sorted(self.unacknowledged):
