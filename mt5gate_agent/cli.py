@@ -171,13 +171,25 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 1
     try:
-        asyncio.run(_run(config))
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(_run(config))
     except KeyboardInterrupt:
         return 130
     except TokenRefused as refused:
         print(token_refused_line(refused), file=sys.stderr)
         return TOKEN_REFUSED_EXIT
     return 0
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (Linux and macOS, with the server's `uvicorn[standard]`;
+    there is none for Windows), else asyncio's own loop. A job's hops, socket to backend
+    thread and back, are most of the agent's share of a round trip."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 def token_refused_line(refused: TokenRefused) -> str:
