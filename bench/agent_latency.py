@@ -44,6 +44,7 @@ from bench.common import (
     onboard,
     percentile,
     print_table,
+    run_as_served,
     serve_in_loop,
     services_listening,
 )
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
                 stack.callback(redis.stop)
                 overrides["redis_url"] = redis.url
             settings = stack.enter_context(bench_settings(store, **overrides))
-            results.append(asyncio.run(measure(settings, store, rounds)))
+            results.append(run_as_served(measure(settings, store, rounds)))
     report(results)
 
 

@@ -26,7 +26,14 @@ from pathlib import Path
 from app import dispatch
 from app.core.config import Settings
 from app.models import Agent
-from bench.common import ServedApi, bench_settings, onboard, print_table, serve_in_loop
+from bench.common import (
+    ServedApi,
+    bench_settings,
+    onboard,
+    print_table,
+    run_as_served,
+    serve_in_loop,
+)
 from bench.instant_agent import InstantAgent
 from mt5gate_protocol.jobs import JobType
 
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for transport in ("link", "http"):
         with bench_settings("sqlite") as settings:
-            rows.append(asyncio.run(measure(settings, transport, rounds)))
+            rows.append(run_as_served(measure(settings, transport, rounds)))
     print("\nSequential round trips (p50 ms), SQLite, shipped agent vs instant agent x1")
     print_table(
         ["transport", "instant", "shipped", "shipped - instant", "agent_ms", "exec ms"], rows

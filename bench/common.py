@@ -12,11 +12,13 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
+import uvicorn
 
 from app.core.config import Settings
 from app.core.migrate import upgrade_to_head
@@ -175,6 +177,17 @@ async def serve_in_loop(settings: Settings) -> AsyncIterator[ServedApi]:
     finally:
         server.shut_down()
         await task
+
+
+T = TypeVar("T")
+
+
+def run_as_served(main: Coroutine[Any, Any, T]) -> T:
+    """Runs `main` (which serves the API in its loop, `serve_in_loop`) on the event loop
+    `mt5gate serve` runs on: uvicorn's `loop="auto"`, uvloop where it is installed."""
+    factory = uvicorn.Config(app=None, log_config=None).get_loop_factory()
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from bench.common import (
     onboard,
     percentile,
     print_table,
+    run_as_served,
     serve_in_loop,
     services_listening,
 )
@@ -193,7 +194,7 @@ def shipped_agent_results(stores: list[str], count: int) -> list[Result]:
     for store in stores:
         for transport in ("link", "http"):
             with bench_settings(store) as settings:
-                results += asyncio.run(
+                results += run_as_served(
                     measure_shipped_agent(settings, store, transport, count, count)
                 )
     return results
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
                 "job_poll_interval_seconds": 0.5,
             }
             with bench_settings(store, **overrides) as settings:
-                results += asyncio.run(measure(settings, store, mode, sequential, concurrent))
+                results += run_as_served(measure(settings, store, mode, sequential, concurrent))
     results += shipped_agent_results(stores, wakeup_n)
     print("\nJob round trips (ms), instant agent over HTTP or the agent link on loopback")
     print_table(

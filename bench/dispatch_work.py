@@ -14,7 +14,6 @@ trips through the instant agent. Run it on two commits and compare.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import collections
 import cProfile
 import pstats
@@ -27,7 +26,13 @@ from sqlalchemy.engine import Engine
 
 from app.core.config import Settings
 from app.models import Agent
-from bench.common import bench_settings, onboard, serve_in_loop, services_listening
+from bench.common import (
+    bench_settings,
+    onboard,
+    run_as_served,
+    serve_in_loop,
+    services_listening,
+)
 from bench.dispatch import CONCURRENCY, round_trip
 from bench.instant_agent import InstantAgent
 
@@ -91,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     counts = Counts()
     counts.install()
     with bench_settings(store, job_wakeups_enabled=True) as settings:
-        calls = asyncio.run(measure(settings, args.n, counts, args.link))
+        calls = run_as_served(measure(settings, args.n, counts, args.link))
     agent = "the agent link" if args.link else "HTTP long-polls"
     print(f"\n{store}: {args.n} sequential round trips over {agent}, per round trip in the API")
     print("process")

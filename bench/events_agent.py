@@ -30,7 +30,14 @@ import httpx
 import websockets
 
 from app.core.config import Settings
-from bench.common import bench_settings, onboard, percentile, print_table, serve_in_loop
+from bench.common import (
+    bench_settings,
+    onboard,
+    percentile,
+    print_table,
+    run_as_served,
+    serve_in_loop,
+)
 from mt5gate_agent.backends import BackendWorker
 from mt5gate_agent.backends.sim import SimBackend
 from mt5gate_agent.client import AgentClient
@@ -271,9 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     quick = "--quick" in argv
     with bench_settings("sqlite") as settings:
-        took = asyncio.run(measure_stop_loss_to_event(settings, 30 if quick else 100))
+        took = run_as_served(measure_stop_loss_to_event(settings, 30 if quick else 100))
     report_stop_loss_to_event(took)
-    report_watch_cost(asyncio.run(measure_watch_cost(seconds=3.0 if quick else 10.0)))
+    report_watch_cost(run_as_served(measure_watch_cost(seconds=3.0 if quick else 10.0)))
 
 
 if __name__ == "__main__":

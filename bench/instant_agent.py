@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import multiprocessing
@@ -155,18 +156,25 @@ async def _serve_link(
     url = f"{base_url.replace('http://', 'ws://', 1)}/ws/agents/{agent_id}"
     headers = {"Authorization": f"Bearer {token}"}
     async with websockets.connect(url, additional_headers=headers, max_size=2**24) as ws:
-        while not stop.is_set():
-            try:
-                message = await asyncio.wait_for(ws.recv(), timeout=1)
-            except TimeoutError:
-                continue
-            if not isinstance(message, str) or not message.startswith('{"type":"job"'):
-                continue
-            job = json.loads(message)["job"]
-            job_id = job["id"]
-            await ws.send(f'{{"type":"claimed","job_id":"{job_id}"}}')
-            body = result_body(job).decode()
-            await ws.send(f'{{"type":"result","job_id":"{job_id}","result":{body}}}')
+
+        async def close_when_stopped() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(0.2)
+            await ws.close()
+
+        # The stop is watched beside the reader, not by a timeout on each read (a task
+        # per frame: the agent's own CPU would be in the figures).
+        watcher = asyncio.create_task(close_when_stopped())
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for message in ws:
+                if not isinstance(message, str) or not message.startswith('{"type":"job"'):
+                    continue
+                job = json.loads(message)["job"]
+                job_id = job["id"]
+                await ws.send(f'{{"type":"claimed","job_id":"{job_id}"}}')
+                body = result_body(job).decode()
+                await ws.send(f'{{"type":"result","job_id":"{job_id}","result":{body}}}')
+        watcher.cancel()
 
 
 def _run(

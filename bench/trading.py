@@ -53,6 +53,7 @@ from bench.common import (
     onboard,
     percentile,
     print_table,
+    run_as_served,
     serve_in_loop,
     services_listening,
 )
@@ -352,9 +353,9 @@ def main(argv: list[str] | None = None) -> None:
             ) as link_settings,
         ):
             by_mode = {"long-poll": settings, "link": link_settings}
-            results.append(asyncio.run(measure(by_mode, store, rounds)))
-            costs.append(asyncio.run(measure_cost(settings, store, rounds)))
-            work.extend(asyncio.run(measure_added_work(settings, store, rounds)))
+            results.append(run_as_served(measure(by_mode, store, rounds)))
+            costs.append(run_as_served(measure_cost(settings, store, rounds)))
+            work.extend(run_as_served(measure_added_work(settings, store, rounds)))
     report(results)
     report_cost(costs)
     print("\nAdded work per request, in-process, p50 (ms)")
