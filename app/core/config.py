@@ -49,6 +49,12 @@ class Settings(BaseSettings):
 
     mt5gate_env: Literal["dev", "production"] = "dev"
     database_url: str = "sqlite+aiosqlite:///./var/mt5gate.db"
+    # Database connections a process keeps open, and how many more it may open for a burst
+    # (each closed again when returned). Above the jobs a process has in flight: a
+    # connection opened and closed per burst costs a connect, TLS negotiation and a login
+    # (PostgreSQL), a thread (SQLite's driver).
+    database_pool_size: int = Field(default=40, ge=1, le=1000)
+    database_max_overflow: int = Field(default=20, ge=0, le=1000)
     redis_url: str = "memory://"
     # A Redis connection silent this long is checked with a PING (see app/core/redis.py).
     redis_health_check_interval_seconds: float = Field(default=15, gt=0)

@@ -31,22 +31,28 @@ T = TypeVar("T")
 SINGLE_STATEMENTS = "mt5gate_single_statements"
 
 
-def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
+def create_engine(
+    database_url: str, *, pool_size: int = 40, max_overflow: int = 20, **kwargs: Any
+) -> AsyncEngine:
+    """The engine of `database_url`, its pool `pool_size` connections kept open and up to
+    `max_overflow` more for a burst (`DATABASE_POOL_SIZE`, `DATABASE_MAX_OVERFLOW`)."""
     # The JSON columns through the Rust codec: a history answer stored is ~300 KB.
     kwargs.setdefault("json_serializer", json_codec.dumps)
     kwargs.setdefault("json_deserializer", json_codec.loads)
     url = make_url(database_url)
+    sqlite_file = url.database if url.database not in (None, "", ":memory:") else None
+    if url.get_backend_name() != "sqlite" or sqlite_file is not None:
+        # (An in-memory SQLite is one connection: SQLAlchemy's StaticPool, no sizes.)
+        kwargs.update(pool_size=pool_size, max_overflow=max_overflow)
     if url.get_backend_name() == "sqlite":
-        if url.database and url.database != ":memory:":
-            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        if sqlite_file is not None:
+            Path(sqlite_file).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, **kwargs
         )
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
         event.listen(engine.sync_engine, "begin", _begin_immediate)
         return engine
-    kwargs.setdefault("pool_size", 20)
-    kwargs.setdefault("max_overflow", 20)
     # No pre-ping: it is a round trip on every checkout (a quarter of a short query's CPU
     # here). A connection found dead instead fails its one request with 503
     # database_unavailable, and SQLAlchemy then recycles every connection of the pool.
