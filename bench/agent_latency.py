@@ -51,6 +51,7 @@ from bench.common import (
 from bench.instant_agent import InstantAgent
 from mt5gate_agent.config import AgentConfig
 from mt5gate_agent.runner import run_agent
+from mt5gate_protocol.jobs import JobType
 
 AGENTS = ("instant x32", "instant x1", "agent process", "agent in-process")
 SHIPPED = ("agent process", "agent in-process")
@@ -74,12 +75,13 @@ class Samples:
 
 @contextlib.asynccontextmanager
 async def agent_process(
-    base_url: str, agent_id: str, token: str, *extra_args: str
+    base_url: str, agent_id: str, token: str, *extra_args: str, log_path: Path | None = None
 ) -> AsyncIterator[None]:
     """``mt5gate agent --backend sim [extra_args]`` (``python -m mt5gate_agent``), its log on
-    a file."""
-    with tempfile.TemporaryDirectory() as directory:
-        log_path = Path(directory) / "agent.log"
+    a file: `log_path`, kept for the caller to read, or a temporary one."""
+    with contextlib.ExitStack() as stack:
+        if log_path is None:
+            log_path = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "agent.log"
         with log_path.open("wb") as log:
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -175,7 +177,7 @@ async def subject(stack: contextlib.AsyncExitStack, api: ServedApi, name: str) -
             api.resources.jobs,
             user_id=user_id,
             agent_id=agent_id,
-            job_type="get_account",
+            job_type=JobType.GET_ACCOUNT,
             input_data={},
             ttl_seconds=30,
             timeout=10,

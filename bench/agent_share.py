@@ -12,20 +12,18 @@ its result sent; over HTTP that includes the result's request).
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import statistics
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
-from app import dispatch
 from app.core.config import Settings
 from app.models import Agent
+from bench.agent_latency import agent_process
 from bench.common import (
     ServedApi,
     bench_settings,
@@ -34,8 +32,8 @@ from bench.common import (
     run_as_served,
     serve_in_loop,
 )
+from bench.dispatch import round_trip
 from bench.instant_agent import InstantAgent
-from mt5gate_protocol.jobs import JobType
 
 WARM_UP = 20
 
@@ -47,24 +45,7 @@ async def agent_of(api: ServedApi) -> tuple[str, str, Callable[[], Awaitable[flo
         agent = await session.get(Agent, uuid.UUID(who.agent_id))
         assert agent is not None
         user_id = agent.user_id
-    agent_id = uuid.UUID(who.agent_id)
-
-    async def trip() -> float:
-        started = time.perf_counter()
-        done = await dispatch.create_job_and_wait(
-            api.resources.jobs,
-            user_id=user_id,
-            agent_id=agent_id,
-            job_type=JobType.GET_ACCOUNT,
-            input_data={},
-            ttl_seconds=60,
-            timeout=30,
-        )
-        if done.status != "completed":
-            raise RuntimeError(f"job ended {done.status}")
-        return time.perf_counter() - started
-
-    return who.agent_id, who.agent_token, trip
+    return who.agent_id, who.agent_token, partial(round_trip, api, user_id, agent.id)
 
 
 async def measure(settings: Settings, transport: str, rounds: int) -> list[str]:
@@ -73,26 +54,16 @@ async def measure(settings: Settings, transport: str, rounds: int) -> list[str]:
         instant_id, instant_token, instant = await agent_of(api)
         with tempfile.TemporaryDirectory() as directory:
             log_path = Path(directory) / "agent.log"
-            with log_path.open("wb") as log:
-                process = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "mt5gate_agent",
-                    "agent",
-                    "--api",
-                    api.base_url,
-                    "--agent-id",
-                    shipped_id,
-                    "--backend",
-                    "sim",
-                    "--transport",
-                    transport,
-                    env={**os.environ, "MT5GATE_AGENT_TOKEN": shipped_token},
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=log,
-                )
-            try:
-                link = transport == "link"
+            shipped_agent = agent_process(
+                api.base_url,
+                shipped_id,
+                shipped_token,
+                "--transport",
+                transport,
+                log_path=log_path,
+            )
+            link = transport == "link"
+            async with shipped_agent:
                 with InstantAgent(api.base_url, instant_id, instant_token, workers=1, link=link):
                     shipped_trips, instant_trips = [], []
                     for index in range(WARM_UP + rounds):
@@ -100,9 +71,6 @@ async def measure(settings: Settings, transport: str, rounds: int) -> list[str]:
                         if index >= WARM_UP:
                             shipped_trips.append(took_shipped)
                             instant_trips.append(took_instant)
-            finally:
-                process.terminate()
-                await process.wait()
             text = log_path.read_text()
     agent_ms = [float(v) for v in re.findall(r"agent_ms=([\d.]+)", text)][WARM_UP:]
     exec_ms = [float(v) for v in re.findall(r" ms=([\d.]+)", text)][WARM_UP:]

@@ -185,7 +185,7 @@ T = TypeVar("T")
 def run_as_served(main: Coroutine[Any, Any, T]) -> T:
     """Runs `main` (which serves the API in its loop, `serve_in_loop`) on the event loop
     `mt5gate serve` runs on: uvicorn's `loop="auto"`, uvloop where it is installed."""
-    factory = uvicorn.Config(app=None, log_config=None).get_loop_factory()
+    factory = uvicorn.Config("app.main:create_app", log_config=None).get_loop_factory()
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
 

@@ -35,6 +35,7 @@ from bench.common import (
     services_listening,
 )
 from bench.instant_agent import InstantAgent
+from mt5gate_protocol.jobs import JobType
 
 CONCURRENCY = 32
 FLOOR_REQUESTS = 300
@@ -66,7 +67,7 @@ async def round_trip(api: ServedApi, user_id: uuid.UUID, agent_id: uuid.UUID) ->
         api.resources.jobs,
         user_id=user_id,
         agent_id=agent_id,
-        job_type="get_account",
+        job_type=JobType.GET_ACCOUNT,
         input_data={},
         ttl_seconds=60,
         timeout=30,

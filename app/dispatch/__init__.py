@@ -17,7 +17,6 @@ complete), `_waiting` (waiting for a result), `_wakeups` (the Redis-borne wake-u
 from app.dispatch._long_poll import next_job, token_still_current
 from app.dispatch._statements import EXPIRED_ERROR, LINK_CLAIM_BATCH, LOST_ERROR
 from app.dispatch._store import (
-    HeldLink,
     JobStore,
     claim_jobs,
     claim_next_job,
@@ -44,7 +43,6 @@ __all__ = [
     "CREATED_CHANNEL",
     "EXPIRED_ERROR",
     "FINISHED_CHANNEL",
-    "HeldLink",
     "LINK_CLAIM_BATCH",
     "LOST_ERROR",
     "REVOKED_CHANNEL",

@@ -158,8 +158,9 @@ class AgentLink:
         # False once the link begins to close: new jobs are stored pending, not taken.
         self.accepting = True
         # Set when storing a result failed (the database), or a job taken here could not be
-        # pushed (the socket stalled): the link closes 1011, and the
-        # agent, never told its result was accepted, sends it again on its next link.
+        # pushed (the socket stalled): the link closes 1011. The agent sends again on its
+        # next link the results it was never told were accepted; the jobs it never got are
+        # released, and pushed then.
         self.failed = asyncio.Event()
 
     @property
@@ -274,9 +275,8 @@ class AgentLink:
         return taking
 
     async def _take(self, values: dict[str, Any]) -> Job | None:
-        agent = self.agent
         job = await dispatch.insert_onto_link(
-            self.jobs, values, link_id=self.link_id, token_hash=agent.token_hash
+            self.jobs, values, link_id=self.link_id, token_hash=self.agent.token_hash
         )
         if job is None:
             return None
