@@ -23,7 +23,7 @@ from mt5gate_protocol.jobs import JobType
 from tests.account_events import AT, connect_account, recv_events, recv_snapshot
 from tests.account_events import deal as deal_data
 from tests.conftest import make_settings
-from tests.flows import AgentHandle, Trader, onboard_trader
+from tests.flows import AgentHandle, Trader, add_connection, onboard_trader, provision_agent
 from tests.log_events import watch_log
 from tests.private_redis import PrivateRedis, private_redis
 from tests.servers import RunningApi, ServeProcess, run_api, start_serve
@@ -363,6 +363,55 @@ async def test_a_closed_link_makes_the_agent_offline_at_once(
     beat = await client.post(trader.agent.path("heartbeat"), json={}, headers=trader.agent.headers)
     assert beat.status_code == 200
     assert await agent_status(client, trader) == "online"
+
+
+async def test_a_linked_agent_whose_terminal_disconnected_gets_no_new_job(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    """The agent that served the account is remembered with its link open; the job is still
+    stored only if the agent is online (here: its terminal reported disconnected)."""
+    async with open_link(api.base_url, trader.agent) as link:
+        await order_through(client, trader, link)
+        beat = await link.ask({"type": "heartbeat", "heartbeat": {"terminal_connected": False}})
+        assert beat["type"] == "heartbeat_accepted"
+        refused = await client.post("/orders", json=ORDER, headers=trader.headers)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["detail"] == "agent_offline"
+        await link.nothing_pushed()
+        beat = await link.ask({"type": "heartbeat", "heartbeat": {"terminal_connected": True}})
+        assert beat["type"] == "heartbeat_accepted"
+        await order_through(client, trader, link)
+
+
+async def test_another_user_naming_a_linked_agents_connection_gets_404_and_no_job(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    intruder = await onboard_trader(client)
+    async with open_link(api.base_url, trader.agent) as link:
+        await order_through(client, trader, link)  # the owner's agent is remembered, linked
+        order = {**ORDER, "broker_connection_id": trader.connection_id}
+        named = await client.post("/orders", json=order, headers=intruder.headers)
+        assert named.status_code == 404, named.text
+        params = {"broker_connection_id": trader.connection_id}
+        account = await client.get("/account", params=params, headers=intruder.headers)
+        assert account.status_code == 404, account.text
+        await link.nothing_pushed()
+
+
+async def test_the_oldest_connection_deleted_its_jobs_go_to_the_next_oldest(
+    api: RunningApi, client: httpx.AsyncClient, trader: Trader
+) -> None:
+    newer_connection = await add_connection(client, trader.user, login=5009876)
+    newer_agent = await provision_agent(client, trader.user, newer_connection)
+    async with open_link(api.base_url, newer_agent) as newer:
+        async with open_link(api.base_url, trader.agent) as oldest:
+            await order_through(client, trader, oldest)  # no connection named: the oldest
+            deleted = await client.delete(
+                f"/broker-connections/{trader.connection_id}", headers=trader.headers
+            )
+            assert deleted.status_code == 204
+            assert await oldest.close_code() == 4001
+        await order_through(client, trader, newer)
 
 
 async def test_rotation_and_deletion_close_the_link_4001(

@@ -17,7 +17,10 @@ complete), `_waiting` (waiting for a result), `_wakeups` (the Redis-borne wake-u
 from app.dispatch._long_poll import next_job, token_still_current
 from app.dispatch._statements import EXPIRED_ERROR, LINK_CLAIM_BATCH, LOST_ERROR
 from app.dispatch._store import (
+    AccountKey,
     JobStore,
+    NotServing,
+    Serving,
     claim_jobs,
     claim_next_job,
     complete_job,
@@ -45,10 +48,13 @@ __all__ = [
     "FINISHED_CHANNEL",
     "LINK_CLAIM_BATCH",
     "LOST_ERROR",
+    "AccountKey",
     "REVOKED_CHANNEL",
+    "Serving",
     "JobEvents",
     "JobStore",
     "JobWatch",
+    "NotServing",
     "Wakeup",
     "claim_jobs",
     "claim_next_job",

@@ -3,11 +3,13 @@ running a cached one). Bound values are named p_* so that none is mistaken for a
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, func, insert, select, update
+from sqlalchemy.sql.dml import ReturningInsert
 
-from app.models import Agent, Job
+from app.models import Agent, BrokerConnection, Job
+from app.services.agents import AGENT_ONLINE
 from mt5gate_protocol.jobs import FINAL_STATUSES, JobStatus
 
 ANSWERABLE_STATUSES = (JobStatus.RUNNING, JobStatus.LOST)
@@ -20,6 +22,7 @@ EXPIRED_ERROR = {"code": "expired", "message": "No agent took the job before it 
 
 JOBS = cast(Table, Job.__table__)
 AGENTS = cast(Table, Agent.__table__)
+CONNECTIONS = cast(Table, BrokerConnection.__table__)
 INSERT_JOB = insert(JOBS)
 SELECT_JOB = select(*JOBS.c).where(JOBS.c.id == bindparam("p_job_id"))
 SELECT_BY_CLIENT_ORDER_ID = select(*JOBS.c).where(
@@ -81,19 +84,46 @@ CLAIM_BATCH = (
 # A job created for an agent whose link this process holds: inserted already claimed by
 # that link, if the agent's row still names the link and its token (under the same share
 # lock as CURRENT_AGENT, so a rotation committed first makes it insert nothing).
-INSERT_ONTO_LINK = (
-    insert(JOBS)
-    .from_select(
-        [column.name for column in JOBS.c],
-        select(*(bindparam(column.key, type_=column.type) for column in JOBS.c))
-        .where(
-            AGENTS.c.id == bindparam("p_agent_id"),
-            AGENTS.c.token_hash == bindparam("p_token_hash"),
-            AGENTS.c.link_id == bindparam("p_link_id"),
+LINK_STILL_HELD = (
+    AGENTS.c.id == bindparam("p_agent_id"),
+    AGENTS.c.token_hash == bindparam("p_token_hash"),
+    AGENTS.c.link_id == bindparam("p_link_id"),
+)
+
+
+def insert_onto_link_where(*conditions: ColumnElement[bool]) -> ReturningInsert[tuple[Any]]:
+    return (
+        insert(JOBS)
+        .from_select(
+            [column.name for column in JOBS.c],
+            select(*(bindparam(column.key, type_=column.type) for column in JOBS.c))
+            .where(*LINK_STILL_HELD, *conditions)
+            .with_for_update(read=True),
         )
-        .with_for_update(read=True),
+        .returning(JOBS.c.id)
     )
-    .returning(JOBS.c.id)
+
+
+INSERT_ONTO_LINK = insert_onto_link_where()
+# The same for an agent taken from the account cache (`JobStore.serving`) instead of read:
+# inserted only if the agent still serves the user's connection (the named one, or their
+# oldest) and is online, the checks the read would have made.
+OLDEST_CONNECTION = (
+    select(CONNECTIONS.c.id)
+    .where(CONNECTIONS.c.user_id == bindparam("p_user_id"))
+    .order_by(CONNECTIONS.c.created_at, CONNECTIONS.c.id)
+    .limit(1)
+    .scalar_subquery()
+)
+INSERT_ONTO_LINK_OF_OLDEST = insert_onto_link_where(
+    AGENTS.c.user_id == bindparam("p_user_id"),
+    AGENTS.c.connection_id == OLDEST_CONNECTION,
+    AGENT_ONLINE,
+)
+INSERT_ONTO_LINK_OF_NAMED = insert_onto_link_where(
+    AGENTS.c.user_id == bindparam("p_user_id"),
+    AGENTS.c.connection_id == bindparam("p_connection_id"),
+    AGENT_ONLINE,
 )
 RELEASE = (
     update(JOBS)

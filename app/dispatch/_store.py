@@ -6,7 +6,9 @@ result must not hold a database connection while it waits.
 
 A job for an agent whose link this process holds (`JobStore.links`) skips the claim: it
 is inserted already claimed by that link and handed to it in memory (`insert_onto_link`),
-so its round trip is two statements (insert, finish) instead of four.
+so its round trip is two statements (insert, finish) instead of four. When the agent
+was remembered for the account (`JobStore.serving`), that insert also checks what the
+read of the account's agent would have (`Serving`), and the read is left out.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import BaseModel, ValidationError
@@ -31,6 +33,8 @@ from app.dispatch._statements import (
     FINISH,
     INSERT_JOB,
     INSERT_ONTO_LINK,
+    INSERT_ONTO_LINK_OF_NAMED,
+    INSERT_ONTO_LINK_OF_OLDEST,
     RELEASE,
     SELECT_ANSWERABLE,
     SELECT_BY_CLIENT_ORDER_ID,
@@ -48,15 +52,37 @@ from mt5gate_protocol.jobs import (
 )
 
 MAX_HANDED_OUT_REMEMBERED = 10_000
+MAX_SERVING_REMEMBERED = 10_000
+
+AccountKey = tuple[uuid.UUID, uuid.UUID | None]
+"""A user's broker account as a call names it: (user id, connection id or None for the
+user's oldest connection)."""
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What a job stored onto a link must still hold of its agent when the agent was taken
+    from `JobStore.serving` instead of read: it serves `account` and was seen since
+    `seen_after` (online, by `agent_is_online`'s rule)."""
+
+    account: AccountKey
+    seen_after: datetime
+
+
+class NotServing(LookupError):
+    """The agent remembered for an account no longer serves it, or is offline, or its link
+    here is closing: nothing was stored; the caller reads the account's agent instead."""
 
 
 class HeldLink(Protocol):
     """An agent link held by this process (app/services/agent_link.AgentLink)."""
 
-    def take(self, values: dict[str, Any]) -> asyncio.Task[Job | None] | None:
+    def take(
+        self, values: dict[str, Any], serving: Serving | None = None
+    ) -> asyncio.Task[Job | None] | None:
         """Inserts the job (column values) claimed by this link and pushes it; None when
         the link is closing. The task's job is None when the link was no longer the
-        agent's (the caller then stores the job pending)."""
+        agent's, or the agent no longer what `serving` says (nothing was stored)."""
         ...
 
 
@@ -74,12 +100,21 @@ class JobStore:
     handed_out: dict[uuid.UUID, tuple[uuid.UUID, str]] = field(default_factory=dict)
     # The agent links this process holds, by agent id: a new job goes straight to its link.
     links: dict[uuid.UUID, HeldLink] = field(default_factory=dict)
+    # The agent each account was last found to be served by, for the jobs whose agent holds
+    # a link here: such a job is stored onto the link checked by its `Serving` instead of
+    # after a read of the account's agent.
+    serving: dict[AccountKey, uuid.UUID] = field(default_factory=dict)
 
     def remember_handed_out(self, job: Job) -> None:
         if len(self.handed_out) >= MAX_HANDED_OUT_REMEMBERED:  # forget the oldest
             del self.handed_out[next(iter(self.handed_out))]
         if job.agent_id is not None:
             self.handed_out[job.id] = (job.agent_id, job.job_type)
+
+    def remember_serving(self, account: AccountKey, agent_id: uuid.UUID) -> None:
+        if account not in self.serving and len(self.serving) >= MAX_SERVING_REMEMBERED:
+            del self.serving[next(iter(self.serving))]
+        self.serving[account] = agent_id
 
 
 def job_from(row: Row[Any] | Mapping[str, Any]) -> Job:
@@ -96,12 +131,15 @@ async def create_job(
     ttl_seconds: float,
     client_order_id: str | None = None,
     job_id: uuid.UUID | None = None,
+    serving: Serving | None = None,
 ) -> tuple[Job, bool]:
     """Stores a pending job and wakes its agent. Returns (job, created).
 
     With a `client_order_id` already used by this user, nothing is created and the
     existing job is returned with `created=False` (the caller decides on conflicts).
     Pass `job_id` to watch for the job's result before it exists (`watch_job`).
+    With `serving`, the job is stored only onto the agent's link here and only if the agent
+    is still what `serving` says: `NotServing` otherwise, with nothing stored.
     """
     now = utcnow()
     values: dict[str, Any] = {
@@ -123,11 +161,13 @@ async def create_job(
         "order_changes": None,
     }
     link = store.links.get(agent_id)
-    taken = link.take(values) if link is not None else None
+    taken = link.take(values, serving) if link is not None else None
     try:
         # Shielded: a caller that leaves does not cut short a job its link already has.
         if taken is not None and (job := await asyncio.shield(taken)) is not None:
             return job, True
+        if serving is not None:
+            raise NotServing(agent_id)
         async with store.db.connect() as conn:
             await conn.execute(INSERT_JOB, values)
     except IntegrityError:
@@ -144,15 +184,29 @@ async def create_job(
 
 
 async def insert_onto_link(
-    store: JobStore, values: dict[str, Any], *, link_id: uuid.UUID, token_hash: str
+    store: JobStore,
+    values: dict[str, Any],
+    *,
+    link_id: uuid.UUID,
+    token_hash: str,
+    serving: Serving | None = None,
 ) -> Job | None:
     """Stores the job (`create_job`'s column values) as claimed, by the link `link_id`,
-    if the agent's row still names that link and `token_hash`; None if not (nothing is
-    stored). The link pushes it: no wake-up, no claim."""
+    if the agent's row still names that link and `token_hash` (and holds what `serving`
+    says); None if not (nothing is stored). The link pushes it: no wake-up, no claim."""
     claimed = {**values, "status": JobStatus.RUNNING.value, "claimed_at": values["created_at"]}
     keys = {"p_agent_id": values["agent_id"], "p_token_hash": token_hash, "p_link_id": link_id}
+    statement = INSERT_ONTO_LINK
+    if serving is not None:
+        user_id, connection_id = serving.account
+        keys |= {"p_user_id": user_id, "p_seen_after": serving.seen_after}
+        if connection_id is None:
+            statement = INSERT_ONTO_LINK_OF_OLDEST
+        else:
+            statement = INSERT_ONTO_LINK_OF_NAMED
+            keys["p_connection_id"] = connection_id
     async with store.db.connect() as conn:
-        row = (await conn.execute(INSERT_ONTO_LINK, {**claimed, **keys})).first()
+        row = (await conn.execute(statement, {**claimed, **keys})).first()
     if row is None:
         return None
     job = job_from(claimed)

@@ -263,20 +263,26 @@ class AgentLink:
         await self.send(JobPush(job=envelope).model_dump_json())
         self.pushed += 1
 
-    def take(self, values: dict[str, Any]) -> asyncio.Task[Job | None] | None:
+    def take(
+        self, values: dict[str, Any], serving: dispatch.Serving | None = None
+    ) -> asyncio.Task[Job | None] | None:
         """A job created in this process for this link's agent: inserted claimed by the
         link and pushed (see `dispatch.insert_onto_link`); None once the link is closing.
         Tracked as a claim is, so the link's close waits for it and releases the job."""
         if not self.accepting:
             return None
-        taking = asyncio.get_running_loop().create_task(self._take(values))
+        taking = asyncio.get_running_loop().create_task(self._take(values, serving))
         self._claiming.add(taking)
         taking.add_done_callback(self._claiming.discard)
         return taking
 
-    async def _take(self, values: dict[str, Any]) -> Job | None:
+    async def _take(self, values: dict[str, Any], serving: dispatch.Serving | None) -> Job | None:
         job = await dispatch.insert_onto_link(
-            self.jobs, values, link_id=self.link_id, token_hash=self.agent.token_hash
+            self.jobs,
+            values,
+            link_id=self.link_id,
+            token_hash=self.agent.token_hash,
+            serving=serving,
         )
         if job is None:
             return None

@@ -9,7 +9,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Table, bindparam, or_, select, update
+from sqlalchemy import Table, and_, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.core.config import Settings
@@ -136,18 +136,18 @@ def require_online(agent: Agent | None, *, settings: Settings) -> Agent:
     return agent
 
 
-# The price source seen last among those online (the same rule as agent_is_online).
+# An agent is online when seen since `p_seen_after`, not reporting its terminal disconnected,
+# and its link not closed since it was last seen: `agent_is_online`'s rule, in SQL.
+AGENT_ONLINE = and_(
+    AGENTS.c.last_heartbeat_at >= bindparam("p_seen_after"),
+    or_(AGENTS.c.terminal_connected.is_(None), AGENTS.c.terminal_connected.is_(True)),
+    or_(AGENTS.c.link_closed_at.is_(None), AGENTS.c.link_closed_at < AGENTS.c.last_heartbeat_at),
+)
+
+# The price source seen last among those online.
 ONLINE_PRICE_SOURCE = (
     select(*AGENTS.c)
-    .where(
-        AGENTS.c.is_price_source.is_(True),
-        AGENTS.c.last_heartbeat_at >= bindparam("p_seen_after"),
-        or_(AGENTS.c.terminal_connected.is_(None), AGENTS.c.terminal_connected.is_(True)),
-        or_(
-            AGENTS.c.link_closed_at.is_(None),
-            AGENTS.c.link_closed_at < AGENTS.c.last_heartbeat_at,
-        ),
-    )
+    .where(AGENTS.c.is_price_source.is_(True), AGENT_ONLINE)
     .order_by(AGENTS.c.last_heartbeat_at.desc(), AGENTS.c.id)
     .limit(1)
 )

@@ -19,7 +19,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.core.errors import ClientOrderIdConflict, NotFound, OrderRejected
 from app.dispatch import (
     EXPIRED_ERROR,
-    create_job,
     find_by_client_order_id,
     wait_for_job_result,
     watch_job,
@@ -27,8 +26,8 @@ from app.dispatch import (
 from app.models import Job, utcnow
 from app.schemas.orders import OrderCreate, OrderError, OrderRead, OrderStatus
 from app.schemas.trading import Expiration
-from app.services.agents import connection_agent, require_online_agent
-from app.services.trading import Trading
+from app.services.agents import connection_agent
+from app.services.trading import Trading, UserAccount, create_user_job
 from mt5gate_protocol.jobs import FINAL_STATUSES, ORDER_JOB_TYPES, JobStatus, JobType
 
 # What a placed order can become at the broker (written to `jobs.order_status`).
@@ -129,13 +128,8 @@ async def submit_order(
             if not same_order(existing, order, agent_id=agent_id):
                 raise ClientOrderIdConflict()
             return existing
-    agent = await require_online_agent(
-        db, settings=trading.settings, user_id=user_id, connection_id=order.broker_connection_id
-    )
-    job, created = await create_job(
-        trading.jobs,
-        user_id=user_id,
-        agent_id=agent.id,
+    job, created, agent_id = await create_user_job(
+        UserAccount(trading, user_id, order.broker_connection_id),
         job_type=order.job_type(),
         input_data=order.job_input(),
         ttl_seconds=trading.settings.trade_job_ttl_seconds,
@@ -143,7 +137,7 @@ async def submit_order(
         job_id=job_id,
     )
     # Lost a race with a concurrent repeat: the unique index kept one job, which is ours.
-    if not created and not same_order(job, order, agent_id=agent.id):
+    if not created and not same_order(job, order, agent_id=agent_id):
         raise ClientOrderIdConflict()
     return job
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app import dispatch
 from app.core.config import Settings
 from app.core.errors import AgentTimeout, BrokerFailure, DomainError, PositionNotFound
-from app.models import Agent, Job
+from app.models import Agent, Job, utcnow
 from app.schemas.positions import JobPending, PositionClosed, PositionUpdate
 from app.schemas.trading import Account, Position
 from app.services.agents import require_online_agent
@@ -60,6 +61,53 @@ async def online_agent(account: UserAccount) -> Agent:
     )
 
 
+async def create_user_job(
+    account: UserAccount,
+    *,
+    job_type: JobType,
+    input_data: dict[str, Any],
+    ttl_seconds: float,
+    job_id: uuid.UUID,
+    client_order_id: str | None = None,
+) -> tuple[Job, bool, uuid.UUID]:
+    """Stores a job for the agent of the account, checked first (no_agent, agent_offline,
+    not_found): `dispatch.create_job`'s (job, created), and the agent's id.
+
+    The agent that last served the account is remembered: when its link is here, the job
+    is stored onto it by a statement that checks what a read of the agent would (it still
+    serves the account, it is online), and the read is left out. Anything else reads.
+    """
+    store, settings = account.trading.jobs, account.trading.settings
+    key = (account.user_id, account.connection_id)
+
+    async def create_for(
+        agent_id: uuid.UUID, serving: dispatch.Serving | None = None
+    ) -> tuple[Job, bool, uuid.UUID]:
+        job, created = await dispatch.create_job(
+            store,
+            user_id=account.user_id,
+            agent_id=agent_id,
+            job_type=job_type,
+            input_data=input_data,
+            ttl_seconds=ttl_seconds,
+            client_order_id=client_order_id,
+            job_id=job_id,
+            serving=serving,
+        )
+        return job, created, agent_id
+
+    remembered = store.serving.get(key)
+    if remembered is not None and remembered in store.links:
+        seen_after = utcnow() - timedelta(seconds=settings.agent_offline_after_seconds)
+        try:
+            return await create_for(remembered, dispatch.Serving(key, seen_after))
+        except dispatch.NotServing:
+            store.serving.pop(key, None)
+    agent = await online_agent(account)
+    store.remember_serving(key, agent.id)
+    return await create_for(agent.id)
+
+
 async def run_on_user_agent(
     account: UserAccount,
     *,
@@ -69,16 +117,16 @@ async def run_on_user_agent(
     wait: float,
 ) -> Job:
     """Runs a job on the user's agent, after checking that the agent is online."""
-    agent = await online_agent(account)
-    return await dispatch.create_job_and_wait(
-        account.trading.jobs,
-        user_id=account.user_id,
-        agent_id=agent.id,
-        job_type=job_type,
-        input_data=input_data,
-        ttl_seconds=ttl_seconds,
-        timeout=wait,
-    )
+    job_id = uuid.uuid4()
+    with dispatch.watch_job(account.trading.jobs, job_id) as watch:
+        job, _, _ = await create_user_job(
+            account,
+            job_type=job_type,
+            input_data=input_data,
+            ttl_seconds=ttl_seconds,
+            job_id=job_id,
+        )
+        return await watch.result(job, timeout=wait)
 
 
 async def run_read_job(
