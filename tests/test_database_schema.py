@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 from alembic import command
@@ -139,3 +140,24 @@ async def test_a_database_that_refuses_connections_answers_503(store: Store) -> 
             response = await call
             assert response.status_code == 503, response.text
             assert response.json()["detail"] == "database_unavailable"
+
+
+async def test_job_outputs_are_compressed_with_lz4_where_the_server_has_it(
+    fresh_database: Store,
+) -> None:
+    """A history answer (~300 KB) is written with lz4, not pglz (see migration 0005)."""
+    await upgrade_to_head_async(fresh_database.database_url)
+    connection = await asyncpg.connect(fresh_database.database_url.replace("+asyncpg", ""))
+    try:
+        methods = await connection.fetchval(
+            "SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'"
+        )
+        if "lz4" not in methods:
+            pytest.skip("this PostgreSQL was built without lz4")
+        method = await connection.fetchval(
+            "SELECT attcompression FROM pg_attribute"
+            " WHERE attrelid = 'jobs'::regclass AND attname = 'output_data'"
+        )
+    finally:
+        await connection.close()
+    assert method == b"l"  # a "char": l for lz4, p for pglz

@@ -54,9 +54,9 @@ class RequestObservability:
                 headers = MutableHeaders(scope=message)
                 headers.append("X-Request-ID", rid)
                 state: MutableMapping[str, Any] = scope.get("state") or {}
-                limit = state.get("rate_limit")
-                if limit is not None:
-                    for name, value in limit.headers().items():
+                counted = state.get("rate_limit")  # app/services/rate_limits.CountedCall
+                if counted is not None:
+                    for name, value in (await counted.headers()).items():
                         headers.append(name, value)
             await send(message)
 
