@@ -5,25 +5,33 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, StringConstraints
+from pydantic import BeforeValidator, Field, PlainSerializer, StringConstraints
 from pydantic_core import PydanticCustomError
 
 
 def iso_utc(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """`2026-11-24T21:15:03.120Z`: milliseconds, in UTC. Called for every time of every
+    answer (a thousand in a history read), so it formats the fields itself: a third of the
+    time of `isoformat(timespec=...)` and a replace."""
+    moment = value.astimezone(UTC)
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031 (the fastest here)
+        moment.year,
+        moment.month,
+        moment.day,
+        moment.hour,
+        moment.minute,
+        moment.second,
+        moment.microsecond // 1000,
+    )
 
 
-def writable_in_utc(value: datetime) -> datetime:
-    """`9999-12-31T23:59:59-05:00` is a datetime, but past the last one in UTC: refused
-    here (422), not when `iso_utc` writes it out (a 500, after the input was accepted)."""
-    try:
-        value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("must lie within the years 1 to 9999 in UTC") from None
-    return value
-
-
-IN_UTC_RANGE = AfterValidator(writable_in_utc)
+# `9999-12-31T23:59:59-05:00` is a datetime, but past the last one in UTC: the first and
+# last day of the calendar are refused (422), since with an offset they may not be
+# writable in UTC (`iso_utc`, a 500 after the input was accepted). Checked by pydantic
+# itself: no Python call per value.
+FIRST_WRITABLE = datetime(1, 1, 2, tzinfo=UTC)
+LAST_WRITABLE = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+IN_UTC_RANGE = Field(ge=FIRST_WRITABLE, le=LAST_WRITABLE)
 UtcDatetime = Annotated[
     datetime, IN_UTC_RANGE, PlainSerializer(iso_utc, return_type=str, when_used="json")
 ]

@@ -14,7 +14,6 @@ from mt5gate_protocol.types import (  # noqa: F401
     iso_utc,
     only_json_numbers,
     reject_unstorable_text,
-    writable_in_utc,
 )
 
 
