@@ -11,8 +11,8 @@ from pydantic_core import PydanticCustomError
 
 def iso_utc(value: datetime) -> str:
     """`2026-11-24T21:15:03.120Z`: milliseconds, in UTC. Called for every time of every
-    answer (a thousand in a history read), so it formats the fields itself: a third of the
-    time of `isoformat(timespec=...)` and a replace."""
+    answer (a thousand in a history read), so it formats the fields itself: about half the
+    time of `isoformat(timespec=...)` and a replace (1.4 against 2.5 µs here)."""
     moment = value.astimezone(UTC)
     return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031 (the fastest here)
         moment.year,

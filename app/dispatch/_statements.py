@@ -8,8 +8,8 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Table, bindparam, func, insert, select, update
 from sqlalchemy.sql.dml import ReturningInsert
 
-from app.models import Agent, BrokerConnection, Job
-from app.services.agents import AGENT_ONLINE
+from app.models import Agent, Job
+from app.services.agents import AGENT_ONLINE, OLDEST_CONNECTION
 from mt5gate_protocol.jobs import FINAL_STATUSES, JobStatus
 
 ANSWERABLE_STATUSES = (JobStatus.RUNNING, JobStatus.LOST)
@@ -22,7 +22,6 @@ EXPIRED_ERROR = {"code": "expired", "message": "No agent took the job before it 
 
 JOBS = cast(Table, Job.__table__)
 AGENTS = cast(Table, Agent.__table__)
-CONNECTIONS = cast(Table, BrokerConnection.__table__)
 INSERT_JOB = insert(JOBS)
 SELECT_JOB = select(*JOBS.c).where(JOBS.c.id == bindparam("p_job_id"))
 SELECT_BY_CLIENT_ORDER_ID = select(*JOBS.c).where(
@@ -108,16 +107,9 @@ INSERT_ONTO_LINK = insert_onto_link_where()
 # The same for an agent taken from the account cache (`JobStore.serving`) instead of read:
 # inserted only if the agent still serves the user's connection (the named one, or their
 # oldest) and is online, the checks the read would have made.
-OLDEST_CONNECTION = (
-    select(CONNECTIONS.c.id)
-    .where(CONNECTIONS.c.user_id == bindparam("p_user_id"))
-    .order_by(CONNECTIONS.c.created_at, CONNECTIONS.c.id)
-    .limit(1)
-    .scalar_subquery()
-)
 INSERT_ONTO_LINK_OF_OLDEST = insert_onto_link_where(
     AGENTS.c.user_id == bindparam("p_user_id"),
-    AGENTS.c.connection_id == OLDEST_CONNECTION,
+    AGENTS.c.connection_id == OLDEST_CONNECTION.scalar_subquery(),
     AGENT_ONLINE,
 )
 INSERT_ONTO_LINK_OF_NAMED = insert_onto_link_where(

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.core.config import Settings
@@ -16,20 +16,13 @@ from app.events._hub import AccountStreams
 from app.events._log import EventLog, dumps
 from app.events._server_events import with_order_changes
 from app.events._state import Draft, Emitted, snapshot_of
-from app.models import Agent, BrokerConnection, utcnow
+from app.models import Agent, utcnow
 from app.schemas.common import iso_utc
-from app.services.agents import connection_agent
+from app.services.agents import OLDEST_CONNECTION, connection_agent
 from app.services.broker_connections import agent_is_online
 from mt5gate_protocol.events import EventBatch
 
 AGENTS = cast(Table, Agent.__table__)
-CONNECTIONS = cast(Table, BrokerConnection.__table__)
-OLDEST_CONNECTION = (
-    select(CONNECTIONS.c.id)
-    .where(CONNECTIONS.c.user_id == bindparam("p_user_id"))
-    .order_by(CONNECTIONS.c.created_at, CONNECTIONS.c.id)
-    .limit(1)
-)
 
 
 @dataclass

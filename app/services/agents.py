@@ -81,6 +81,13 @@ async def heartbeat(
 
 
 CONNECTIONS = cast(Table, BrokerConnection.__table__)
+# The user's oldest connection: the one a call that names none acts on.
+OLDEST_CONNECTION = (
+    select(CONNECTIONS.c.id)
+    .where(CONNECTIONS.c.user_id == bindparam("p_user_id"))
+    .order_by(CONNECTIONS.c.created_at, CONNECTIONS.c.id)
+    .limit(1)
+)
 # The agent of the user's oldest connection, or of the named one: a row with no agent
 # columns means the connection has no agent; no row means no such connection of theirs.
 AGENT_OF_OLDEST_CONNECTION = (
